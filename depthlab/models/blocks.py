@@ -1,0 +1,130 @@
+"""Depth units: the block contract (branch, shortcut, enabled, survival_prob) and two blocks.
+
+    residual block:  out = post(sum(shortcut(x) + branch(x)))
+    plain block:     out = post(sum(branch(x)))          shortcut kept only for lesions
+    branch off:      out = sum(shortcut(x))              lesion, or a stochastic-depth drop
+
+``sum`` is an ``nn.Identity`` right after the residual addition (plain: at the same place), so a
+forward hook on it reads the block's pre-``post`` output; it fires even when the branch is off.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from depthlab.models.layers import conv3x3, make_shortcut
+
+
+class Block(nn.Module):
+    """A depth unit with a ``branch`` (the transform) and a ``shortcut``.
+
+    ``enabled = False`` lesions the block (Veit et al. 2016): it returns ``shortcut(x)`` exactly,
+    the path that remains when the residual branch is deleted (He et al.'s ReLU is the identity on
+    that path for post-ReLU inputs and option A, so no ReLU is added).
+
+    ``survival_prob = p`` is stochastic depth (Huang et al. 2016, eqs. 2 and 5): in train mode the
+    branch is dropped for the whole mini-batch with probability 1 - p (drawn from the torch RNG of
+    the input's device; a dropped branch is not computed, so the block returns ``shortcut(x)``);
+    in eval mode the branch is scaled by p. ``p = 1`` is the deterministic block. A dropped branch
+    leaves its parameters unused in that step (DDP needs ``find_unused_parameters=True``).
+    """
+
+    def __init__(self, branch: nn.Sequential, shortcut: nn.Module, has_shortcut: bool, post: nn.Module):
+        super().__init__()
+        self.branch = branch
+        self.shortcut = shortcut
+        self.sum = nn.Identity()
+        self.post = post
+        self.has_shortcut = has_shortcut
+        self.enabled = True
+        self.survival_prob = 1.0
+
+    @property
+    def survival_prob(self) -> float:
+        return self._survival_prob
+
+    @survival_prob.setter
+    def survival_prob(self, p: float) -> None:
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"survival_prob must be in [0, 1], got {p!r}")
+        self._survival_prob = float(p)
+
+    def _branch_off(self, x: torch.Tensor) -> bool:
+        if not self.enabled:
+            return True
+        p = self._survival_prob
+        if not self.training or p >= 1.0:
+            return False
+        return bool(torch.rand((), device=x.device) >= p)  # one draw per mini-batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H', W')
+        if self._branch_off(x):
+            return self.sum(self.shortcut(x))
+        y = self.branch(x)
+        if not self.training and self._survival_prob < 1.0:
+            y = y * self._survival_prob
+        if self.has_shortcut:
+            y = y + self.shortcut(x)
+        return self.post(self.sum(y))
+
+    def taps(self) -> "OrderedDict[str, nn.Module]":
+        """Local tap names in forward order: the branch's convs by name, then ``sum``."""
+        taps = OrderedDict((n, m) for n, m in self.branch.named_children() if isinstance(m, nn.Conv2d))
+        taps["sum"] = self.sum
+        return taps
+
+    def zero_init_residual_(self) -> None:
+        """Make the branch output exactly zero at init (see ``init.zero_init_residual_``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define zero_init_residual_")
+
+    def extra_repr(self) -> str:
+        return f"has_shortcut={self.has_shortcut}, enabled={self.enabled}, survival_prob={self._survival_prob}"
+
+
+class BasicBlock(Block):
+    """He et al. 2015 post-activation basic block: conv-BN-ReLU-conv-BN (+ shortcut), ReLU.
+
+    ``residual=False`` gives the plain block (same layers, no addition; option-A shortcut kept for
+    lesions). ``bias=True`` adds conv biases (the MNIST lecture network).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, residual: bool = True,
+                 shortcut: str = "A", bias: bool = False):
+        branch = nn.Sequential(OrderedDict([
+            ("conv1", conv3x3(c_in, c_out, stride, bias)),  # (B, C_out, ceil(H/s), ceil(W/s))
+            ("bn1", nn.BatchNorm2d(c_out)),
+            ("relu1", nn.ReLU()),
+            ("conv2", conv3x3(c_out, c_out, 1, bias)),
+            ("bn2", nn.BatchNorm2d(c_out)),
+        ]))
+        super().__init__(branch, make_shortcut(shortcut if residual else "A", c_in, c_out, stride),
+                         has_shortcut=residual, post=nn.ReLU())
+
+    def zero_init_residual_(self) -> None:
+        nn.init.zeros_(self.branch.bn2.weight)
+
+
+class PreActBlock(Block):
+    """He et al. 2016 ("Identity Mappings in Deep Residual Networks", arXiv 1603.05027) full
+    pre-activation block: BN-ReLU-conv-BN-ReLU-conv, + shortcut(x), nothing after the addition.
+
+    The shortcut reads the block's raw input, keeping the identity path clean in every block; an
+    option-B projection is a 1x1 conv without BN (the next block's BN normalises the sum).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, shortcut: str = "A"):
+        branch = nn.Sequential(OrderedDict([
+            ("bn1", nn.BatchNorm2d(c_in)),
+            ("relu1", nn.ReLU()),
+            ("conv1", conv3x3(c_in, c_out, stride)),  # (B, C_out, ceil(H/s), ceil(W/s))
+            ("bn2", nn.BatchNorm2d(c_out)),
+            ("relu2", nn.ReLU()),
+            ("conv2", conv3x3(c_out, c_out)),
+        ]))
+        super().__init__(branch, make_shortcut(shortcut, c_in, c_out, stride, norm=False),
+                         has_shortcut=True, post=nn.Identity())
+
+    def zero_init_residual_(self) -> None:
+        nn.init.zeros_(self.branch.conv2.weight)

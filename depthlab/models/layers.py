@@ -1,0 +1,74 @@
+"""Small pieces: conv helpers and the two shortcuts of He et al. 2015 (Sec. 3.3 / 4.2).
+
+Option A is a functional core (``shortcut_a``) plus a thin module (``ShortcutA``), timm-style.
+Every ReLU in depthlab is out-of-place: a forward hook on a tap must see that point's output, and an
+in-place ReLU downstream would overwrite the tensor the hook captured.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv3x3(c_in: int, c_out: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    """3x3 conv, padding 1: output size ceil(H / stride), the same as ``x[..., ::stride, ::stride]``."""
+    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=bias)
+
+
+def conv1x1(c_in: int, c_out: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 1, stride=stride, bias=bias)
+
+
+def shortcut_a(x: torch.Tensor, c_out: int, stride: int = 1) -> torch.Tensor:
+    """Option A: identity, subsampled by ``stride``, with channels ``C_in..c_out-1`` zero.
+
+    ``x[..., ::s, ::s]`` has ceil(H/s) rows, exactly the size of a stride-s 3x3/pad-1 conv (or a
+    stride-s 1x1 conv) for every H, odd sizes and H = 1 included. The kept channels come first
+    (some reproductions pad symmetrically; parameter count and function class are the same).
+    """
+    if stride > 1:
+        x = x[:, :, ::stride, ::stride]  # (B, C_in, ceil(H/s), ceil(W/s))
+    pad = c_out - x.shape[1]
+    if pad > 0:
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))  # (B, c_out, H', W'), zeros of x's dtype and device
+    return x
+
+
+class ShortcutA(nn.Module):
+    """Parameter-free option-A shortcut (He et al. 2015, used for all their CIFAR results)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        if c_out < c_in:
+            raise ValueError(f"option A shortcut cannot reduce channels ({c_in} -> {c_out})")
+        self.c_in, self.c_out, self.stride = c_in, c_out, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H', W')
+        return shortcut_a(x, self.c_out, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"{self.c_in}, {self.c_out}, stride={self.stride}"
+
+
+class ShortcutB(nn.Sequential):
+    """Option B: 1x1 projection (+ BN when ``norm``) where the shape changes (He et al. 2015, eq. 2)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, norm: bool = True):
+        layers = [("conv", conv1x1(c_in, c_out, stride))]
+        if norm:
+            layers.append(("bn", nn.BatchNorm2d(c_out)))
+        super().__init__(OrderedDict(layers))
+
+
+def make_shortcut(kind: str, c_in: int, c_out: int, stride: int = 1, norm: bool = True) -> nn.Module:
+    """Identity where the shape is unchanged; otherwise option A (zero-pad) or B (projection)."""
+    if c_in == c_out and stride == 1:
+        return nn.Identity()
+    if kind == "A":
+        return ShortcutA(c_in, c_out, stride)
+    if kind == "B":
+        return ShortcutB(c_in, c_out, stride, norm=norm)
+    raise ValueError(f"shortcut must be 'A' or 'B', got {kind!r}")

@@ -1,0 +1,172 @@
+"""``ModelSpec`` (the resolved, validated config of one model) and the family/preset registries.
+
+A *family* is a builder ``fn(spec: ModelSpec) -> DepthNet`` registered in ``FAMILIES`` together with
+its layout, its depth rule and its defaults (``register_family``). A *preset* is a family plus
+default overrides, registered in ``MODELS`` (``register_preset``). ``resolve_spec`` merges
+family defaults < preset overrides < user overrides and validates every field, so a bad value fails
+here, with a message naming the field and the valid values, before any module is built.
+
+Adding a family later (highway, densenet) is one decorated builder plus a few presets::
+
+    @register_family("highway", layout="cifar", residual=True, depths=DepthRule(2, 2), depth=20)
+    def highway(spec): ...
+    register_preset("highway50", "highway", depth=50)
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Tuple
+
+from depthlab.models.init import INITS
+from depthlab.registry import Registry, UnknownNameError
+
+FAMILIES = Registry("model family")
+MODELS = Registry("model")
+
+SHORTCUTS = ("A", "B")
+OVERRIDES = ("depth", "width", "num_classes", "in_channels", "shortcut", "init", "zero_init_residual")
+COMMON_DEFAULTS = dict(num_classes=10, in_channels=3, shortcut="A", init="kaiming", zero_init_residual=False)
+
+
+class UnknownOverrideError(TypeError, ValueError):
+    """An override key ``build_model`` does not know; the message lists the valid keys."""
+
+
+@dataclass(frozen=True)
+class DepthRule:
+    """The depths a family accepts: ``depth = step * n + offset`` for ``n >= 1``, or a fixed set.
+
+    ``depth`` counts weighted layers on the main path (convs + fc), as He et al. 2015 do.
+    """
+
+    step: int = 0
+    offset: int = 0
+    choices: Tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        if self.choices:
+            return "valid depths are " + ", ".join(map(str, self.choices))
+        examples = ", ".join(str(self.step * n + self.offset) for n in range(1, 6))
+        return f"valid depths are {self.step}n+{self.offset} (n >= 1): {examples}, ..."
+
+    def is_valid(self, depth: int) -> bool:
+        if self.choices:
+            return depth in self.choices
+        return depth >= self.step + self.offset and (depth - self.offset) % self.step == 0
+
+    def blocks(self, depth: int) -> int:
+        """``n`` in ``step * n + offset`` (blocks per stage for the CIFAR layout)."""
+        return (depth - self.offset) // self.step
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that determines a model's architecture and init; saved as ``model.spec``."""
+
+    name: str                 # what was asked for: a preset ("resnet56") or a family ("resnet")
+    family: str               # the builder in FAMILIES
+    layout: str               # "cifar" | "imagenet" | "mnist"
+    residual: bool            # False for plain families (shortcut used only when lesioned)
+    depth: int                # weighted layers on the main path, e.g. 56
+    width: int                # base channels (16 CIFAR / mnist, 64 ImageNet)
+    num_classes: int
+    in_channels: int
+    shortcut: str             # "A" zero-pad identity | "B" 1x1 projection where shape changes
+    init: str                 # a name in INITS
+    zero_init_residual: bool  # last BN gamma (pre-act: last conv) of every residual branch = 0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named family + default overrides, e.g. resnet56 = family "resnet" with depth 56."""
+
+    family: str
+    overrides: Dict[str, Any]
+    description: str = ""
+
+
+def register_family(name: str, *, layout: str, residual: bool, depths: DepthRule, description: str = "",
+                    **defaults) -> Callable:
+    """Decorator: register ``builder(spec) -> DepthNet`` as family ``name`` with its defaults."""
+    unknown = set(defaults) - set(OVERRIDES)
+    if unknown:
+        raise ValueError(f"family {name!r}: unknown default(s) {sorted(unknown)}; valid: {', '.join(OVERRIDES)}")
+    merged = {**COMMON_DEFAULTS, **defaults}
+    missing = set(OVERRIDES) - set(merged)
+    if missing:
+        raise ValueError(f"family {name!r} needs defaults for {sorted(missing)}")
+    return FAMILIES.register(name, layout=layout, residual=residual, depths=depths, defaults=merged,
+                             description=description)
+
+
+def register_preset(name: str, family: str, description: str = "", **overrides) -> Preset:
+    """Register preset ``name`` = ``family`` with ``overrides`` (validated now, so typos fail at import)."""
+    FAMILIES.get(family)
+    preset = Preset(family, dict(overrides), description)
+    MODELS.register(name, preset, family=family)
+    resolve_spec(name)
+    return preset
+
+
+def unknown_model_message(name: Any) -> str:
+    valid = MODELS.names() + [f for f in FAMILIES.names() if f not in MODELS]
+    close = difflib.get_close_matches(str(name), valid, n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    return (f"unknown model {name!r}.{hint} Valid presets: {', '.join(MODELS.names())}. "
+            f"Valid families: {', '.join(FAMILIES.names())}")
+
+
+def resolve_spec(name: str, **overrides) -> ModelSpec:
+    """Merge family defaults < preset overrides < ``overrides`` and validate; ``None`` means unset."""
+    unknown = [k for k in overrides if k not in OVERRIDES]
+    if unknown:
+        raise UnknownOverrideError(f"unknown model override(s) {', '.join(map(repr, unknown))}; "
+                                   f"valid keys: {', '.join(OVERRIDES)}")
+    if isinstance(name, str) and name in MODELS:
+        preset = MODELS.get(name)
+        family, base = preset.family, preset.overrides
+    elif isinstance(name, str) and name in FAMILIES:
+        family, base = name, {}
+    else:
+        raise UnknownNameError(unknown_model_message(name))
+    meta = FAMILIES.meta(family)
+    values = {**meta["defaults"], **base, **{k: v for k, v in overrides.items() if v is not None}}
+    if isinstance(values["shortcut"], str):
+        values["shortcut"] = values["shortcut"].upper()
+    _validate(values, family, meta)
+    return ModelSpec(name=name, family=family, layout=meta["layout"], residual=meta["residual"], **values)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _validate(v: Dict[str, Any], family: str, meta: dict) -> None:
+    rule: DepthRule = meta["depths"]
+    if not _is_int(v["depth"]) or not rule.is_valid(v["depth"]):
+        raise ValueError(f"depth {v['depth']!r} is not valid for model family {family!r}: {rule.describe()}")
+    if not _is_int(v["width"]) or v["width"] <= 0:
+        raise ValueError(f"width must be a positive integer (base channels), got {v['width']!r}")
+    if not _is_int(v["num_classes"]) or v["num_classes"] < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {v['num_classes']!r}")
+    if not _is_int(v["in_channels"]) or v["in_channels"] < 1:
+        raise ValueError(f"in_channels must be an integer >= 1, got {v['in_channels']!r}")
+    if v["shortcut"] not in SHORTCUTS:
+        raise ValueError(f"shortcut must be one of {', '.join(map(repr, SHORTCUTS))} "
+                         f"(A: zero-pad identity, B: 1x1 projection), got {v['shortcut']!r}")
+    if v["init"] not in INITS:
+        raise ValueError(f"init {v['init']!r} is not a known init scheme; valid: {', '.join(INITS.names())}")
+    if not isinstance(v["zero_init_residual"], bool):
+        raise ValueError(f"zero_init_residual must be True or False, got {v['zero_init_residual']!r}")
+    if not meta["residual"]:
+        if v["shortcut"] != "A":
+            raise ValueError(f"shortcut must be 'A' for the plain family {family!r}: plain blocks keep only a "
+                             f"parameter-free zero-pad shortcut, used when a block is lesioned")
+        if v["zero_init_residual"]:
+            raise ValueError(f"zero_init_residual must be False for the plain family {family!r}: "
+                             f"it would zero the output of every plain block")
