@@ -1,0 +1,182 @@
+"""Datasets as device-ready tensors, and the loader that batches them.
+
+    data = load_dataset("digits", val_fraction=0.1)      # normalised with train statistics
+    loader = DeviceLoader(data.train_x, data.train_y, batch_size=128, augment=data.default_augment)
+
+``seed`` seeds the *data*: the digits train/test split, the mnist1d and synthetic generators and the
+val split. Keep it fixed across training seeds to compare runs on identical data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from depthlab.data import bundled, files
+from depthlab.data.bundled import VAL_SPLIT_STREAM, RawData, stratified_split
+from depthlab.data.files import CHECKSUMS, DataFileError
+from depthlab.data.loader import (AUGMENTS, DeviceLoader, crop_at, draw_crop_offsets,
+                                  draw_flip_mask, random_crop, random_hflip)
+from depthlab.registry import Registry
+
+__all__ = ["Dataset", "load_dataset", "list_datasets", "dataset_options", "DATASETS",
+           "DeviceLoader", "DataFileError", "default_data_dir", "random_crop", "random_hflip",
+           "crop_at", "draw_crop_offsets", "draw_flip_mask", "stratified_split", "CHECKSUMS",
+           "AUGMENTS"]
+
+_TENSOR_FIELDS = ("train_x", "train_y", "test_x", "test_y", "val_x", "val_y")
+
+
+@dataclass
+class Dataset:
+    """Images (N, C, H, W) float32 normalised per channel with train statistics; labels int64."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    val_x: Optional[torch.Tensor] = None  # held out from train, never from test
+    val_y: Optional[torch.Tensor] = None
+    default_augment: str = "none"  # "none" | "crop" | "crop-flip"
+    default_crop_padding: int = 4
+    norm_mean: Optional[Tuple[float, ...]] = None  # per-channel statistics used to normalise
+    norm_std: Optional[Tuple[float, ...]] = None
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        return int(self.train_x.shape[2]), int(self.train_x.shape[3])
+
+    def to(self, device) -> "Dataset":
+        """A new Dataset with every tensor on ``device``."""
+        moved = {f: getattr(self, f).to(device) for f in _TENSOR_FIELDS
+                 if getattr(self, f) is not None}
+        return dataclasses.replace(self, **moved)
+
+    def summary(self) -> str:
+        n_val = 0 if self.val_x is None else len(self.val_x)
+        c, (h, w) = self.in_channels, self.image_size
+        return (f"{self.name}: {len(self.train_x)} train / {n_val} val / {len(self.test_x)} test, "
+                f"{c}x{h}x{w}, {self.num_classes} classes, augment {self.default_augment}")
+
+
+def _idx_builder(name: str):
+    def build(data_dir: Path, seed: int, download: bool, *, verify: bool = True) -> RawData:
+        return files.load_idx(name, data_dir, download, _check_bool("verify", verify))
+    return build
+
+
+def _cifar_builder(name: str):
+    def build(data_dir: Path, seed: int, download: bool, *, verify: bool = True) -> RawData:
+        return files.load_cifar(name, data_dir, download, _check_bool("verify", verify))
+    return build
+
+
+# name -> builder(data_dir, seed, download, **options) -> RawData; meta holds training defaults.
+DATASETS = Registry("dataset")
+DATASETS.register("digits", bundled.digits, default_augment="none", source="bundled")
+DATASETS.register("mnist1d", bundled.mnist1d, default_augment="none", source="bundled")
+DATASETS.register("synthetic", bundled.synthetic, default_augment="none", source="bundled")
+DATASETS.register("mnist", _idx_builder("mnist"), default_augment="none", source="files")
+DATASETS.register("fashion-mnist", _idx_builder("fashion-mnist"), default_augment="none",
+                  source="files")
+DATASETS.register("cifar10", _cifar_builder("cifar10"), default_augment="crop-flip",
+                  default_crop_padding=4, source="files")
+DATASETS.register("cifar100", _cifar_builder("cifar100"), default_augment="crop-flip",
+                  default_crop_padding=4, source="files")
+
+
+def list_datasets() -> List[str]:
+    return DATASETS.names()
+
+
+def dataset_options(name: str) -> Dict[str, object]:
+    """The options ``load_dataset(name, **options)`` accepts, with their defaults."""
+    params = inspect.signature(DATASETS.get(name)).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def default_data_dir() -> Path:
+    """``$DEPTHLAB_DATA_DIR``, else ``$XDG_CACHE_HOME/depthlab``, else ``~/.cache/depthlab``."""
+    env = os.environ.get("DEPTHLAB_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"  # XDG: absolute only
+    return base / "depthlab"
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_args(name: str, seed, val_fraction, options: dict) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
+            or not 0 <= val_fraction < 1):
+        raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
+    valid = dataset_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        accepted = ", ".join(f"{k}={v!r}" for k, v in valid.items()) or "none"
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; "
+                         f"valid options (with defaults): {accepted}")
+
+
+def _normaliser(train_x: torch.Tensor):
+    """Per-channel (x - mean) / std with the train set's statistics (population std)."""
+    std, mean = torch.std_mean(train_x.to(torch.float32), dim=(0, 2, 3), correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel stays finite
+
+    def normalise(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float32, copy=True)  # copy: never write into the builder's arrays
+        return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+
+    return normalise, tuple(mean.tolist()), tuple(std.tolist())
+
+
+def load_dataset(name: str, data_dir=None, seed: int = 0, val_fraction: float = 0.0,
+                 download: bool = True, **options) -> Dataset:
+    """Load a registered dataset (see ``list_datasets()``; options: ``dataset_options(name)``).
+
+    ``val_fraction > 0`` holds out a stratified, seeded part of the train set as validation.
+    Missing or damaged files raise ``DataFileError`` saying which file and what to do.
+    """
+    builder = DATASETS.get(name)  # unknown name: UnknownNameError listing the valid ones
+    _check_args(name, seed, val_fraction, options)
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    raw = builder(root, seed, bool(download), **options)
+    train_x, train_y = raw.train_x, raw.train_y.to(torch.int64)
+    val_x = val_y = None
+    if val_fraction > 0:
+        keep, held = stratified_split(train_y, val_fraction, seed, VAL_SPLIT_STREAM)
+        if len(held) == 0:
+            raise ValueError(f"val_fraction={val_fraction} holds out no sample of the "
+                             f"{len(train_y)} training samples; use a larger val_fraction")
+        keep, held = torch.from_numpy(keep), torch.from_numpy(held)
+        train_x, train_y, val_x, val_y = train_x[keep], train_y[keep], train_x[held], train_y[held]
+    normalise, mean, std = _normaliser(train_x)
+    meta = DATASETS.meta(name)
+    return Dataset(
+        name=name,
+        train_x=normalise(train_x), train_y=train_y,
+        test_x=normalise(raw.test_x), test_y=raw.test_y.to(torch.int64),
+        num_classes=raw.num_classes,
+        val_x=None if val_x is None else normalise(val_x), val_y=val_y,
+        default_augment=meta.get("default_augment", "none"),
+        default_crop_padding=meta.get("default_crop_padding", 4),
+        norm_mean=mean, norm_std=std,
+    )
