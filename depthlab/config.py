@@ -1,0 +1,238 @@
+"""The typed run configuration: one ``RunConfig`` tree, composed from defaults, a YAML file and
+dotted ``--set key=value`` overrides, validated field by field and saved into the run directory.
+
+Fields left as ``None`` are filled at run time from the recipe (``train.*``) or the dataset
+(``model.num_classes``, ``model.in_channels``); the *resolved* config is what gets written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config field; the message names the field (``train.lr``) and what is valid."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"                 # a preset or family name (``depthlab models``)
+    depth: Optional[int] = None            # None: the preset's depth
+    width: Optional[int] = None            # base channels; None: the preset's
+    shortcut: Optional[str] = None         # "A" (zero-pad identity) | "B" (projection)
+    init: Optional[str] = None             # an init scheme name; None: kaiming
+    zero_init_residual: bool = False
+    num_classes: Optional[int] = None      # None: from the dataset
+    in_channels: Optional[int] = None      # None: from the dataset
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    data_dir: Optional[str] = None         # None: $DEPTHLAB_DATA_DIR or the user cache dir
+    seed: int = 0                          # seeds the fixed train/test (and val) split
+    val_fraction: float = 0.0              # held out from train, never from test
+    augment: Optional[str] = None          # "none" | "crop" | "crop-flip"; None: the dataset's default
+    crop_padding: Optional[int] = None
+    download: bool = True
+
+
+@dataclass
+class TrainConfig:
+    recipe: str = "quick"                  # "quick" | "he2015" (``depthlab train --help``)
+    epochs: Optional[int] = None           # None fields come from the recipe
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    momentum: Optional[float] = None
+    weight_decay: Optional[float] = None
+    nesterov: Optional[bool] = None
+    warmup_iters: Optional[int] = None     # he2015: iterations at warmup_lr for depth >= 110
+    warmup_lr: Optional[float] = None
+    seed: int = 0                          # model init; data order/augmentation streams derive from it
+    device: str = "auto"                   # "auto" (cuda, mps, cpu) | "cpu" | "cuda" | "cuda:N" | "mps"
+    bf16: bool = False                     # bf16 autocast, CUDA only
+    threads: Optional[int] = None          # CPU intra-op threads; None: torch's default
+    eval_every: int = 1                    # epochs between test evaluations (the last is always evaluated)
+    keep_last: int = 2                     # checkpoints kept (atomic writes)
+    keep_best: bool = False                # keep checkpoints/best.pt by validation accuracy
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "runs"
+    run_id: Optional[str] = None           # None: "<model>-<data>-s<seed>"
+
+    # ----------------------------------------------------------------------------- building
+    @classmethod
+    def from_dict(cls, d: Optional[Dict[str, Any]]) -> "RunConfig":
+        return _from_dict(cls, d or {}, prefix="")
+
+    @classmethod
+    def from_yaml(cls, path) -> "RunConfig":
+        try:
+            d = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+        if d is not None and not isinstance(d, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(d).__name__}")
+        return cls.from_dict(d)
+
+    def with_overrides(self, overrides: Iterable[str]) -> "RunConfig":
+        """Apply ``["train.lr=0.05", "model.name=plain56"]``; values are parsed as YAML scalars."""
+        d = self.to_dict()
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like section.key=value")
+            key, raw = item.split("=", 1)
+            parts = key.strip().split(".")
+            node = d
+            for p in parts[:-1]:
+                if not isinstance(node.get(p), dict):
+                    raise ConfigError(f"unknown config section {key.strip()!r}; valid keys: "
+                                      + ", ".join(valid_keys()))
+                node = node[p]
+            if parts[-1] not in node:
+                raise ConfigError(f"unknown config key {key.strip()!r}; valid keys: "
+                                  + ", ".join(valid_keys()))
+            try:
+                node[parts[-1]] = yaml.safe_load(raw) if raw.strip() != "" else None
+            except yaml.YAMLError:
+                node[parts[-1]] = raw
+        return RunConfig.from_dict(d)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def validate(self) -> "RunConfig":
+        """Check values that types alone cannot (positivity, names in registries)."""
+        t, m, dt = self.train, self.model, self.data
+        for name in ("epochs", "batch_size", "warmup_iters"):
+            v = getattr(t, name)
+            if v is not None and v <= 0 and not (name == "warmup_iters" and v == 0):
+                raise ConfigError(f"train.{name} must be a positive integer, got {v}")
+        for name in ("lr", "warmup_lr"):
+            v = getattr(t, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"train.{name} must be > 0, got {v}")
+        for name in ("momentum", "weight_decay"):
+            v = getattr(t, name)
+            if v is not None and v < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {v}")
+        if t.eval_every <= 0:
+            raise ConfigError(f"train.eval_every must be a positive integer, got {t.eval_every}")
+        if t.keep_last <= 0:
+            raise ConfigError(f"train.keep_last must be a positive integer, got {t.keep_last}")
+        if t.threads is not None and t.threads <= 0:
+            raise ConfigError(f"train.threads must be a positive integer, got {t.threads}")
+        if not (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:")):
+            raise ConfigError(f"train.device {t.device!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
+        if not 0.0 <= dt.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {dt.val_fraction}")
+        if t.keep_best and dt.val_fraction <= 0:
+            raise ConfigError("train.keep_best needs a validation split: set data.val_fraction > 0 "
+                              "(the best checkpoint is never chosen on the test set)")
+        if dt.augment is not None and dt.augment not in AUGMENTS:
+            raise ConfigError(f"data.augment {dt.augment!r} is not valid; use one of {', '.join(AUGMENTS)}")
+        if dt.crop_padding is not None and dt.crop_padding < 0:
+            raise ConfigError(f"data.crop_padding must be >= 0, got {dt.crop_padding}")
+        _check_name("model.name", m.name, "depthlab.models", "MODELS", "FAMILIES")
+        _check_name("data.name", dt.name, "depthlab.data", "DATASETS")
+        _check_name("train.recipe", t.recipe, "depthlab.train.recipes", "RECIPES")
+        return self
+
+    @property
+    def resolved_run_id(self) -> str:
+        return self.run_id or f"{self.model.name}-{self.data.name}-s{self.train.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.resolved_run_id
+
+
+AUGMENTS = ("none", "crop", "crop-flip")
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def valid_keys():
+    keys = []
+    for sec, cls in SECTIONS.items():
+        keys += [f"{sec}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys + ["out_dir", "run_id"]
+
+
+def _check_name(field_name, value, module, *registries):
+    from importlib import import_module
+
+    mod = import_module(module)
+    regs = [getattr(mod, r) for r in registries]
+    if not any(value in r for r in regs):
+        valid = [n for r in regs for n in r.names()]
+        raise ConfigError(f"{field_name} {value!r} is unknown; valid names: {', '.join(valid)}")
+
+
+def _from_dict(cls, d, prefix):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; valid keys in "
+                          f"{prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in d.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value if value is not None else {}, prefix + name + ".")
+        else:
+            kwargs[name] = _coerce(prefix + name, value, hint)
+    return cls(**kwargs)
+
+
+def _coerce(path, value, hint):
+    """Check ``value`` against a simple type hint (str/int/float/bool, optionally Optional)."""
+    optional = False
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{path} may not be empty (expected {hint.__name__})")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{path} expects {hint.__name__}{' or null' if optional else ''}, "
+                      f"got {value!r} ({type(value).__name__})")

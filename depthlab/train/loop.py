@@ -1,0 +1,303 @@
+"""The training loop: one run directory per run, metrics accumulated on the device and read once
+per epoch, atomic checkpoints every epoch, exact resume."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from depthlab.config import ConfigError, RunConfig
+from depthlab.train import checkpoint as ckpt
+from depthlab.train.progress import Progress
+from depthlab.train.recipes import RECIPES, resolve_train
+
+# Fields that may change when a run is resumed (everything else must match the saved config).
+_RESUMABLE_CHANGES = {"train.epochs", "train.threads", "train.device", "data.data_dir", "data.download",
+                      "out_dir"}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device {name!r} requested but CUDA is not available; use auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("train.device 'mps' requested but MPS is not available; use auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_from_config(cfg: RunConfig, dataset):
+    """Build the model a (partly unresolved) config describes, for ``dataset``."""
+    from depthlab.models import build_model
+
+    m = cfg.model
+    overrides = {k: getattr(m, k) for k in ("depth", "width", "shortcut", "init") if getattr(m, k) is not None}
+    if m.zero_init_residual:
+        overrides["zero_init_residual"] = True
+    return build_model(m.name, num_classes=m.num_classes or dataset.num_classes,
+                       in_channels=m.in_channels or dataset.in_channels, **overrides)
+
+
+def resolve_config(cfg: RunConfig, model, dataset) -> RunConfig:
+    """Fill every ``None`` the model, the dataset and the recipe determine."""
+    spec = getattr(model, "spec", None)
+    depth = getattr(model, "depth", None) or getattr(spec, "depth", 0)
+    model_cfg = dataclasses.replace(
+        cfg.model, depth=depth,
+        width=cfg.model.width if cfg.model.width is not None else getattr(spec, "width", None),
+        shortcut=cfg.model.shortcut if cfg.model.shortcut is not None else getattr(spec, "shortcut", None),
+        init=cfg.model.init if cfg.model.init is not None else getattr(spec, "init", None),
+        num_classes=cfg.model.num_classes or dataset.num_classes,
+        in_channels=cfg.model.in_channels or dataset.in_channels)
+    data_cfg = dataclasses.replace(
+        cfg.data,
+        augment=cfg.data.augment if cfg.data.augment is not None else dataset.default_augment,
+        crop_padding=cfg.data.crop_padding if cfg.data.crop_padding is not None else dataset.default_crop_padding)
+    return dataclasses.replace(cfg, model=model_cfg, data=data_cfg, train=resolve_train(cfg.train, depth))
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def _prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[dict]:
+    """Refuse to mix runs. Returns the saved config dict when resuming."""
+    run_dir = cfg.run_dir
+    saved_path = run_dir / "config.json"
+    if resume and overwrite:
+        raise ConfigError("choose one of --resume and --overwrite, not both")
+    if saved_path.exists():
+        if overwrite:
+            shutil.rmtree(run_dir)
+            return None
+        if not resume:
+            raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; pass --resume to "
+                              f"continue it, --overwrite to replace it, or choose another run_id")
+        saved = json.loads(saved_path.read_text())
+        new, old = _flat(cfg.to_dict()), _flat(saved)
+        diff = sorted(k for k in new if k not in _RESUMABLE_CHANGES and new[k] != old.get(k))
+        if diff:
+            details = "; ".join(f"{k}: saved {old.get(k)!r}, now {new[k]!r}" for k in diff)
+            raise ConfigError(f"cannot resume {str(run_dir)!r}: it holds a different run ({details})")
+        return saved
+    if resume:
+        raise ConfigError(f"nothing to resume: {str(run_dir)!r} holds no run (no config.json)")
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"run directory {str(run_dir)!r} exists and is not empty; pass --overwrite "
+                          f"or choose another run_id")
+    return None
+
+
+@torch.inference_mode()
+def evaluate(model, x, y, batch_size: int = 512, autocast=None):
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``(x, y)``."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        with autocast or nullcontext():
+            out = model(xb)
+        loss += F.cross_entropy(out.float(), yb, reduction="sum")
+        correct += (out.argmax(1) == yb).sum()
+    model.train(was_training)
+    n = max(1, len(x))
+    return loss.item() / n, correct.item() / n
+
+
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+          dataset=None) -> dict:
+    """Train the run ``cfg`` describes; returns a summary dict (also the last line of metrics)."""
+    from depthlab.data import DeviceLoader, load_dataset
+    from depthlab.models import count_params
+
+    cfg.validate()
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if dataset is None:
+        dataset = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, seed=cfg.data.seed,
+                               val_fraction=cfg.data.val_fraction, download=cfg.data.download)
+    dataset = dataset.to(device)
+
+    seed_everything(cfg.train.seed)
+    model = build_from_config(cfg, dataset).to(device)
+    cfg = resolve_config(cfg, model, dataset)
+    t = cfg.train
+    saved = _prepare_run_dir(cfg, resume, overwrite)
+    run_dir = cfg.run_dir
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_text(run_dir / "config.json", cfg.to_json())  # before step 0
+
+    use_bf16 = t.bf16 and device.type == "cuda"
+    if t.bf16 and not use_bf16 and not quiet:
+        print("note: train.bf16 applies on CUDA only; training in float32 on", device, file=sys.stderr)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+    loader = DeviceLoader(dataset.train_x, dataset.train_y, batch_size=t.batch_size, shuffle=True,
+                          augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, seed=t.seed)
+    total_steps = t.epochs * len(loader)
+    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                          nesterov=t.nesterov and t.momentum > 0)
+    factor = RECIPES.get(t.recipe).lr_factor(total_steps, t.warmup_iters, t.warmup_lr, t.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    start_epoch, best_val, elapsed = 0, -1.0, 0.0
+    if saved is not None:
+        last = ckpt.latest_checkpoint(run_dir / "checkpoints")
+        if last is not None:
+            state = ckpt.load_checkpoint(last, map_location=device)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            ckpt.set_rng_state(state["rng"])
+            start_epoch, best_val, elapsed = state["epoch"], state.get("best_val", -1.0), state.get("elapsed", 0.0)
+        _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
+
+    n_params = count_params(model)
+    summary = {"run_dir": str(run_dir), "model": cfg.model.name, "depth": cfg.model.depth,
+               "params": n_params, "status": "running", "epoch": start_epoch}
+    if start_epoch >= t.epochs:
+        summary.update(_last_metrics(run_dir / "metrics.jsonl"), status="finished")
+        return summary
+
+    progress = Progress(total=total_steps, done=start_epoch * len(loader), quiet=quiet,
+                        title=f"{cfg.resolved_run_id} ({n_params:,} params, {device})")
+    model.train()
+    with progress:
+        for epoch in range(start_epoch, t.epochs):
+            t0 = time.perf_counter()
+            loader.set_epoch(epoch)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            lr_now = opt.param_groups[0]["lr"]
+            for xb, yb in loader:
+                with autocast():
+                    out = model(xb)
+                    loss = F.cross_entropy(out.float(), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                loss_sum += loss.detach() * len(yb)
+                correct += (out.detach().argmax(1) == yb).sum()
+                seen += len(yb)
+                progress.advance()
+            train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen  # one sync per epoch
+            seconds = time.perf_counter() - t0
+            elapsed += seconds
+            row = {"kind": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * len(loader), "lr": lr_now,
+                   "train_loss": train_loss, "train_acc": train_acc, "seconds": seconds, "elapsed": elapsed}
+            diverged = not np.isfinite(train_loss)
+            last_epoch = epoch + 1 == t.epochs
+            if not diverged and ((epoch + 1) % t.eval_every == 0 or last_epoch):
+                row["test_loss"], row["test_acc"] = evaluate(model, dataset.test_x, dataset.test_y, autocast=autocast())
+                if dataset.val_x is not None:
+                    row["val_loss"], row["val_acc"] = evaluate(model, dataset.val_x, dataset.val_y, autocast=autocast())
+            if diverged:
+                row["status"] = "diverged"
+            _append_jsonl(run_dir / "metrics.jsonl", row)
+            progress.epoch_done(row)
+            if diverged:
+                summary.update(row, status="diverged")
+                progress.log(f"diverged at epoch {epoch + 1}: training loss is {train_loss}; "
+                             f"try a lower train.lr or a warm-up")
+                return summary
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "rng": ckpt.rng_state(), "epoch": epoch + 1, "best_val": best_val, "elapsed": elapsed}
+            if t.keep_best and row.get("val_acc", -1.0) > best_val:
+                best_val = state["best_val"] = row["val_acc"]
+                ckpt.atomic_write_bytes(run_dir / "checkpoints" / "best.pt", lambda f: torch.save(state, f))
+            ckpt.save_checkpoint(run_dir / "checkpoints", epoch + 1, state, keep_last=t.keep_last)
+            summary.update(row)
+    summary["status"] = "finished"
+    return summary
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def _read_jsonl(path: Path) -> list:
+    if not Path(path).exists():
+        return []
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a crash mid-write
+            continue
+    return rows
+
+
+def _truncate_metrics(path: Path, epoch: int) -> None:
+    """Drop epoch lines past the checkpoint we resume from, so the log matches the weights."""
+    rows = [r for r in _read_jsonl(path) if not (r.get("kind") == "epoch" and r["epoch"] > epoch)]
+    ckpt.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _last_metrics(path: Path) -> dict:
+    rows = [r for r in _read_jsonl(path) if r.get("kind") == "epoch"]
+    return rows[-1] if rows else {}
+
+
+def evaluate_run(run_dir, checkpoint: str = "last", split: str = "test", device: str = "auto") -> dict:
+    """Re-evaluate a run's checkpoint (``last``, ``best`` or a path) on ``split`` (test/train/val)."""
+    from depthlab.data import load_dataset
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
+    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    if checkpoint == "last":
+        path = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    elif checkpoint == "best":
+        path = run_dir / "checkpoints" / "best.pt"
+    else:
+        path = Path(checkpoint)
+    if path is None or not Path(path).exists():
+        raise ConfigError(f"no {checkpoint!r} checkpoint in {str(run_dir / 'checkpoints')!r}")
+    if split not in ("test", "train", "val"):
+        raise ConfigError(f"split {split!r} is not valid; use test, train or val")
+    dev = resolve_device(device)
+    dataset = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, seed=cfg.data.seed,
+                           val_fraction=cfg.data.val_fraction, download=cfg.data.download).to(dev)
+    x, y = getattr(dataset, f"{split}_x"), getattr(dataset, f"{split}_y")
+    if x is None:
+        raise ConfigError(f"run {str(run_dir)!r} has no {split} split (data.val_fraction is 0)")
+    model = build_from_config(cfg, dataset).to(dev)
+    state = ckpt.load_checkpoint(path, map_location=dev)
+    model.load_state_dict(state["model"])
+    loss, acc = evaluate(model, x, y)
+    row = {"kind": "eval", "checkpoint": str(path), "epoch": state["epoch"], "split": split,
+           f"{split}_loss": loss, f"{split}_acc": acc}
+    _append_jsonl(run_dir / "metrics.jsonl", row)
+    return row
