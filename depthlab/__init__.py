@@ -1,0 +1,34 @@
+"""depthlab: build, train and diagnose very deep convolutional networks.
+
+Public API (mirrors the CLI)::
+
+    import depthlab
+    depthlab.list_models()
+    model = depthlab.build_model("resnet56", num_classes=10)
+    data = depthlab.load_dataset("digits")
+    result = depthlab.train(depthlab.RunConfig.from_dict({"model": {"name": "plain20"}}))
+"""
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "build_model": "depthlab.models",
+    "list_models": "depthlab.models",
+    "count_params": "depthlab.models",
+    "load_dataset": "depthlab.data",
+    "list_datasets": "depthlab.data",
+    "DeviceLoader": "depthlab.data",
+    "RunConfig": "depthlab.config",
+    "train": "depthlab.train",
+    "evaluate_run": "depthlab.train",
+    "run_demo": "depthlab.demo",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):  # lazy, so `import depthlab` stays cheap and layers load on demand
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'depthlab' has no attribute {name!r}")

@@ -1,0 +1,160 @@
+"""``depthlab`` command line: thin; parses, builds a RunConfig, calls the API."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _train_epilog() -> str:
+    from depthlab.config import valid_keys
+    from depthlab.train.recipes import RECIPES
+
+    recipes = "\n".join(f"  {n:<8} {RECIPES.get(n).description}" for n in RECIPES.names())
+    keys = ", ".join(valid_keys())
+    return (f"recipes:\n{recipes}\n\nconfig keys (--set key=value):\n  {keys}\n\n"
+            "example:\n  depthlab train --set model.name=plain56 data.name=digits train.recipe=quick")
+
+
+def _cmd_models(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from depthlab.models import list_models, model_summary
+
+    table = Table(title="depthlab models (trainable parameters incl. BN affine, 10 classes)")
+    for col in ("name", "family", "depth", "params"):
+        table.add_column(col, justify="right" if col in ("depth", "params") else "left")
+    for name in list_models():
+        if args.family and not name.startswith(args.family):
+            continue
+        s = model_summary(name)
+        table.add_row(name, str(s["family"]), str(s["depth"]), f"{s['params']:,}")
+    Console().print(table)
+    from depthlab.models import list_models as _lm
+
+    print("families (any valid depth via model.depth): " + ", ".join(_lm(families=True)))
+    return 0
+
+
+def _cmd_datasets(args) -> int:
+    from depthlab.data import list_datasets
+
+    print("\n".join(list_datasets()))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from depthlab.config import RunConfig
+    from depthlab.train import train
+
+    cfg = RunConfig.from_yaml(args.config) if args.config else RunConfig()
+    overrides = list(args.set or [])
+    for flag, key in ((args.out_dir, "out_dir"), (args.run_id, "run_id"), (args.data_dir, "data.data_dir"),
+                      (args.device, "train.device")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    cfg = cfg.with_overrides(overrides)
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    print(json.dumps({k: summary[k] for k in ("run_dir", "status", "epoch", "train_acc", "test_acc")
+                      if k in summary}))
+    return 0 if summary["status"] == "finished" else 1
+
+
+def _cmd_eval(args) -> int:
+    from depthlab.train import evaluate_run
+
+    row = evaluate_run(args.run_dir, checkpoint=args.checkpoint, split=args.split, device=args.device)
+    print(json.dumps(row))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from depthlab.demo import run_demo
+
+    depths = [int(d) for d in args.depths.split(",")]
+    res = run_demo(out=args.out, depths=depths, epochs=args.epochs, seed=args.seed, device=args.device,
+                   threads=args.threads, quiet=args.quiet)
+    table = Table(title=f"plain vs resnet on digits ({res['seconds']:.0f} s)")
+    for col in ("model", "depth", "params", "train acc", "test acc", "seconds"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in res["results"]:
+        table.add_row(r["model"], str(r["depth"]), f"{r['params']:,}", f"{100 * r['train_acc']:.1f}%",
+                      f"{100 * r['test_acc']:.1f}%", f"{r['seconds']:.1f}")
+    console = Console()
+    console.print(table)
+    c = res["check"]
+    word = {True: "OBSERVED", False: "NOT observed", None: "not checked"}[c["observed"]]
+    console.print(f"expected: {c['expected']}: {word}")
+    console.print(f"report: {res['report']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="depthlab", description="Build, train and diagnose very deep CNNs.")
+    from depthlab import __version__
+
+    p.add_argument("--version", action="version", version=f"depthlab {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("models", help="list every preset with its parameter count")
+    s.add_argument("--family", help="only names starting with this")
+    s.set_defaults(func=_cmd_models)
+
+    s = sub.add_parser("datasets", help="list the datasets")
+    s.set_defaults(func=_cmd_datasets)
+
+    s = sub.add_parser("train", help="train one run", epilog=_train_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--config", help="YAML file with model/data/train sections")
+    s.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=0.05")
+    s.add_argument("--out-dir", help="parent of run directories (default runs)")
+    s.add_argument("--run-id", help="run directory name (default <model>-<data>-s<seed>)")
+    s.add_argument("--data-dir", help="where dataset files live (default $DEPTHLAB_DATA_DIR or user cache)")
+    s.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    s.add_argument("--resume", action="store_true", help="continue the run in the run directory")
+    s.add_argument("--overwrite", action="store_true", help="replace the run in the run directory")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("eval", help="re-evaluate a run's checkpoint")
+    s.add_argument("run_dir")
+    s.add_argument("--checkpoint", default="last", help="last, best or a path (default last)")
+    s.add_argument("--split", default="test", choices=["test", "train", "val"])
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("demo", help="plain vs resnet at three depths on digits (CPU, ~2 min)")
+    s.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    s.add_argument("--depths", default="8,20,56", help="comma-separated depths, each 6n+2 (default 8,20,56)")
+    s.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the quick recipe's)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("depthlab: interrupted; the last finished epoch is checkpointed (resume with --resume)",
+              file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError) as e:  # our errors name the field and the valid values
+        print(f"depthlab: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

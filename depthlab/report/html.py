@@ -1,0 +1,80 @@
+"""Self-contained HTML reports (images inlined) built from run directories only."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from depthlab.report.plots import plot_training_curves, read_metrics
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.ok{color:#176f2c}.bad{color:#a61b1b}
+img{max-width:100%}code{background:#f4f4f4;padding:0 .3em}"""
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{html.escape(Path(path).name)}" src="data:image/png;base64,{data}">'
+
+
+def _table(rows, cols) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r))}</td>" for _, fmt in cols) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def write_demo_report(out_dir) -> Path:
+    """report.html + curves.png for a demo directory (reads results.json, summary.json, run dirs)."""
+    out_dir = Path(out_dir)
+    results = json.loads((out_dir / "results.json").read_text())
+    summary = json.loads((out_dir / "summary.json").read_text())
+    curves = plot_training_curves({r["model"]: r["run_dir"] for r in results}, out_dir / "curves.png",
+                                  title=f"plain (dashed) vs resnet (solid) on {summary['dataset']}")
+    cols = [("model", lambda r: r["model"]), ("depth", lambda r: str(r["depth"])),
+            ("params", lambda r: f"{r['params']:,}"), ("train acc", lambda r: _pct(r["train_acc"])),
+            ("test acc", lambda r: _pct(r["test_acc"])), ("seconds", lambda r: f"{r['seconds']:.1f}")]
+    check = summary["check"]
+    verdict = {True: "<b class=ok>observed</b>", False: "<b class=bad>not observed</b>",
+               None: "<b>not checked</b>"}[check["observed"]]
+    detail = ""
+    if check.get("gap") is not None:
+        detail = (f" (depth {check['depth']}: plain {_pct(check['plain_train_acc'])}, resnet "
+                  f"{_pct(check['resnet_train_acc'])} training accuracy)")
+    body = (f"<p>Plain and residual networks of the same depths trained with the <code>{summary['recipe']}</code> "
+            f"recipe on <code>{summary['dataset']}</code> (seed {summary['seed']}, device {summary['device']}, "
+            f"{summary['seconds']:.0f} s in all). The degradation problem (He et al. 2015): deeper plain "
+            f"networks train <i>worse</i>, residual ones do not.</p>"
+            f"<p>Expected: {html.escape(check['expected'])} &mdash; {verdict}{html.escape(detail)}</p>"
+            + _table(results, cols) + _img(curves)
+            + "<p>Reproduce: <code>depthlab demo</code>. Each run directory holds config.json, metrics.jsonl "
+              "and checkpoints.</p>")
+    path = out_dir / "report.html"
+    path.write_text(_page("depthlab demo: the degradation problem", body))
+    return path
+
+
+def write_run_report(run_dir) -> Path:
+    """report.html for one run directory: its config, final metrics and training curves."""
+    run_dir = Path(run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    rows = read_metrics(run_dir)
+    curves = plot_training_curves({cfg["model"]["name"]: run_dir}, run_dir / "curves.png")
+    cols = [("epoch", lambda r: str(r["epoch"])), ("lr", lambda r: f"{r['lr']:.4g}"),
+            ("train loss", lambda r: f"{r['train_loss']:.4f}"), ("train acc", lambda r: _pct(r["train_acc"])),
+            ("test acc", lambda r: _pct(r.get("test_acc"))), ("seconds", lambda r: f"{r['seconds']:.1f}")]
+    body = (f"<h2>config</h2><pre>{html.escape(json.dumps(cfg, indent=2))}</pre><h2>training</h2>"
+            + _img(curves) + _table(rows, cols))
+    path = run_dir / "report.html"
+    path.write_text(_page(f"depthlab run {run_dir.name}", body))
+    return path

@@ -1,0 +1,59 @@
+"""Plots that read run directories only (never recompute)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(run_dir) -> List[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if r.get("kind") == "epoch":
+                rows.append(r)
+    return rows
+
+
+def plot_training_curves(runs: Dict[str, str], path, title: str = "") -> Path:
+    """Training loss and accuracy per epoch; plain runs dashed, residual runs solid, colour = depth."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    depths = sorted({_depth(name) for name in runs})
+    cmap = plt.get_cmap("viridis")
+    colour = {d: cmap(i / max(1, len(depths) - 1) * 0.85) for i, d in enumerate(depths)}
+    for name, run_dir in runs.items():
+        rows = read_metrics(run_dir)
+        if not rows:
+            continue
+        ep = [r["epoch"] for r in rows]
+        style = "--" if name.startswith("plain") else "-"
+        kw = dict(ls=style, color=colour[_depth(name)], lw=1.8, label=name)
+        ax_loss.plot(ep, [r["train_loss"] for r in rows], **kw)
+        ax_acc.plot(ep, [100 * (1 - r["train_acc"]) for r in rows], **kw)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
+    ax_acc.set(xlabel="epoch", ylabel="training error (%)", title="training error")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=8, ncol=2)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _depth(name: str) -> int:
+    digits = "".join(c for c in name if c.isdigit())
+    return int(digits) if digits else 0
