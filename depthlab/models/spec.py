@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from depthlab.models.init import INITS
 from depthlab.registry import Registry, UnknownNameError
@@ -76,9 +76,12 @@ class ModelSpec:
     shortcut: str             # "A" zero-pad identity | "B" 1x1 projection where shape changes
     init: str                 # a name in INITS
     zero_init_residual: bool  # last BN gamma (pre-act: last conv) of every residual branch = 0
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # family-specific, e.g. gate_bias
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["options"] = dict(self.options)
+        return d
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,13 @@ class Preset:
 
 
 def register_family(name: str, *, layout: str, residual: bool, depths: DepthRule, description: str = "",
+                    options: Optional[Dict[str, Any]] = None, validate: Optional[Callable] = None,
                     **defaults) -> Callable:
-    """Decorator: register ``builder(spec) -> DepthNet`` as family ``name`` with its defaults."""
+    """Decorator: register ``builder(spec) -> DepthNet`` as family ``name`` with its defaults.
+
+    ``options`` are family-specific override keys with their defaults (e.g. ``gate_bias=-2.0``);
+    they land in ``spec.options``. ``validate(spec)`` may raise ValueError for bad option values or
+    combinations, naming the field and why."""
     unknown = set(defaults) - set(OVERRIDES)
     if unknown:
         raise ValueError(f"family {name!r}: unknown default(s) {sorted(unknown)}; valid: {', '.join(OVERRIDES)}")
@@ -100,8 +108,11 @@ def register_family(name: str, *, layout: str, residual: bool, depths: DepthRule
     missing = set(OVERRIDES) - set(merged)
     if missing:
         raise ValueError(f"family {name!r} needs defaults for {sorted(missing)}")
+    clash = set(options or {}) & set(OVERRIDES)
+    if clash:
+        raise ValueError(f"family {name!r}: options {sorted(clash)} shadow common overrides")
     return FAMILIES.register(name, layout=layout, residual=residual, depths=depths, defaults=merged,
-                             description=description)
+                             description=description, options=dict(options or {}), validate=validate)
 
 
 def register_preset(name: str, family: str, description: str = "", **overrides) -> Preset:
@@ -123,10 +134,6 @@ def unknown_model_message(name: Any) -> str:
 
 def resolve_spec(name: str, **overrides) -> ModelSpec:
     """Merge family defaults < preset overrides < ``overrides`` and validate; ``None`` means unset."""
-    unknown = [k for k in overrides if k not in OVERRIDES]
-    if unknown:
-        raise UnknownOverrideError(f"unknown model override(s) {', '.join(map(repr, unknown))}; "
-                                   f"valid keys: {', '.join(OVERRIDES)}")
     if isinstance(name, str) and name in MODELS:
         preset = MODELS.get(name)
         family, base = preset.family, preset.overrides
@@ -135,11 +142,21 @@ def resolve_spec(name: str, **overrides) -> ModelSpec:
     else:
         raise UnknownNameError(unknown_model_message(name))
     meta = FAMILIES.meta(family)
-    values = {**meta["defaults"], **base, **{k: v for k, v in overrides.items() if v is not None}}
+    unknown = [k for k in overrides if k not in OVERRIDES and k not in meta["options"]]
+    if unknown:
+        raise UnknownOverrideError(f"unknown model override(s) {', '.join(map(repr, unknown))} for family "
+                                   f"{family!r}; valid keys: {', '.join(OVERRIDES + tuple(meta['options']))}")
+    merged = {**meta["defaults"], **meta["options"], **base, **{k: v for k, v in overrides.items() if v is not None}}
+    options = {k: merged.pop(k) for k in meta["options"]}
+    values = merged
     if isinstance(values["shortcut"], str):
         values["shortcut"] = values["shortcut"].upper()
     _validate(values, family, meta)
-    return ModelSpec(name=name, family=family, layout=meta["layout"], residual=meta["residual"], **values)
+    spec = ModelSpec(name=name, family=family, layout=meta["layout"], residual=meta["residual"], **values,
+                     options=options)
+    if meta["validate"] is not None:
+        meta["validate"](spec)
+    return spec
 
 
 def _is_int(v: Any) -> bool:
