@@ -93,6 +93,26 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_remedies(args) -> int:
+    from depthlab.experiments.remedies import VARIANTS, markdown_table, run_remedies
+
+    variants = args.variants.split(",") if args.variants else None
+    for v in variants or []:
+        if v not in VARIANTS:
+            raise ValueError(f"unknown variant {v!r}; valid: {', '.join(VARIANTS)}")
+    rows = run_remedies(depth=args.depth, epochs=args.epochs, seed=args.seed, out=args.runs, variants=variants,
+                        device=args.device, quiet=args.quiet)
+    command = "depthlab remedies" + "".join(f" {a}" for a in sys.argv[2:])
+    table = markdown_table(rows, args.depth, command)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table)
+    print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="depthlab", description="Build, train and diagnose very deep CNNs.")
     from depthlab import __version__
@@ -136,6 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("remedies", help="which remedies restore a deep plain net's trainability (digits, CPU)")
+    s.add_argument("--depth", type=int, default=56)
+    s.add_argument("--epochs", type=int, default=None, help="default: the quick recipe's")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--variants", help="comma-separated subset (default: all)")
+    s.add_argument("--runs", default="runs/remedies", help="where the run directories go")
+    s.add_argument("--out", help="write the Markdown table here, e.g. docs/remedies.md")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_remedies)
     return p
 
 

@@ -31,6 +31,16 @@ class ModelConfig:
     zero_init_residual: bool = False
     num_classes: Optional[int] = None      # None: from the dataset
     in_channels: Optional[int] = None      # None: from the dataset
+    # family-specific options (None: the family's default; a family that lacks one rejects it)
+    activation: Optional[str] = None       # plain/resnet: "relu" | "crelu" (with init looks-linear)
+    rezero: Optional[bool] = None          # resnet/preact-resnet: branch * alpha, alpha = 0 at init
+    gate_bias: Optional[float] = None      # highway: transform-gate bias at init (negative)
+    growth_rate: Optional[int] = None      # densenet: k
+    bottleneck: Optional[bool] = None      # densenet: BC layers
+    compression: Optional[float] = None    # densenet: transition compression
+
+
+MODEL_OPTIONS = ("activation", "rezero", "gate_bias", "growth_rate", "bottleneck", "compression")
 
 
 @dataclass
@@ -65,10 +75,22 @@ class TrainConfig:
 
 
 @dataclass
+class MethodConfig:
+    """Methods that change how a network trains (``depthlab.methods``); all off by default."""
+    stochastic_depth: Optional[float] = None   # p_L of Huang et al. 2016 (0.5 in the paper); None: off
+    stochastic_depth_mode: str = "batch"       # "batch" (drop per mini-batch, paper) | "sample"
+    orthonormal: float = 0.0                   # lambda of Xie et al.'s orthonormality regulariser; 0: off
+    orthonormal_replaces_wd: bool = True       # no weight decay on the regularised conv weights
+    modulation: Optional[str] = None           # backward error modulation reference: "top" | "next"; None: off
+    modulation_epochs: Optional[int] = None    # modulate only during the first N epochs; None: all
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    methods: MethodConfig = field(default_factory=MethodConfig)
     out_dir: str = "runs"
     run_id: Optional[str] = None           # None: "<model>-<data>-s<seed>"
 
@@ -150,6 +172,18 @@ class RunConfig:
             raise ConfigError(f"data.augment {dt.augment!r} is not valid; use one of {', '.join(AUGMENTS)}")
         if dt.crop_padding is not None and dt.crop_padding < 0:
             raise ConfigError(f"data.crop_padding must be >= 0, got {dt.crop_padding}")
+        me = self.methods
+        if me.stochastic_depth is not None and not 0.0 < me.stochastic_depth <= 1.0:
+            raise ConfigError(f"methods.stochastic_depth (p_L) must be in (0, 1], got {me.stochastic_depth}")
+        if me.stochastic_depth_mode not in ("batch", "sample"):
+            raise ConfigError(f"methods.stochastic_depth_mode {me.stochastic_depth_mode!r} is not valid; "
+                              f"use batch or sample")
+        if me.orthonormal < 0:
+            raise ConfigError(f"methods.orthonormal (lambda) must be >= 0, got {me.orthonormal}")
+        if me.modulation is not None and me.modulation not in ("top", "next"):
+            raise ConfigError(f"methods.modulation {me.modulation!r} is not valid; use top, next or null")
+        if me.modulation_epochs is not None and me.modulation_epochs <= 0:
+            raise ConfigError(f"methods.modulation_epochs must be a positive integer, got {me.modulation_epochs}")
         _check_name("model.name", m.name, "depthlab.models", "MODELS", "FAMILIES")
         _check_name("data.name", dt.name, "depthlab.data", "DATASETS")
         _check_name("train.recipe", t.recipe, "depthlab.train.recipes", "RECIPES")
@@ -165,7 +199,7 @@ class RunConfig:
 
 
 AUGMENTS = ("none", "crop", "crop-flip")
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "methods": MethodConfig}
 
 
 def valid_keys():

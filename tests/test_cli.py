@@ -38,3 +38,13 @@ def test_python_dash_m_and_help_lists_recipes():
     out = subprocess.run([sys.executable, "-m", "depthlab", "train", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "he2015" in out and "quick" in out and "model.depth" in out
+
+
+def test_remedies_writes_a_markdown_table_naming_its_command(tmp_path, capsys):
+    out = tmp_path / "remedies.md"
+    assert main(["remedies", "--depth", "8", "--epochs", "1", "--variants", "plain,resnet", "--runs",
+                 str(tmp_path / "runs"), "--out", str(out), "--quiet"]) == 0
+    text = out.read_text()
+    assert "| plain |" in text and "| resnet |" in text and "Command: `depthlab remedies" in text
+    assert main(["remedies", "--variants", "nosuch", "--quiet"]) == 2
+    assert "valid: plain, resnet" in capsys.readouterr().err

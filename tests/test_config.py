@@ -49,6 +49,9 @@ def test_wrong_type_names_the_field(override, field):
     ("model.name=resnet57", "model.name 'resnet57' is unknown.*resnet56"),
     ("data.name=imagenet", "data.name 'imagenet' is unknown.*digits"),
     ("train.recipe=fast", "train.recipe 'fast' is unknown.*he2015"),
+    ("methods.stochastic_depth=0", r"methods\.stochastic_depth"), ("methods.stochastic_depth=1.5", "p_L"),
+    ("methods.stochastic_depth_mode=layer", "batch or sample"), ("methods.orthonormal=-1", "lambda"),
+    ("methods.modulation=bottom", "top, next"), ("methods.modulation_epochs=0", "modulation_epochs"),
 ])
 def test_validate_rejects_bad_values(override, message):
     with pytest.raises(ConfigError, match=message):

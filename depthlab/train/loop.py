@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from depthlab.config import ConfigError, RunConfig
+from depthlab.config import MODEL_OPTIONS, ConfigError, RunConfig
 from depthlab.train import checkpoint as ckpt
+from depthlab.train.methods import TrainingMethods, make_optimizer
 from depthlab.train.progress import Progress
 from depthlab.train.recipes import RECIPES, resolve_train
 
@@ -48,23 +49,31 @@ def seed_everything(seed: int) -> None:
 
 
 def build_from_config(cfg: RunConfig, dataset):
-    """Build the model a (partly unresolved) config describes, for ``dataset``."""
+    """Build the model a (partly unresolved) config describes, for ``dataset``, with the methods
+    that change the model itself (stochastic depth's survival probabilities) applied."""
     from depthlab.models import build_model
 
     m = cfg.model
-    overrides = {k: getattr(m, k) for k in ("depth", "width", "shortcut", "init") if getattr(m, k) is not None}
+    keys = ("depth", "width", "shortcut", "init") + MODEL_OPTIONS
+    overrides = {k: getattr(m, k) for k in keys if getattr(m, k) is not None}
     if m.zero_init_residual:
         overrides["zero_init_residual"] = True
-    return build_model(m.name, num_classes=m.num_classes or dataset.num_classes,
-                       in_channels=m.in_channels or dataset.in_channels, **overrides)
+    model = build_model(m.name, num_classes=m.num_classes or dataset.num_classes,
+                        in_channels=m.in_channels or dataset.in_channels, **overrides)
+    if cfg.methods.stochastic_depth is not None:
+        from depthlab.methods import apply_stochastic_depth
+
+        apply_stochastic_depth(model, cfg.methods.stochastic_depth, mode=cfg.methods.stochastic_depth_mode)
+    return model
 
 
 def resolve_config(cfg: RunConfig, model, dataset) -> RunConfig:
     """Fill every ``None`` the model, the dataset and the recipe determine."""
     spec = getattr(model, "spec", None)
     depth = getattr(model, "depth", None) or getattr(spec, "depth", 0)
+    options = dict(getattr(spec, "options", {}) or {})
     model_cfg = dataclasses.replace(
-        cfg.model, depth=depth,
+        cfg.model, depth=depth, **{k: options[k] for k in MODEL_OPTIONS if k in options},
         width=cfg.model.width if cfg.model.width is not None else getattr(spec, "width", None),
         shortcut=cfg.model.shortcut if cfg.model.shortcut is not None else getattr(spec, "shortcut", None),
         init=cfg.model.init if cfg.model.init is not None else getattr(spec, "init", None),
@@ -162,8 +171,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quie
     loader = DeviceLoader(dataset.train_x, dataset.train_y, batch_size=t.batch_size, shuffle=True,
                           augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, seed=t.seed)
     total_steps = t.epochs * len(loader)
-    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                          nesterov=t.nesterov and t.momentum > 0)
+    opt = make_optimizer(model, t, cfg.methods)
     factor = RECIPES.get(t.recipe).lr_factor(total_steps, t.warmup_iters, t.warmup_lr, t.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
@@ -189,53 +197,66 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quie
     progress = Progress(total=total_steps, done=start_epoch * len(loader), quiet=quiet,
                         title=f"{cfg.resolved_run_id} ({n_params:,} params, {device})")
     model.train()
-    with progress:
-        for epoch in range(start_epoch, t.epochs):
-            t0 = time.perf_counter()
-            loader.set_epoch(epoch)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
-            lr_now = opt.param_groups[0]["lr"]
-            for xb, yb in loader:
-                with autocast():
-                    out = model(xb)
-                    loss = F.cross_entropy(out.float(), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += loss.detach() * len(yb)
-                correct += (out.detach().argmax(1) == yb).sum()
-                seen += len(yb)
-                progress.advance()
-            train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen  # one sync per epoch
-            seconds = time.perf_counter() - t0
-            elapsed += seconds
-            row = {"kind": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * len(loader), "lr": lr_now,
-                   "train_loss": train_loss, "train_acc": train_acc, "seconds": seconds, "elapsed": elapsed}
-            diverged = not np.isfinite(train_loss)
-            last_epoch = epoch + 1 == t.epochs
-            if not diverged and ((epoch + 1) % t.eval_every == 0 or last_epoch):
-                row["test_loss"], row["test_acc"] = evaluate(model, dataset.test_x, dataset.test_y, autocast=autocast())
-                if dataset.val_x is not None:
-                    row["val_loss"], row["val_acc"] = evaluate(model, dataset.val_x, dataset.val_y, autocast=autocast())
-            if diverged:
-                row["status"] = "diverged"
-            _append_jsonl(run_dir / "metrics.jsonl", row)
-            progress.epoch_done(row)
-            if diverged:
-                summary.update(row, status="diverged")
-                progress.log(f"diverged at epoch {epoch + 1}: training loss is {train_loss}; "
-                             f"try a lower train.lr or a warm-up")
-                return summary
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "rng": ckpt.rng_state(), "epoch": epoch + 1, "best_val": best_val, "elapsed": elapsed}
-            if t.keep_best and row.get("val_acc", -1.0) > best_val:
-                best_val = state["best_val"] = row["val_acc"]
-                ckpt.atomic_write_bytes(run_dir / "checkpoints" / "best.pt", lambda f: torch.save(state, f))
-            ckpt.save_checkpoint(run_dir / "checkpoints", epoch + 1, state, keep_last=t.keep_last)
-            summary.update(row)
+    methods = TrainingMethods(model, cfg.methods)
+    try:
+        with progress:
+            return _epochs(cfg, model, dataset, loader, opt, sched, methods, progress, autocast, run_dir,
+                           start_epoch, best_val, elapsed, summary)
+    finally:
+        methods.close()
+
+
+def _epochs(cfg, model, dataset, loader, opt, sched, methods, progress, autocast, run_dir, start_epoch,
+            best_val, elapsed, summary) -> dict:
+    t, device = cfg.train, dataset.train_x.device
+    for epoch in range(start_epoch, t.epochs):
+        t0 = time.perf_counter()
+        loader.set_epoch(epoch)
+        methods.start_epoch(epoch)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        lr_now = opt.param_groups[0]["lr"]
+        for xb, yb in loader:
+            with autocast():
+                out = model(xb)
+                loss = F.cross_entropy(out.float(), yb)
+            penalty = methods.penalty()
+            opt.zero_grad(set_to_none=True)
+            (loss if penalty is None else loss + penalty).backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach() * len(yb)
+            correct += (out.detach().argmax(1) == yb).sum()
+            seen += len(yb)
+            progress.advance()
+        train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen  # one sync per epoch
+        seconds = time.perf_counter() - t0
+        elapsed += seconds
+        row = {"kind": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * len(loader), "lr": lr_now,
+               "train_loss": train_loss, "train_acc": train_acc, "seconds": seconds, "elapsed": elapsed}
+        diverged = not np.isfinite(train_loss)
+        last_epoch = epoch + 1 == t.epochs
+        if not diverged and ((epoch + 1) % t.eval_every == 0 or last_epoch):
+            row["test_loss"], row["test_acc"] = evaluate(model, dataset.test_x, dataset.test_y, autocast=autocast())
+            if dataset.val_x is not None:
+                row["val_loss"], row["val_acc"] = evaluate(model, dataset.val_x, dataset.val_y, autocast=autocast())
+        if diverged:
+            row["status"] = "diverged"
+        _append_jsonl(run_dir / "metrics.jsonl", row)
+        progress.epoch_done(row)
+        if diverged:
+            summary.update(row, status="diverged")
+            progress.log(f"diverged at epoch {epoch + 1}: training loss is {train_loss}; "
+                         f"try a lower train.lr or a warm-up")
+            return summary
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "rng": ckpt.rng_state(), "epoch": epoch + 1, "best_val": best_val, "elapsed": elapsed}
+        if t.keep_best and row.get("val_acc", -1.0) > best_val:
+            best_val = state["best_val"] = row["val_acc"]
+            ckpt.atomic_write_bytes(run_dir / "checkpoints" / "best.pt", lambda f: torch.save(state, f))
+        ckpt.save_checkpoint(run_dir / "checkpoints", epoch + 1, state, keep_last=t.keep_last)
+        summary.update(row)
     summary["status"] = "finished"
     return summary
 

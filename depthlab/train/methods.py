@@ -1,0 +1,49 @@
+"""How the trainer applies ``config.methods``: optimiser parameter groups, the orthonormality
+penalty added to the loss, and backward error modulation switched on for the first N epochs."""
+from __future__ import annotations
+
+import torch
+
+
+def make_optimizer(model, t, methods) -> torch.optim.Optimizer:
+    """SGD; with the orthonormality regulariser replacing weight decay (Xie et al. 2017), the
+    regularised conv weights get no weight decay and every other parameter keeps ``t.weight_decay``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": params}]
+    if methods.orthonormal > 0 and methods.orthonormal_replaces_wd:
+        from depthlab.methods import orthonormal_weights
+
+        reg = {id(w) for _, w in orthonormal_weights(model)}
+        groups = [{"params": [p for p in params if id(p) not in reg]},
+                  {"params": [p for p in params if id(p) in reg], "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                           nesterov=t.nesterov and t.momentum > 0)
+
+
+class TrainingMethods:
+    """Per-step and per-epoch effects of ``config.methods`` on a model being trained."""
+
+    def __init__(self, model, methods):
+        self.model, self.cfg = model, methods
+        self.modulation = None
+        if methods.modulation is not None:
+            from depthlab.methods import ErrorModulation
+
+            self.modulation = ErrorModulation(model, reference=methods.modulation)
+            self.modulation.attach()
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.modulation is not None and self.cfg.modulation_epochs is not None:
+            self.modulation.active = epoch < self.cfg.modulation_epochs
+
+    def penalty(self):
+        """The regulariser to add to the loss, or None."""
+        if self.cfg.orthonormal > 0:
+            from depthlab.methods import orthonormality_penalty
+
+            return orthonormality_penalty(self.model, self.cfg.orthonormal)
+        return None
+
+    def close(self) -> None:
+        if self.modulation is not None:
+            self.modulation.detach()

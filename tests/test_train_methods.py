@@ -1,0 +1,74 @@
+"""The trainer applies config.methods and model options: checked on tiny digits runs."""
+import json
+
+import pytest
+import torch
+
+from depthlab.config import RunConfig
+from depthlab.data import load_dataset
+from depthlab.train import build_from_config, evaluate_run, train
+from depthlab.train.methods import TrainingMethods, make_optimizer
+
+pytest.importorskip("depthlab.methods")
+
+
+def _cfg(tmp_path, *overrides):
+    base = ["model.name=resnet", "model.depth=14", "train.epochs=2", "train.device=cpu", f"out_dir={tmp_path}",
+            "run_id=m"]
+    return RunConfig().with_overrides(base + list(overrides))
+
+
+def test_stochastic_depth_from_config_reaches_the_model_and_eval(tmp_path):
+    cfg = _cfg(tmp_path, "methods.stochastic_depth=0.5")
+    data = load_dataset("digits")
+    model = build_from_config(cfg, data)
+    probs = [b.survival_prob for b in model.blocks]
+    L = len(probs)
+    assert probs == pytest.approx([1 - (l / L) * 0.5 for l in range(1, L + 1)])
+    s = train(cfg, quiet=True, dataset=data)
+    # eval rebuilds the model from config.json: the survival probabilities must be applied again
+    assert evaluate_run(cfg.run_dir, device="cpu")["test_acc"] == pytest.approx(s["test_acc"])
+    saved = json.loads((cfg.run_dir / "config.json").read_text())
+    assert saved["methods"]["stochastic_depth"] == 0.5
+
+
+def test_orthonormal_regulariser_replaces_weight_decay_on_conv_weights(tmp_path):
+    from depthlab.methods import orthonormal_weights, orthonormality_penalty
+
+    cfg = _cfg(tmp_path, "model.name=plain", "methods.orthonormal=0.01", "train.weight_decay=5e-4")
+    data = load_dataset("digits")
+    model = build_from_config(cfg, data)
+    t = cfg.train.__class__(**{**cfg.train.__dict__, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+                               "nesterov": False})
+    opt = make_optimizer(model, t, cfg.methods)
+    conv_ids = {id(w) for _, w in orthonormal_weights(model)}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == conv_ids and opt.param_groups[1]["weight_decay"] == 0
+    assert all(id(p) not in conv_ids for p in opt.param_groups[0]["params"])
+    assert opt.param_groups[0]["weight_decay"] == 5e-4
+    pen = TrainingMethods(model, cfg.methods).penalty()
+    assert torch.allclose(pen, orthonormality_penalty(model, 0.01)) and pen > 0
+    before = float(orthonormality_penalty(model, 1.0))
+    train(cfg, quiet=True, dataset=data)
+    trained = build_from_config(cfg, data)
+    from depthlab.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    trained.load_state_dict(load_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"))["model"])
+    assert float(orthonormality_penalty(trained, 1.0)) < before  # the regulariser pulls towards orthonormal
+
+
+def test_modulation_switches_off_after_its_epochs(tmp_path):
+    cfg = _cfg(tmp_path, "model.name=plain", "methods.modulation=top", "methods.modulation_epochs=1")
+    model = build_from_config(cfg, load_dataset("digits"))
+    tm = TrainingMethods(model, cfg.methods)
+    tm.start_epoch(0)
+    assert tm.modulation.active
+    tm.start_epoch(1)
+    assert not tm.modulation.active
+    tm.close()
+    assert train(cfg, quiet=True)["status"] == "finished"
+
+
+def test_model_options_are_checked_per_family(tmp_path):
+    with pytest.raises(ValueError, match="gate_bias.*valid keys"):
+        train(_cfg(tmp_path, "model.gate_bias=-2"), quiet=True)
+    assert not (tmp_path / "m").exists()
