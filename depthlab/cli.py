@@ -12,8 +12,22 @@ def _train_epilog() -> str:
 
     recipes = "\n".join(f"  {n:<8} {RECIPES.get(n).description}" for n in RECIPES.names())
     keys = ", ".join(valid_keys())
-    return (f"recipes:\n{recipes}\n\nconfig keys (--set key=value):\n  {keys}\n\n"
+    return (f"recipes:\n{recipes}\n\nremedies for depth (each a config option):\n{_REMEDIES_HELP}\n"
+            f"config keys (--set key=value):\n  {keys}\n\n"
             "example:\n  depthlab train --set model.name=plain56 data.name=digits train.recipe=quick")
+
+
+_REMEDIES_HELP = """\
+  model.name=highway / densenet40 / densenet-bc100 / xie-plain44 / fixup-resnet56   families (depthlab models)
+  model.rezero=true                 SkipInit/ReZero: branch * alpha, alpha = 0 at init (resnet, preact-resnet)
+  model.activation=crelu model.init=looks-linear   CReLU + looks-linear init: linear at init (plain, resnet)
+  model.init=delta-orthogonal       delta-orthogonal conv init (Xiao et al. 2018)
+  model.zero_init_residual=true     last BN gamma of each residual branch = 0
+  model.gate_bias=-2                highway transform-gate bias at init
+  methods.stochastic_depth=0.5      stochastic depth with p_L = 0.5 (methods.stochastic_depth_mode=batch|sample)
+  methods.orthonormal=1e-3          Xie et al. orthonormality regulariser lambda (replaces weight decay on convs)
+  methods.modulation=top            backward error modulation, reference top|next (methods.modulation_epochs=N)
+"""
 
 
 def _cmd_models(args) -> int:

@@ -38,6 +38,7 @@ def test_python_dash_m_and_help_lists_recipes():
     out = subprocess.run([sys.executable, "-m", "depthlab", "train", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "he2015" in out and "quick" in out and "model.depth" in out
+    assert "methods.stochastic_depth=0.5" in out and "looks-linear" in out
 
 
 def test_remedies_writes_a_markdown_table_naming_its_command(tmp_path, capsys):
