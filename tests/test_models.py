@@ -53,11 +53,20 @@ EXPECTED.update({f"preact-resnet{d}": preact_cifar_params((d - 2) // 6) for d in
 EXPECTED.update({"mnist-resnet": 117_802, "resnet18": 11_689_512, "resnet34": 21_797_672,
                  "plain18": 11_689_512 - projection_params([64, 128, 256, 512]),
                  "plain34": 21_797_672 - projection_params([64, 128, 256, 512])})
+# Families of the remedies issue; each count is derived by independent arithmetic in
+# tests/test_families_extra.py and tests/test_remedies_models.py. Listed here so that every
+# registered preset has an exact count (the set equality below fails for a preset without one).
+EXPECTED.update({"densenet40": 1_019_722, "densenet-bc100": 769_162, "densenet-bc190": 25_624_430,
+                 "xie-plain44": 658_586, "xie-plain110": 1_727_962,
+                 "highway20": 537_658, "highway32": 926_074, "highway110": 3_450_778,
+                 "fixup-resnet20": 268_393, "fixup-resnet56": 849_091, "fixup-resnet110": 1_720_138})
+SLOW_TO_BUILD = {"densenet-bc190", "resnet1202"}  # counted on the meta device only
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_param_counts_exact(name):
-    assert count_params(build_model(name)) == EXPECTED[name]
+    if name not in SLOW_TO_BUILD or name == "resnet1202":
+        assert count_params(build_model(name)) == EXPECTED[name]
     assert model_summary(name)["params"] == EXPECTED[name]
 
 
@@ -72,16 +81,21 @@ def test_param_counts_from_arithmetic_and_shortcut_b():
 # ----------------------------------------------------------------------------- the model contract
 def small_input(name):
     layout = resolve_spec(name).layout
-    if name == "resnet1202":
+    if name in SLOW_TO_BUILD:
         return torch.randn(2, 3, 4, 4)
     return {"cifar": torch.randn(2, 3, 16, 16), "imagenet": torch.randn(2, 3, 32, 32),
             "mnist": torch.randn(2, 1, 10, 10)}[layout]
 
 
 def expected_taps(model):
+    """``stem.conv``, then per block its branch convs by name (a highway block also its ``gate``
+    conv), then ``sum``: the contract every family follows."""
     names = ["stem.conv"]
-    for block_name in model.block_names:
-        names += [f"{block_name}.conv1", f"{block_name}.conv2", f"{block_name}.sum"]
+    for block_name, block in zip(model.block_names, model.blocks):
+        convs = [n for n, m in block.branch.named_children() if isinstance(m, nn.Conv2d)]
+        local = list(block.taps())
+        assert local[-1] == "sum" and [n for n in local if n in convs] == convs and len(convs) >= 1
+        names += [f"{block_name}.{n}" for n in local]
     return names
 
 
@@ -92,13 +106,20 @@ def test_model_contract(name):
     spec = model.spec
     x = small_input(name)
     assert isinstance(model, DepthNet) and isinstance(spec, ModelSpec) and model.depth == spec.depth
-    assert isinstance(model.blocks, nn.ModuleList) and len(model.blocks) > 0
+    assert isinstance(model.blocks, nn.ModuleList) and len(model.blocks) == len(model.block_names) > 0
     for block in model.blocks:
         assert isinstance(block.branch, nn.Module) and isinstance(block.shortcut, nn.Module)
         assert block.enabled is True and block.survival_prob == 1.0
-        assert block.has_shortcut == spec.residual
-        assert isinstance(block.branch.conv1, nn.Conv2d) and isinstance(block.branch.bn1, nn.BatchNorm2d)
-        assert isinstance(block.branch.conv2, nn.Conv2d) and isinstance(block.branch.bn2, nn.BatchNorm2d)
+        if not spec.residual:
+            assert not block.has_shortcut
+    if spec.residual:  # residual-like families: shortcuts everywhere but (DenseNet) transitions
+        assert sum(b.has_shortcut for b in model.blocks) >= len(model.blocks) - 2
+    if spec.family in ("resnet", "plain", "resnet-imagenet", "plain-imagenet", "mnist-resnet") and \
+            spec.options.get("activation", "relu") == "relu":
+        for block in model.blocks:  # He et al.'s basic block, layer by layer
+            assert isinstance(block.branch.conv1, nn.Conv2d) and isinstance(block.branch.bn1, nn.BatchNorm2d)
+            assert isinstance(block.branch.conv2, nn.Conv2d) and isinstance(block.branch.bn2, nn.BatchNorm2d)
+            assert block.has_shortcut == spec.residual
     taps = model.taps()
     assert list(taps) == expected_taps(model)
     assert len(set(map(id, taps.values()))) == len(taps)
@@ -288,7 +309,8 @@ def test_init_functions():
 
 
 def test_init_schemes_on_models():
-    assert set(INITS.names()) == {"kaiming", "kaiming-fan-in", "orthogonal", "xavier", "torch-default"}
+    assert set(INITS.names()) == {"kaiming", "kaiming-fan-in", "orthogonal", "xavier", "torch-default",
+                                  "delta-orthogonal", "looks-linear", "fixup"}
     torch.manual_seed(0)
     w = build_model("resnet56").blocks[-1].branch.conv2.weight  # (64, 64, 3, 3)
     assert abs(w.std().item() / math.sqrt(2 / (64 * 9)) - 1) < 0.03
@@ -301,7 +323,7 @@ def test_init_schemes_on_models():
             small = flat @ flat.T if flat.shape[0] <= flat.shape[1] else flat.T @ flat
             torch.testing.assert_close(small, torch.eye(small.shape[0]), atol=1e-4, rtol=0)
             assert torch.equal(m.bias, torch.zeros_like(m.bias))
-    for scheme in INITS.names():
+    for scheme in set(INITS.names()) - {"looks-linear", "fixup"}:  # those two need CReLU / Fixup nets
         torch.manual_seed(0)
         a = build_model("resnet20", init=scheme)
         torch.manual_seed(0)

@@ -21,7 +21,8 @@ from depthlab.models.spec import (FAMILIES, MODELS, DepthRule, ModelSpec, Unknow
 from depthlab.models.blocks import BasicBlock, Block, PreActBlock
 from depthlab.models.layers import ShortcutA, ShortcutB, shortcut_a
 from depthlab.models.net import DepthNet
-from depthlab.models import cifar, imagenet, mnist  # noqa: F401  (register families and presets)
+from depthlab.models import cifar, densenet, highway, imagenet, mnist, xie  # noqa: F401  (register families and presets)
+from depthlab.models import crelu, fixup  # noqa: F401  (CReLU blocks; fixup-resnet family and presets)
 
 __all__ = [
     "build_model", "list_models", "count_params", "model_summary", "resolve_spec",

@@ -14,7 +14,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from depthlab.models.layers import conv3x3, make_shortcut
+from depthlab.models.layers import conv3x3, make_shortcut, sample_mask
+
+DROP_MODES = ("batch", "sample")
 
 
 class Block(nn.Module):
@@ -29,6 +31,22 @@ class Block(nn.Module):
     the input's device; a dropped branch is not computed, so the block returns ``shortcut(x)``);
     in eval mode the branch is scaled by p. ``p = 1`` is the deterministic block. A dropped branch
     leaves its parameters unused in that step (DDP needs ``find_unused_parameters=True``).
+
+    ``drop_mode`` chooses the unit of that drop: ``"batch"`` (default, above) or ``"sample"``: in
+    train mode each sample keeps its branch with probability p (a Bernoulli mask of shape
+    (B, 1, 1, 1) drawn on the input's device; the branch is computed for the whole batch and
+    multiplied by the mask, as timm's ``drop_path`` but without its 1/p rescaling). A dropped
+    sample's pre-``post`` value is ``shortcut(x)`` (plain blocks too), so it gets
+    ``post(shortcut(x))``: the batch-mode drop output ``shortcut(x)`` whenever ``post`` is the
+    identity on it (pre-activation blocks; post-activation blocks with option A on post-ReLU
+    inputs). Eval mode is the same in both modes (branch scaled by p).
+
+    ``alpha`` is SkipInit / ReZero (De & Smith 2020, arXiv 2002.10444; Bachlechner et al. 2020,
+    arXiv 2003.04887): ``None`` (no parameter) unless ``use_rezero_()`` adds a learnable scalar,
+    0 at init, that multiplies the branch output: ``out = post(shortcut(x) + alpha * branch(x))``.
+    At init the block is then its shortcut path followed by ``post``: pre-activation blocks return
+    ``shortcut(x)``, post-activation blocks ``relu(shortcut(x))`` (= ``shortcut(x)`` for option A
+    on the non-negative inputs they receive; option B's projection+BN is not rectified already).
     """
 
     def __init__(self, branch: nn.Sequential, shortcut: nn.Module, has_shortcut: bool, post: nn.Module):
@@ -40,6 +58,30 @@ class Block(nn.Module):
         self.has_shortcut = has_shortcut
         self.enabled = True
         self.survival_prob = 1.0
+        self.drop_mode = "batch"
+        self.register_parameter("alpha", None)
+
+    def use_rezero_(self) -> "Block":
+        """Add the SkipInit/ReZero scalar ``alpha`` (0) on the branch output; returns the block."""
+        self.alpha = nn.Parameter(torch.zeros(1))
+        return self
+
+    def reset_scalars_(self) -> None:
+        """Re-initialise ``alpha`` to 0 (called by every init scheme)."""
+        if self.alpha is not None:
+            with torch.no_grad():
+                self.alpha.zero_()
+
+    @property
+    def drop_mode(self) -> str:
+        return self._drop_mode
+
+    @drop_mode.setter
+    def drop_mode(self, mode: str) -> None:
+        if mode not in DROP_MODES:
+            raise ValueError(f"drop_mode must be one of {', '.join(map(repr, DROP_MODES))} "
+                             f"(a whole mini-batch or each sample), got {mode!r}")
+        self._drop_mode = mode
 
     @property
     def survival_prob(self) -> float:
@@ -55,7 +97,7 @@ class Block(nn.Module):
         if not self.enabled:
             return True
         p = self._survival_prob
-        if not self.training or p >= 1.0:
+        if not self.training or p >= 1.0 or self._drop_mode == "sample":
             return False
         return bool(torch.rand((), device=x.device) >= p)  # one draw per mini-batch
 
@@ -63,8 +105,16 @@ class Block(nn.Module):
         if self._branch_off(x):
             return self.sum(self.shortcut(x))
         y = self.branch(x)
-        if not self.training and self._survival_prob < 1.0:
-            y = y * self._survival_prob
+        if self.alpha is not None:
+            y = y * self.alpha
+        p = self._survival_prob
+        if p < 1.0 and not self.training:
+            y = y * p
+        elif p < 1.0 and self._drop_mode == "sample":  # train, per sample (batch mode: kept, see above)
+            mask = sample_mask(y, p)  # (B, 1, 1, 1)
+            y = y * mask
+            if not self.has_shortcut:  # a dropped plain sample takes the lesion path
+                y = y + (1.0 - mask) * self.shortcut(x)
         if self.has_shortcut:
             y = y + self.shortcut(x)
         return self.post(self.sum(y))
@@ -80,7 +130,8 @@ class Block(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not define zero_init_residual_")
 
     def extra_repr(self) -> str:
-        return f"has_shortcut={self.has_shortcut}, enabled={self.enabled}, survival_prob={self._survival_prob}"
+        extra = f", drop_mode={self._drop_mode!r}" if self._drop_mode != "batch" else ""
+        return f"has_shortcut={self.has_shortcut}, enabled={self.enabled}, survival_prob={self._survival_prob}{extra}"
 
 
 class BasicBlock(Block):

@@ -3,6 +3,15 @@ w/2w/4w (w = 16), stride 2 opening stages 2 and 3, global average pool, fc. Dept
 
 Families: ``resnet`` (post-activation, option A), ``plain`` (same layers, no additions),
 ``preact-resnet`` (He et al. 2016 identity-mapping blocks, final BN-ReLU before pooling).
+
+Family options (model overrides, defaults keep the published networks and their parameter counts):
+
+- ``activation`` on ``resnet`` and ``plain``: ``"relu"`` (default) or ``"crelu"`` (Balduzzi et al.
+  2017, Sec. 5; the CReLU layout is described in ``crelu.py``; pair it with ``init="looks-linear"``
+  for a network that is exactly linear at init).
+- ``rezero`` on ``resnet`` and ``preact-resnet``: ``False`` (default) or ``True``: every block's
+  branch output times a learnable scalar ``block.alpha``, 0 at init (SkipInit, De & Smith 2020;
+  ReZero, Bachlechner et al. 2020; see ``Block``). BN is kept.
 """
 from __future__ import annotations
 
@@ -12,11 +21,44 @@ from typing import Callable, List
 from torch import nn
 
 from depthlab.models.blocks import BasicBlock, Block, PreActBlock
+from depthlab.models.crelu import CReLU, CReLUBlock, mark_after_crelu
 from depthlab.models.layers import conv3x3
 from depthlab.models.net import DepthNet
 from depthlab.models.spec import DepthRule, ModelSpec, register_family, register_preset
 
 CIFAR_DEPTHS = DepthRule(step=6, offset=2)
+ACTIVATIONS = ("relu", "crelu")
+
+
+def validate_options(spec: ModelSpec) -> None:
+    """``activation`` in ACTIVATIONS, ``rezero`` a bool; ``init="looks-linear"`` needs CReLU."""
+    opts = spec.options
+    if "activation" in opts and opts["activation"] not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))} for model family "
+                         f"{spec.family!r}, got {opts['activation']!r}")
+    if "rezero" in opts and not isinstance(opts["rezero"], bool):
+        raise ValueError(f"rezero must be True or False, got {opts['rezero']!r}")
+    if spec.init == "looks-linear" and opts.get("activation") != "crelu":
+        have = (f"activation={opts['activation']!r}" if "activation" in opts
+                else "no activation option, so ReLU")
+        raise ValueError(f"init 'looks-linear' requires activation='crelu' (model family {spec.family!r} has "
+                         f"{have}): its [W, -W] weights cancel only on CReLU inputs [relu(x), relu(-x)]")
+
+
+def _rezero(block: Block, spec: ModelSpec) -> Block:
+    return block.use_rezero_() if spec.options.get("rezero") else block
+
+
+def crelu_net(spec: ModelSpec, residual: bool) -> DepthNet:
+    """The CReLU variant of ``resnet`` / ``plain`` (layout in ``crelu.py``)."""
+    stages = cifar_stages(spec, lambda c_in, c_out, s: _rezero(
+        CReLUBlock(c_in, c_out, s, residual, spec.shortcut), spec))
+    stem = nn.Sequential(OrderedDict([("conv", conv3x3(spec.in_channels, spec.width)),
+                                      ("bn", nn.BatchNorm2d(spec.width))]))
+    c = 4 * spec.width
+    net = DepthNet(spec, stem, stages, features=2 * c, final=CReLU())
+    mark_after_crelu(net.head.fc)
+    return net
 
 
 def cifar_stages(spec: ModelSpec, make_block: Callable[[int, int, int], Block]) -> List[List[Block]]:
@@ -40,23 +82,30 @@ def cifar_stem(spec: ModelSpec, norm: bool = True) -> nn.Sequential:
 
 
 @register_family("resnet", layout="cifar", residual=True, depths=CIFAR_DEPTHS, depth=20, width=16,
-                 description="He et al. 2015 CIFAR ResNet, post-activation basic blocks")
+                 description="He et al. 2015 CIFAR ResNet, post-activation basic blocks",
+                 options=dict(activation="relu", rezero=False), validate=validate_options)
 def cifar_resnet(spec: ModelSpec) -> DepthNet:
-    stages = cifar_stages(spec, lambda c_in, c_out, s: BasicBlock(c_in, c_out, s, True, spec.shortcut))
+    if spec.options["activation"] == "crelu":
+        return crelu_net(spec, residual=True)
+    stages = cifar_stages(spec, lambda c_in, c_out, s: _rezero(BasicBlock(c_in, c_out, s, True, spec.shortcut), spec))
     return DepthNet(spec, cifar_stem(spec), stages, features=4 * spec.width)
 
 
 @register_family("plain", layout="cifar", residual=False, depths=CIFAR_DEPTHS, depth=20, width=16,
-                 description="He et al. 2015 CIFAR plain net: the ResNet without shortcut additions")
+                 description="He et al. 2015 CIFAR plain net: the ResNet without shortcut additions",
+                 options=dict(activation="relu"), validate=validate_options)
 def cifar_plain(spec: ModelSpec) -> DepthNet:
+    if spec.options["activation"] == "crelu":
+        return crelu_net(spec, residual=False)
     stages = cifar_stages(spec, lambda c_in, c_out, s: BasicBlock(c_in, c_out, s, False))
     return DepthNet(spec, cifar_stem(spec), stages, features=4 * spec.width)
 
 
 @register_family("preact-resnet", layout="cifar", residual=True, depths=CIFAR_DEPTHS, depth=20, width=16,
-                 description="He et al. 2016 pre-activation (identity-mapping) CIFAR ResNet")
+                 description="He et al. 2016 pre-activation (identity-mapping) CIFAR ResNet",
+                 options=dict(rezero=False), validate=validate_options)
 def cifar_preact_resnet(spec: ModelSpec) -> DepthNet:
-    stages = cifar_stages(spec, lambda c_in, c_out, s: PreActBlock(c_in, c_out, s, spec.shortcut))
+    stages = cifar_stages(spec, lambda c_in, c_out, s: _rezero(PreActBlock(c_in, c_out, s, spec.shortcut), spec))
     c = 4 * spec.width
     final = nn.Sequential(OrderedDict([("bn", nn.BatchNorm2d(c)), ("relu", nn.ReLU())]))
     # The stem is the bare conv: the first block's BN-ReLU pre-activates it.

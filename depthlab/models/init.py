@@ -3,7 +3,11 @@
 Tensor initialisers work in place, return the tensor and raise ``ValueError`` on tensors with fewer
 than 2 dimensions. A scheme in ``INITS`` is ``scheme(model) -> model``: it re-initialises every
 conv, linear and BatchNorm layer in place (BN: gamma 1, beta 0, fresh running statistics), so it
-fully determines the init given the torch RNG state. ``zero_init_residual_`` is applied after it.
+fully determines the init given the torch RNG state (learnable scalars too: ReZero's alpha 0,
+Fixup's biases 0 and scales 1). ``zero_init_residual_`` is applied after it.
+
+Schemes that only make sense for one architecture check it and raise ``ValueError``:
+``looks-linear`` needs CReLU (``activation="crelu"``), ``fixup`` needs a ``fixup-resnet``.
 """
 from __future__ import annotations
 
@@ -58,6 +62,59 @@ def orthogonal_(tensor: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
     return nn.init.orthogonal_(tensor, gain=gain)
 
 
+def delta_orthogonal_(weight: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    """Delta-orthogonal kernel: Xiao et al. 2018, "Dynamical Isometry and a Mean Field Theory of
+    CNNs: How to Train 10,000-Layer Vanilla Convolutional Neural Networks" (arXiv 1806.05393),
+    Algorithm 2. Every tap of the (C_out, C_in, k, k) kernel is zero except the spatial centre,
+    which is a random orthogonal C_out x C_in matrix times ``gain`` (semi-orthogonal when
+    non-square: orthonormal rows if C_out <= C_in, columns otherwise), so all min(C_out, C_in)
+    singular values of the centre tap equal ``gain``. In place; returns ``weight``. Raises
+    ``ValueError`` for a non-4D tensor or an even kernel size (no centre tap)."""
+    if weight.dim() != 4:
+        raise ValueError(f"delta_orthogonal_ needs a 4D conv weight (C_out, C_in, kh, kw), "
+                         f"got shape {tuple(weight.shape)}")
+    c_out, c_in, kh, kw = weight.shape
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"delta_orthogonal_ needs odd kernel sizes (a centre tap), got shape {tuple(weight.shape)}")
+    centre = torch.empty(c_out, c_in, dtype=weight.dtype, device=weight.device)
+    nn.init.orthogonal_(centre, gain=gain)
+    with torch.no_grad():
+        weight.zero_()
+        weight[:, :, kh // 2, kw // 2] = centre
+    return weight
+
+
+def looks_linear_(weight: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    """Looks-linear weight for a layer that reads a CReLU output: Balduzzi et al. 2017, "The
+    Shattered Gradients Problem: If resnets are the answer, then what is the question?"
+    (arXiv 1702.08591), Sec. 5. The input channels are the two CReLU halves ``[relu(x), relu(-x)]``;
+    the weight is ``[W, -W]`` along them, so ``[W, -W] . crelu(x) = W x``: the layer is exactly
+    linear in x. ``W`` (C_out, C_in / 2, *k) is orthogonal over its fan-in (``orthogonal_``:
+    reshaped to C_out x (C_in/2 k k), orthonormal rows, or columns when C_out is larger) times
+    ``gain``. Works for conv and linear weights. In place; returns ``weight``. Raises
+    ``ValueError`` for fewer than 2 dims or an odd number of input channels."""
+    _fans(weight, "looks_linear_")
+    if weight.shape[1] % 2:
+        raise ValueError(f"looks_linear_ needs an even number of input channels (the two CReLU halves), "
+                         f"got shape {tuple(weight.shape)}")
+    half = weight.shape[1] // 2
+    w = torch.empty(weight.shape[0], half, *weight.shape[2:], dtype=weight.dtype, device=weight.device)
+    nn.init.orthogonal_(w, gain=gain)
+    with torch.no_grad():
+        weight[:, :half] = w
+        weight[:, half:] = -w
+    return weight
+
+
+def _reset_scalars(model: nn.Module) -> nn.Module:
+    """Reset the learnable scalars (ReZero alpha, Fixup biases / scales): modules with ``reset_scalars_``."""
+    for m in model.modules():
+        fn = getattr(m, "reset_scalars_", None)
+        if callable(fn):
+            fn()
+    return model
+
+
 def _reinit(model: nn.Module, weight_fn, linear_fn=None) -> nn.Module:
     """Apply ``weight_fn`` to every conv (and ``linear_fn`` to every linear) weight; zero their
     biases; reset BatchNorm. ``linear_fn=None`` keeps torch's default Linear init (as torchvision)."""
@@ -68,7 +125,7 @@ def _reinit(model: nn.Module, weight_fn, linear_fn=None) -> nn.Module:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.Linear, nn.modules.batchnorm._BatchNorm)):
             m.reset_parameters()
-    return model
+    return _reset_scalars(model)
 
 
 @INITS.register("kaiming", paper="He et al. 2015, arXiv 1502.01852, eq. 14 (fan_out)")
@@ -101,7 +158,70 @@ def torch_default_init_(model: nn.Module) -> nn.Module:
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
             m.reset_parameters()
-    return model
+    return _reset_scalars(model)
+
+
+@INITS.register("delta-orthogonal", paper="Xiao et al. 2018, arXiv 1806.05393, Algorithm 2")
+def delta_orthogonal_init_(model: nn.Module) -> nn.Module:
+    """Every conv delta-orthogonal with gain 1 (``delta_orthogonal_``; a 1x1 projection is then
+    plainly orthogonal), conv biases 0; fc orthogonal (gain 1) with bias 0, as the "orthogonal"
+    scheme; BN gamma 1, beta 0, fresh running statistics (in BN nets the gain is irrelevant: BN
+    rescales; Xiao et al.'s vanilla tanh nets need no BN). Raises ``ValueError`` on an even kernel."""
+    return _reinit(model, delta_orthogonal_, orthogonal_)
+
+
+def _after_crelu(m: nn.Module) -> bool:
+    return bool(getattr(m, "after_crelu", False))
+
+
+@INITS.register("looks-linear", paper="Balduzzi et al. 2017, arXiv 1702.08591, Sec. 5")
+def looks_linear_init_(model: nn.Module) -> nn.Module:
+    """Every conv / fc that reads a CReLU output (flagged ``after_crelu`` by its builder) gets
+    ``looks_linear_`` ([W, -W], W orthogonal over its fan-in); the other convs and fcs (the stem
+    conv on the raw input, option-B projections) plain ``orthogonal_``; all biases 0; BN gamma 1,
+    beta 0, fresh running statistics. With BN in eval mode and fresh statistics the whole network
+    is then exactly linear in its input (BN in train mode normalises with batch statistics, which
+    is not linear). Raises ``ValueError`` for a model without CReLU: its ReLUs would not cancel."""
+    if not any(_after_crelu(m) for m in model.modules()):
+        raise ValueError("init 'looks-linear' needs a CReLU network (model option activation='crelu'): "
+                         "the [W, -W] weights make a layer linear only when its input is [relu(x), relu(-x)]")
+
+    def weight_fn(m):
+        return looks_linear_ if _after_crelu(m) else orthogonal_
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            weight_fn(m)(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_parameters()
+    return _reset_scalars(model)
+
+
+@INITS.register("fixup", paper="Zhang et al. 2019, arXiv 1901.09321, Sec. 3 (Fixup)")
+def fixup_init_(model: nn.Module) -> nn.Module:
+    """Fixup (Zhang, Dauphin & Ma 2019, "Fixup Initialization: Residual Learning Without
+    Normalization", Sec. 3, rules 1-3) for a ``fixup-resnet`` (blocks with ``fixup_init_``): with
+    L residual branches of m = 2 convs, each branch's first conv is He-normal (fan_out, as the
+    reference code) times L^(-1/(2m-2)) = L^(-1/2), its last conv 0; the classifier weight and
+    bias 0; every scalar bias 0 and scale 1; other convs (the stem) He-normal fan_out."""
+    blocks = [b for b in getattr(model, "blocks", []) if callable(getattr(b, "fixup_init_", None))]
+    if not blocks:
+        raise ValueError("init 'fixup' applies only to Fixup networks (family 'fixup-resnet'): "
+                         "it needs norm-free residual branches with scalar biases and multipliers")
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            kaiming_normal_fan_out_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for b in blocks:
+        b.fixup_init_(len(blocks))
+    return _reset_scalars(model)
 
 
 def zero_init_residual_(model: nn.Module) -> nn.Module:

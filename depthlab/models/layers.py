@@ -72,3 +72,42 @@ def make_shortcut(kind: str, c_in: int, c_out: int, stride: int = 1, norm: bool 
     if kind == "B":
         return ShortcutB(c_in, c_out, stride, norm=norm)
     raise ValueError(f"shortcut must be 'A' or 'B', got {kind!r}")
+
+
+def sample_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Per-sample Bernoulli(p) keep mask of shape (B, 1, ..., 1), in ``x``'s dtype and on its device
+    (the functional core of per-sample stochastic depth, timm's ``drop_path`` without rescaling:
+    Huang et al. 2016 scale by p at test time instead)."""
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+    return (torch.rand(shape, device=x.device) < p).to(x.dtype)
+
+
+class ScalarBias(nn.Module):
+    """A learnable scalar added to every element (Fixup's bias1a/1b/2a/2b; Zhang et al. 2019,
+    arXiv 1901.09321, Sec. 3), 0 at init."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def reset_scalars_(self) -> None:
+        with torch.no_grad():
+            self.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
+
+
+class ScalarScale(nn.Module):
+    """A learnable scalar multiplier (Fixup's ``scale``, Zhang et al. 2019, Sec. 3), 1 at init."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def reset_scalars_(self) -> None:
+        with torch.no_grad():
+            self.scale.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale

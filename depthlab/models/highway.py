@@ -1,0 +1,163 @@
+"""Highway networks (Srivastava, Greff & Schmidhuber 2015, arXiv 1505.00387 / 1507.06228), CIFAR
+layout: 3x3 conv-BN-ReLU stem, 3 stages of n highway layers at widths w/2w/4w (w = 16), global
+average pool, fc. Depth = 3n + 2 (stem conv + one H conv per highway layer + fc; the gate convs
+are not counted, as the paper counts a highway layer as one layer).
+
+One highway layer (a depth unit in ``model.blocks``)::
+
+    H(x) = ReLU(BN(conv3x3(x)))                      branch.conv1 / bn1 / relu1
+    T(x) = sigmoid(conv3x3_T(x) + b_T)               branch.gate (a GateConv), b_T = gate_bias
+    C(x) = shortcut(x)                               the carry path
+    y    = T * H(x) + (1 - T) * C(x)                 computed as torch.lerp(C, H, T)
+
+Choices (DESIGN.md Sec. 6, "highway gate"):
+- the gate conv is 3x3 with the layer's stride, the same receptive field and output size as H, so
+  T can gate each output position on the same evidence H sees (Srivastava et al.'s convolutional
+  highway layers use the same filter size for H and T); it adds a second conv per layer.
+- stage transitions are highway layers too: H and T have stride 2 and 2w output channels, and the
+  carry is the parameter-free option-A shortcut (subsample, zero-pad) -- or an option-B projection
+  with ``shortcut="B"``. On the zero-padded channels the carry is 0, so there y = T * H(x).
+- ``b_T`` is ``GateConv.gate_bias``, a parameter that is *not* the conv's ``bias``: the init
+  schemes in ``init.py`` zero every conv bias, and a separate parameter survives all of them
+  (``torch-default`` calls ``reset_parameters``, which refills it with ``gate_bias``). So
+  ``build_model`` needs no post-init hook.
+- ``gate_bias`` (family option, default -2.0) may be any finite float. The paper uses -1..-3 so
+  layers start close to the carry path; a very negative value (e.g. -1e4) makes T exactly 0 in
+  float32 and every layer exactly the carry path (tested); positive values start near plain.
+
+``branch(x)`` returns the gated transform ``T * H(x)``; ``enabled = False`` returns the carry
+path ``shortcut(x)`` exactly (lesion); stochastic depth drops to the carry path in training (whole
+mini-batch, or per sample with ``drop_mode = "sample"``) and uses ``y = C + p * T * (H - C)`` in
+eval (p = ``survival_prob``).
+"""
+from __future__ import annotations
+
+import math
+from typing import List
+
+import torch
+from torch import nn
+
+from depthlab.models.blocks import Block
+from depthlab.models.cifar import cifar_stem
+from depthlab.models.layers import conv3x3, make_shortcut
+from depthlab.models.net import DepthNet
+from depthlab.models.spec import DepthRule, ModelSpec, register_family, register_preset
+
+HIGHWAY_DEPTHS = DepthRule(step=3, offset=2)
+DEFAULT_GATE_BIAS = -2.0
+
+
+class GateConv(nn.Conv2d):
+    """3x3 conv whose per-channel bias ``gate_bias`` (b_T) is a separate parameter, initialised to
+    ``init_bias`` and left alone by the init schemes (they zero ``bias``, which is None here).
+    Output: the gate pre-activation conv_T(x) + b_T, (B, C_out, H', W')."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, init_bias: float):
+        super().__init__(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.init_bias = float(init_bias)
+        self.gate_bias = nn.Parameter(torch.full((c_out,), self.init_bias))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, "gate_bias"):  # nn.Conv2d.__init__ calls this before gate_bias exists
+            with torch.no_grad():
+                self.gate_bias.fill_(self.init_bias)
+
+    def reset_scalars_(self) -> None:
+        """Called by the init schemes that reset learnable scalars: b_T back to ``init_bias``."""
+        with torch.no_grad():
+            self.gate_bias.fill_(self.init_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.gate_bias.view(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", gate_bias={self.init_bias}"
+
+
+def sample_keep_mask(y: torch.Tensor, p: float) -> torch.Tensor:
+    """(B, 1, 1, 1) Bernoulli(p) mask in y's dtype, drawn on y's device (per-sample stochastic depth)."""
+    return (torch.rand(y.shape[0], 1, 1, 1, device=y.device) < p).to(y.dtype)
+
+
+def scale_for_survival(block: Block, y: torch.Tensor) -> torch.Tensor:
+    """Stochastic depth on a kept branch quantity ``y``: eval scales by p; train with
+    ``drop_mode = "sample"`` zeroes it per sample (batch-mode drops happen before the branch runs)."""
+    p = block.survival_prob
+    if p >= 1.0:
+        return y
+    if not block.training:
+        return y * p
+    if getattr(block, "drop_mode", "batch") == "sample":
+        return y * sample_keep_mask(y, p)
+    return y
+
+
+class HighwayTransform(nn.Module):
+    """The gated transform: ``transform(x) = H(x)``, ``gate(x) = T(x)``, ``forward(x) = T * H``."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, gate_bias: float):
+        super().__init__()
+        self.conv1 = conv3x3(c_in, c_out, stride)  # (B, C_out, ceil(H/s), ceil(W/s))
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu1 = nn.ReLU()
+        self.gate = GateConv(c_in, c_out, stride, gate_bias)  # registered after conv1: tap order = forward order
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu1(self.bn1(self.conv1(x)))
+
+    def transform_gate(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.gate(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transform_gate(x) * self.transform(x)
+
+
+class HighwayBlock(Block):
+    """One highway layer: ``y = T * H(x) + (1 - T) * shortcut(x)``; ``has_shortcut`` is True."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, gate_bias: float, shortcut: str = "A"):
+        super().__init__(HighwayTransform(c_in, c_out, stride, gate_bias),
+                         make_shortcut(shortcut, c_in, c_out, stride), has_shortcut=True, post=nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H', W')
+        carry = self.shortcut(x)
+        if self._branch_off(x):
+            return self.sum(carry)
+        h = self.branch.transform(x)
+        t = scale_for_survival(self, self.branch.transform_gate(x))
+        return self.sum(torch.lerp(carry, h, t))  # carry + T (H - carry) = T H + (1 - T) carry
+
+
+def highway_stages(spec: ModelSpec) -> List[List[Block]]:
+    n, gate_bias = HIGHWAY_DEPTHS.blocks(spec.depth), float(spec.options["gate_bias"])
+    stages, c_in = [], spec.width
+    for s, c_out in enumerate((spec.width, 2 * spec.width, 4 * spec.width)):
+        stage = []
+        for b in range(n):
+            stage.append(HighwayBlock(c_in, c_out, 2 if s > 0 and b == 0 else 1, gate_bias, spec.shortcut))
+            c_in = c_out
+        stages.append(stage)  # (B, c_out, H / 2^s, W / 2^s)
+    return stages
+
+
+def validate_highway(spec: ModelSpec) -> None:
+    b = spec.options["gate_bias"]
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
+        raise ValueError(f"gate_bias must be a finite number (the transform-gate bias b_T; Srivastava et al. "
+                         f"use -1 to -3, default {DEFAULT_GATE_BIAS}), got {b!r}")
+    if spec.zero_init_residual:
+        raise ValueError("zero_init_residual must be False for the 'highway' family: a highway layer starts near "
+                         "its carry path through a negative gate_bias instead")
+
+
+@register_family("highway", layout="cifar", residual=True, depths=HIGHWAY_DEPTHS, depth=20, width=16,
+                 options=dict(gate_bias=DEFAULT_GATE_BIAS), validate=validate_highway,
+                 description="Srivastava et al. 2015 convolutional highway network, CIFAR layout")
+def cifar_highway(spec: ModelSpec) -> DepthNet:
+    return DepthNet(spec, cifar_stem(spec), highway_stages(spec), features=4 * spec.width)
+
+
+for _depth in (20, 32, 110):
+    register_preset(f"highway{_depth}", "highway", depth=_depth)
