@@ -1,0 +1,180 @@
+"""Backward error modulation (Xie, Xiong, Pu 2017, "All You Need is Beyond a Good Init",
+arXiv 1703.01827; the exact rule and schedule are unverified, this is the rule as described in
+PAPERS.md and kept configurable).
+
+Motivated by a quasi-isometry assumption between consecutive parametric layers, the error that
+back-propagation delivers to each parametric layer (the gradient w.r.t. its output, ``delta_l``)
+is rescaled so that its magnitude matches a reference:
+
+    delta_l  <-  delta_l * RMS(ref) / RMS(delta_l),        RMS(t) = sqrt(mean(t ** 2))
+
+``reference="top"``: RMS of the error at the top parametric layer (the last in forward order,
+                     the first that backward reaches; it is itself left unchanged).
+``reference="next"``: the modulated RMS at the next parametric layer above in forward order (the
+                     nearest one above whose error has already arrived). In a chain of layers
+                     this telescopes to the top layer's RMS, so both references give the same
+                     gradients there; they differ only where the graph branches.
+
+The rescaled error is what flows further down, so the net effect on layer ``l``'s weight
+gradient, in a chain, is the factor ``RMS(ref) / RMS(raw delta_l)``: an individual adaptive
+learning rate per layer, as the authors describe it.
+
+Mechanics: a forward hook on each parametric layer registers a tensor hook on the layer's output;
+the tensor hook returns a new, rescaled gradient (no in-place change; the rest of the graph is
+untouched). The forward order is recorded anew in every forward pass of ``model`` (a forward
+pre-hook on the model starts a new pass), so dropped stochastic-depth branches and reused layers
+are handled. One backward per forward pass. Not compatible with ``torch.compile`` graphs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional
+
+import torch
+from torch import nn
+
+REFERENCES = ("top", "next")
+PARAMETRIC = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+@dataclass
+class ModulationProfile:
+    """Per-layer error RMS of one backward pass, in forward order (``None``: no error arrived).
+    Entries are 0-dim tensors (float32, or float64 for float64 errors) on the model's device; ``to_floats()`` syncs once."""
+    names: List[str] = field(default_factory=list)
+    before: List[Optional[torch.Tensor]] = field(default_factory=list)
+    after: List[Optional[torch.Tensor]] = field(default_factory=list)
+
+    def to_floats(self) -> Dict[str, list]:
+        """``{"names", "before", "after"}`` with floats (``nan`` where no error arrived)."""
+        def floats(values):
+            present = [v for v in values if v is not None]
+            got = iter(torch.stack(present).double().cpu().tolist()) if present else iter(())
+            return [next(got) if v is not None else math.nan for v in values]
+        return {"names": list(self.names), "before": floats(self.before), "after": floats(self.after)}
+
+
+class ErrorModulation:
+    """Rescale each parametric layer's backward error to the RMS of a reference (see module doc).
+
+        with ErrorModulation(model, reference="top"):
+            loss_fn(model(x), y).backward()
+        # or: mod = ErrorModulation(model).attach(); ...; mod.detach()
+
+    ``layers``: the modules to modulate (default: every ``Conv*d`` and ``nn.Linear`` of ``model``);
+    the top layer is the last of them to run in the forward pass. ``active=False`` keeps the hooks
+    but leaves gradients unchanged (the profile is still recorded when ``record``). ``eps``: an
+    error with RMS <= eps is left unchanged (no division by zero). ``last_profile``: the
+    ``ModulationProfile`` of the latest backward pass.
+    """
+
+    def __init__(self, model: nn.Module, reference: str = "top", layers: Optional[Iterable[nn.Module]] = None,
+                 active: bool = True, record: bool = True, eps: float = 1e-30):
+        if reference not in REFERENCES:
+            raise ValueError(f"unknown reference {reference!r}; valid references: {', '.join(REFERENCES)}")
+        self.model = model
+        self.reference = reference
+        self.active = bool(active)
+        self.record = bool(record)
+        self.eps = float(eps)
+        names = {m: n or type(model).__name__ for n, m in model.named_modules()}
+        layers = [m for m in model.modules() if isinstance(m, PARAMETRIC)] if layers is None else list(layers)
+        if not layers:
+            raise ValueError(f"no parametric layers (Conv*d / Linear) to modulate in {type(model).__name__}")
+        self.layer_names = {m: names.get(m, f"layer{i}") for i, m in enumerate(layers)}
+        self.last_profile = ModulationProfile()
+        self._handles: list = []
+        self._pass: Optional[_Pass] = None
+
+    # -- attach / detach --------------------------------------------------------------------------
+    def attach(self) -> "ErrorModulation":
+        if self._handles:
+            raise RuntimeError("ErrorModulation is already attached")
+        self._handles.append(self.model.register_forward_pre_hook(self._new_pass))
+        for layer in self.layer_names:
+            self._handles.append(layer.register_forward_hook(self._on_layer_output))
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._pass = None
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def __enter__(self) -> "ErrorModulation":
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def _new_pass(self, module, args) -> None:
+        self._pass = _Pass()
+
+    def _on_layer_output(self, layer: nn.Module, args, output) -> None:
+        if not isinstance(output, torch.Tensor) or not output.requires_grad:
+            return  # eval / no_grad: nothing flows back
+        if not (self.active or self.record):
+            return
+        if self._pass is None:  # layer called outside model.forward
+            self._pass = _Pass()
+        run = self._pass
+        k = len(run.profile.names)
+        name = self.layer_names[layer]
+        run.profile.names.append(name if name not in run.seen else f"{name}#{k}")
+        run.seen.add(name)
+        run.profile.before.append(None)
+        run.profile.after.append(None)
+        output.register_hook(lambda grad, k=k, run=run: self._on_error(run, k, grad))
+
+    def _on_error(self, run: "_Pass", k: int, grad: torch.Tensor) -> torch.Tensor:
+        profile = run.profile
+        self.last_profile = profile
+        before = _rms(grad)
+        top = len(profile.names) - 1
+        ref = None
+        if self.active and k != top:
+            ref = self._reference(profile, k, top)
+        if ref is None:
+            out, after = grad, before
+        else:
+            scale = torch.where(before > self.eps, ref / before.clamp_min(self.eps), torch.ones_like(before))
+            out = grad * scale.to(grad.dtype)  # a new tensor: autograd's own grad is untouched
+            after = before * scale  # = RMS(out) up to rounding, without another pass over out
+        if self.record:
+            profile.before[k], profile.after[k] = before, after
+        else:
+            profile.after[k] = after  # "next" reads it; dropped with the pass
+        return out
+
+    def _reference(self, profile: ModulationProfile, k: int, top: int) -> Optional[torch.Tensor]:
+        if self.reference == "top":
+            if profile.after[top] is None:
+                raise RuntimeError(
+                    f"error modulation (reference='top'): layer {profile.names[k]!r} received its error "
+                    f"before the top layer {profile.names[top]!r}; the loss must depend on the top "
+                    f"layer's output (or pass layers=... / reference='next')")
+            return profile.after[top]
+        for j in range(k + 1, top + 1):  # "next": the nearest layer above that has its error
+            if profile.after[j] is not None:
+                return profile.after[j]
+        return None  # nothing above has an error yet: this layer is its own reference
+
+
+class _Pass:
+    """State of one forward pass: the layers in the order they ran, and their error RMS."""
+
+    def __init__(self):
+        self.profile = ModulationProfile()
+        self.seen: set = set()
+
+
+def _rms(t: torch.Tensor) -> torch.Tensor:
+    """RMS as a 0-dim tensor, accumulated in at least float32 (half-precision errors)."""
+    dtype = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+    return torch.linalg.vector_norm(t, dtype=dtype) / math.sqrt(max(t.numel(), 1))
