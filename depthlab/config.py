@@ -35,12 +35,14 @@ class ModelConfig:
     activation: Optional[str] = None       # plain/resnet: "relu" | "crelu" (with init looks-linear)
     rezero: Optional[bool] = None          # resnet/preact-resnet: branch * alpha, alpha = 0 at init
     gate_bias: Optional[float] = None      # highway: transform-gate bias at init (negative)
+    gate_weight_scale: Optional[float] = None  # highway: gate conv weights = init scheme's x this
     growth_rate: Optional[int] = None      # densenet: k
     bottleneck: Optional[bool] = None      # densenet: BC layers
     compression: Optional[float] = None    # densenet: transition compression
 
 
-MODEL_OPTIONS = ("activation", "rezero", "gate_bias", "growth_rate", "bottleneck", "compression")
+MODEL_OPTIONS = ("activation", "rezero", "gate_bias", "gate_weight_scale", "growth_rate", "bottleneck",
+                 "compression")
 
 
 @dataclass

@@ -46,6 +46,9 @@ from depthlab.models.spec import DepthRule, ModelSpec, register_family, register
 
 HIGHWAY_DEPTHS = DepthRule(step=3, offset=2)
 DEFAULT_GATE_BIAS = -2.0
+# depthlab's choice (the paper's conv gate init is unverified here): the gate conv's weights are the
+# init scheme's times this scale, so T starts close to sigmoid(b_T) everywhere; see GateConv.
+DEFAULT_GATE_WEIGHT_SCALE = 0.1
 
 
 class GateConv(nn.Conv2d):
@@ -53,9 +56,10 @@ class GateConv(nn.Conv2d):
     ``init_bias`` and left alone by the init schemes (they zero ``bias``, which is None here).
     Output: the gate pre-activation conv_T(x) + b_T, (B, C_out, H', W')."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, init_bias: float):
+    def __init__(self, c_in: int, c_out: int, stride: int, init_bias: float, weight_scale: float = 1.0):
         super().__init__(c_in, c_out, 3, stride=stride, padding=1, bias=False)
         self.init_bias = float(init_bias)
+        self.weight_scale = float(weight_scale)
         self.gate_bias = nn.Parameter(torch.full((c_out,), self.init_bias))
 
     def reset_parameters(self) -> None:
@@ -65,9 +69,13 @@ class GateConv(nn.Conv2d):
                 self.gate_bias.fill_(self.init_bias)
 
     def reset_scalars_(self) -> None:
-        """Called by the init schemes that reset learnable scalars: b_T back to ``init_bias``."""
+        """Called by every init scheme after its weight init: b_T back to ``init_bias`` and the gate
+        weight scaled by ``weight_scale`` (unnormalised He-initialised gate convs make the gradient
+        explode backwards through deep highway nets: measured at 56 layers, stem/fc gradient-norm
+        ratio 700 at scale 1 vs 0.85 at scale 0.1)."""
         with torch.no_grad():
             self.gate_bias.fill_(self.init_bias)
+            self.weight.mul_(self.weight_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) + self.gate_bias.view(1, -1, 1, 1)
@@ -97,12 +105,12 @@ def scale_for_survival(block: Block, y: torch.Tensor) -> torch.Tensor:
 class HighwayTransform(nn.Module):
     """The gated transform: ``transform(x) = H(x)``, ``gate(x) = T(x)``, ``forward(x) = T * H``."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, gate_bias: float):
+    def __init__(self, c_in: int, c_out: int, stride: int, gate_bias: float, gate_weight_scale: float = 1.0):
         super().__init__()
         self.conv1 = conv3x3(c_in, c_out, stride)  # (B, C_out, ceil(H/s), ceil(W/s))
         self.bn1 = nn.BatchNorm2d(c_out)
         self.relu1 = nn.ReLU()
-        self.gate = GateConv(c_in, c_out, stride, gate_bias)  # registered after conv1: tap order = forward order
+        self.gate = GateConv(c_in, c_out, stride, gate_bias, gate_weight_scale)  # registered after conv1: tap order = forward order
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu1(self.bn1(self.conv1(x)))
@@ -117,8 +125,9 @@ class HighwayTransform(nn.Module):
 class HighwayBlock(Block):
     """One highway layer: ``y = T * H(x) + (1 - T) * shortcut(x)``; ``has_shortcut`` is True."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, gate_bias: float, shortcut: str = "A"):
-        super().__init__(HighwayTransform(c_in, c_out, stride, gate_bias),
+    def __init__(self, c_in: int, c_out: int, stride: int, gate_bias: float, shortcut: str = "A",
+                 gate_weight_scale: float = 1.0):
+        super().__init__(HighwayTransform(c_in, c_out, stride, gate_bias, gate_weight_scale),
                          make_shortcut(shortcut, c_in, c_out, stride), has_shortcut=True, post=nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H', W')
@@ -136,7 +145,8 @@ def highway_stages(spec: ModelSpec) -> List[List[Block]]:
     for s, c_out in enumerate((spec.width, 2 * spec.width, 4 * spec.width)):
         stage = []
         for b in range(n):
-            stage.append(HighwayBlock(c_in, c_out, 2 if s > 0 and b == 0 else 1, gate_bias, spec.shortcut))
+            stage.append(HighwayBlock(c_in, c_out, 2 if s > 0 and b == 0 else 1, gate_bias, spec.shortcut,
+                                      float(spec.options["gate_weight_scale"])))
             c_in = c_out
         stages.append(stage)  # (B, c_out, H / 2^s, W / 2^s)
     return stages
@@ -147,13 +157,18 @@ def validate_highway(spec: ModelSpec) -> None:
     if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
         raise ValueError(f"gate_bias must be a finite number (the transform-gate bias b_T; Srivastava et al. "
                          f"use -1 to -3, default {DEFAULT_GATE_BIAS}), got {b!r}")
+    w = spec.options["gate_weight_scale"]
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+        raise ValueError(f"gate_weight_scale must be a finite number >= 0 (scales the gate conv's initial "
+                         f"weights; default {DEFAULT_GATE_WEIGHT_SCALE}), got {w!r}")
     if spec.zero_init_residual:
         raise ValueError("zero_init_residual must be False for the 'highway' family: a highway layer starts near "
                          "its carry path through a negative gate_bias instead")
 
 
 @register_family("highway", layout="cifar", residual=True, depths=HIGHWAY_DEPTHS, depth=20, width=16,
-                 options=dict(gate_bias=DEFAULT_GATE_BIAS), validate=validate_highway,
+                 options=dict(gate_bias=DEFAULT_GATE_BIAS, gate_weight_scale=DEFAULT_GATE_WEIGHT_SCALE),
+                 validate=validate_highway,
                  description="Srivastava et al. 2015 convolutional highway network, CIFAR layout")
 def cifar_highway(spec: ModelSpec) -> DepthNet:
     return DepthNet(spec, cifar_stem(spec), highway_stages(spec), features=4 * spec.width)
