@@ -196,15 +196,6 @@ def test_synthetic_is_seeded_and_learnable():
     assert small.train_x.shape == (40, 1, 1, 40) and small.num_classes == 4
 
 
-@pytest.fixture
-def one_thread():
-    """Small convs run far slower with 2 spinning OpenMP threads on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_synthetic_learnable_by_a_small_convnet(one_thread):
     torch.manual_seed(0)
     d = load_dataset("synthetic", shape=(3, 16, 16), n_train=256, n_test=256)

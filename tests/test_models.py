@@ -13,22 +13,11 @@ from depthlab.models.layers import conv1x1, conv3x3
 from depthlab.registry import UnknownNameError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one intra-op thread is faster and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- independent arithmetic
-def conv(c_in, c_out, k=3):
-    return c_in * c_out * k * k
-
-
-def bn(c):
-    return 2 * c
+from arith import bn, conv  # noqa: E402
 
 
 def preact_cifar_params(n, w=16, classes=10):

@@ -14,12 +14,7 @@ from depthlab.models.fixup import FixupBlock
 from depthlab.models.init import delta_orthogonal_, looks_linear_
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def contract(model, x):

@@ -61,9 +61,11 @@ def crelu_net(spec: ModelSpec, residual: bool) -> DepthNet:
     return net
 
 
-def cifar_stages(spec: ModelSpec, make_block: Callable[[int, int, int], Block]) -> List[List[Block]]:
-    """3 stages of n = (depth - 2) / 6 blocks; ``make_block(c_in, c_out, stride)``."""
-    n = CIFAR_DEPTHS.blocks(spec.depth)
+def cifar_stages(spec: ModelSpec, make_block: Callable[[int, int, int], Block],
+                 depths: DepthRule = CIFAR_DEPTHS) -> List[List[Block]]:
+    """3 stages of n = depths.blocks(depth) blocks (ResNet: (depth - 2) / 6);
+    ``make_block(c_in, c_out, stride)``."""
+    n = depths.blocks(spec.depth)
     stages, c_in = [], spec.width
     for s, c_out in enumerate((spec.width, 2 * spec.width, 4 * spec.width)):
         stage = []

@@ -11,12 +11,10 @@ parameter-free option-A shortcut (identity; subsample + zero-pad where the shape
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import List
-
 from torch import nn
 
 from depthlab.models.blocks import Block
-from depthlab.models.cifar import cifar_stem
+from depthlab.models.cifar import cifar_stages, cifar_stem
 from depthlab.models.layers import ShortcutA, conv3x3
 from depthlab.models.net import DepthNet
 from depthlab.models.spec import DepthRule, ModelSpec, register_family, register_preset
@@ -35,22 +33,10 @@ class ConvUnit(Block):
         super().__init__(branch, ShortcutA(c_in, c_out, stride), has_shortcut=False, post=nn.ReLU())
 
 
-def xie_stages(spec: ModelSpec) -> List[List[Block]]:
-    m = XIE_DEPTHS.blocks(spec.depth)
-    stages, c_in = [], spec.width
-    for s, c_out in enumerate((spec.width, 2 * spec.width, 4 * spec.width)):
-        stage = []
-        for b in range(m):
-            stage.append(ConvUnit(c_in, c_out, 2 if s > 0 and b == 0 else 1))
-            c_in = c_out
-        stages.append(stage)  # (B, c_out, H / 2^s, W / 2^s)
-    return stages
-
-
 @register_family("xie-plain", layout="cifar", residual=False, depths=XIE_DEPTHS, depth=44, width=16,
                  description="Xie et al. 2017 plain CIFAR net: repeated conv-BN-ReLU, one conv per depth unit")
 def cifar_xie_plain(spec: ModelSpec) -> DepthNet:
-    return DepthNet(spec, cifar_stem(spec), xie_stages(spec), features=4 * spec.width)
+    return DepthNet(spec, cifar_stem(spec), cifar_stages(spec, ConvUnit, XIE_DEPTHS), features=4 * spec.width)
 
 
 for _depth in (44, 110):
