@@ -80,6 +80,17 @@ def markdown_table(rows: list, depth: int, command: str) -> str:
             continue
         gain = "" if base is None else f"{100 * (r['train_acc'] - base['train_acc']):+.1f} pts"
         test = "-" if r.get("test_acc") is None else f"{100 * r['test_acc']:.1f}%"
-        lines.append(f"| {r['method']} | {r['what']} | {r['params']:,} | {100 * r['train_acc']:.1f}% | {test} | "
-                     f"{gain} | {r['seconds']:.0f} |")
-    return "\n".join(lines) + "\n"
+        status = "" if r["status"] == "finished" else f" ({r['status']})"
+        lines.append(f"| {r['method']} | {r['what']} | {r['params']:,} | {100 * r['train_acc']:.1f}%{status} | "
+                     f"{test} | {gain} | {r['seconds']:.0f} |")
+    return "\n".join(lines + ["", NOTES]) + "\n"
+
+
+NOTES = """\
+How to read it: *train acc* is the running accuracy over the last epoch; the question is whether
+the optimiser can fit the training set at this depth, which the 8- and 20-layer plain nets do
+(`depthlab demo`). Parameter counts differ where a method adds layers (highway gate convs) or
+widens fan-in (CReLU doubles the input channels of every conv after it; `model.width=11` gives a
+budget comparable to the ReLU net). *seconds* is one run's wall time on a shared machine, not a
+benchmark: per-step costs are measured side by side in `python bench/bench_methods.py`. Every run
+directory (config, metrics, checkpoints) is under `runs/remedies/`."""
