@@ -68,3 +68,15 @@ def test_yaml_file(tmp_path):
         RunConfig.from_yaml(p)
     with pytest.raises(ConfigError, match="does not exist"):
         RunConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_yaml_selects_methods_and_model_options(tmp_path):
+    p = tmp_path / "remedy.yaml"
+    p.write_text("model:\n  name: plain\n  depth: 56\n  activation: crelu\n  init: looks-linear\n"
+                 "methods:\n  orthonormal: 1e-3\n  modulation: top\n  modulation_epochs: 2\n")
+    cfg = RunConfig.from_yaml(p).validate()
+    assert cfg.model.activation == "crelu" and cfg.model.init == "looks-linear"
+    assert cfg.methods.orthonormal == pytest.approx(1e-3) and cfg.methods.modulation == "top"
+    assert cfg.methods.modulation_epochs == 2 and cfg.methods.stochastic_depth is None
+    again = cfg.with_overrides(["methods.stochastic_depth=0.5", "model.name=resnet", "model.rezero=true"])
+    assert again.methods.stochastic_depth == 0.5 and again.model.rezero is True
