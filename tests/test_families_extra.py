@@ -91,11 +91,10 @@ def local_taps(block):
 
 
 @pytest.mark.parametrize("name", OURS)
-def test_model_contract(name):
+def test_family_specific_contract(name):
     torch.manual_seed(0)
     model = build_model(name)
     spec = model.spec
-    x = torch.randn(2, 3, 4, 4) if name == "densenet-bc190" else torch.randn(2, 3, 16, 16)
     assert isinstance(model, DepthNet) and isinstance(spec, ModelSpec) and model.depth == spec.depth
     assert isinstance(model.blocks, nn.ModuleList) and len(model.blocks) == len(model.block_names)
     for block in model.blocks:
@@ -109,27 +108,7 @@ def test_model_contract(name):
     assert len(set(map(id, taps.values()))) == len(taps)
     assert sum(1 for n in taps if n.endswith(("conv", "conv1", "conv2"))) + 1 == model.depth
 
-    fired, seen = [], {}
-
-    def record(name):
-        def hook(module, inputs, output):  # returns None: the output is left as it is
-            fired.append(name)
-            seen[name] = output
-        return hook
-
-    hooks = [m.register_forward_hook(record(n)) for n, m in taps.items()]
-    feats = model.forward_features(x)
-    for h in hooks:
-        h.remove()
-    assert fired == list(taps)
-    assert all(torch.isfinite(t).all() for t in seen.values())
-    assert feats.dim() == 4 and feats.shape[:2] == (2, model.head.fc.in_features)
-    out = model(x)
-    assert out.shape == (2, spec.num_classes) and torch.isfinite(out).all()
-    torch.testing.assert_close(out, model.head(feats))
-    out.logsumexp(1).sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not missing, missing
+    # forward shapes, hook order, finiteness and gradients: test_models.py::test_model_contract
 
 
 SMALL = [("highway", {"depth": 8}), ("highway", {"depth": 8, "shortcut": "B"}), ("densenet", {"depth": 10}),
