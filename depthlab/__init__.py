@@ -23,6 +23,7 @@ _EXPORTS = {
     "train": "depthlab.train",
     "evaluate_run": "depthlab.train",
     "run_demo": "depthlab.demo",
+    "diagnose": "depthlab.diagnostics",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

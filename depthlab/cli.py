@@ -127,6 +127,29 @@ def _cmd_remedies(args) -> int:
     return 0
 
 
+def _cmd_diagnose(args) -> int:
+    from depthlab.diagnostics import diagnose, resolve_quantities
+    from depthlab.report.diagnostics import plot_diagnostics
+
+    names = resolve_quantities(args.quantities)
+    options = {}
+    for item in args.option or []:
+        key, _, raw = item.partition("=")
+        q, _, opt = key.partition(".")
+        if not opt or not raw:
+            raise ValueError(f"--option {item!r} must look like quantity.option=value, e.g. lesion.max_k=5")
+        import yaml
+
+        options.setdefault(q, {})[opt] = yaml.safe_load(raw)
+    for run_dir in args.run_dirs:
+        records = diagnose(run_dir, names, checkpoint=args.checkpoint, device=args.device, options=options)
+        print(f"{run_dir}: {len(records)} records -> {run_dir}/diagnostics.jsonl", file=sys.stderr)
+    out = args.out or args.run_dirs[0]
+    for path in plot_diagnostics(args.run_dirs, out, quantities=names):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="depthlab", description="Build, train and diagnose very deep CNNs.")
     from depthlab import __version__
@@ -170,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("diagnose", help="run diagnostics on run directories; diagnostics.jsonl + one PNG each")
+    s.add_argument("run_dirs", nargs="+", help="one or more run directories (plotted side by side)")
+    s.add_argument("--quantities", default="all", help="comma-separated quantities, or all")
+    s.add_argument("--checkpoint", default="last", help="last, best, init or a checkpoint file name")
+    s.add_argument("--option", nargs="+", metavar="Q.KEY=VALUE", help="per-quantity options, e.g. lesion.max_k=5")
+    s.add_argument("--out", help="where the PNGs go (default: the first run directory)")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=_cmd_diagnose)
 
     s = sub.add_parser("remedies", help="which remedies restore a deep plain net's trainability (digits, CPU)")
     s.add_argument("--depth", type=int, default=56)
