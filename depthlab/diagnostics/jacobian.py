@@ -1,0 +1,142 @@
+"""jacobian: singular values of the input-output Jacobian ``J = d logits / d x`` (dynamical
+isometry; Saxe et al. 2014, Pennington et al. 2017).
+
+At each of the first ``num_inputs`` rows of ``data.test_x`` (one input at a time, ``J`` is
+``K x D`` with ``K`` logits and ``D = C*H*W``):
+
+- exact (``D <= exact_max``, default 4096): ``torch.func.jacrev`` builds the dense ``J`` (``K``
+  reverse passes, vectorised), then ``torch.linalg.svdvals``: all ``min(K, D)`` singular values;
+- randomised otherwise: a randomised SVD (Halko, Martinsson, Tropp 2011, Alg. 4.4) that never forms
+  ``J``: ``Y = J Omega`` with ``l = min(rank + oversample, K, D)`` Gaussian probes (one JVP each),
+  ``power_iters`` subspace iterations through ``J^T`` (VJPs) and ``J`` (JVPs), ``Q = orth(Y)``,
+  ``B = Q^T J`` (``l`` VJPs), ``svdvals(B)``: the top ``min(rank, l)`` singular values (exact up
+  to rounding when ``l = K``, i.e. for few classes). ``||J||_F^2`` is estimated from the first
+  sketch as ``||J Omega||_F^2 / l`` (Hutchinson; unbiased), so the mean squared singular value
+  stays an estimate of the full spectrum's; the condition number is that of the top singular
+  values returned (a lower bound of the true one when ``l < min(K, D)``).
+
+Recorded: ``singular_values`` (one list per input, descending), ``mean_squared_singular_value``
+(``||J||_F^2 / min(K, D)`` per input), ``condition_number`` (max / min nonzero singular value per
+input; nonzero = above ``max(s) * max(K, D) * eps``), all with layer None.
+
+Mode: the whole model in eval mode (BN running statistics, so every sample's logits depend on that
+sample only and ``J`` is a per-input quantity); flags restored afterwards; autocast disabled; the
+inputs are moved to the model's device and dtype. Nothing is written to ``.grad``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import torch
+from torch import nn
+
+from depthlab.diagnostics.gradient_flow import model_device_dtype, preserved_state, take_batch
+from depthlab.diagnostics.registry import DIAGNOSTICS, record
+
+QUANTITY = "jacobian"
+
+
+@dataclass
+class JacobianSpectrum:
+    method: str                          # "exact" | "randomized"
+    singular_values: List[List[float]]   # per input, descending
+    mean_squared_singular_value: List[float]
+    condition_number: List[float]
+
+    def records(self) -> List[dict]:
+        return [record(QUANTITY, "singular_values", self.singular_values),
+                record(QUANTITY, "mean_squared_singular_value", self.mean_squared_singular_value),
+                record(QUANTITY, "condition_number", self.condition_number)]
+
+
+def _single(model: nn.Module, x: torch.Tensor):
+    def f(v: torch.Tensor) -> torch.Tensor:  # (C, H, W) -> (K,)
+        return model(v.unsqueeze(0)).squeeze(0)
+    return f
+
+
+def exact_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Dense ``(K, D)`` Jacobian of the logits at one input ``x`` (C, H, W), via ``jacrev``."""
+    return torch.func.jacrev(_single(model, x))(x).reshape(-1, x.numel())
+
+
+def _orth(a: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.qr(a, mode="reduced").Q
+
+
+def randomized_singular_values(model: nn.Module, x: torch.Tensor, rank: int = 10, oversample: int = 5,
+                               power_iters: int = 2, generator: torch.Generator = None):
+    """Top ``rank`` singular values of ``J`` at one input ``x`` (randomised SVD with JVP/VJP
+    products) and the Hutchinson estimate of ``||J||_F^2``. Returns ``(s, fro2, K)``."""
+    f = _single(model, x)
+    out, vjp_fn = torch.func.vjp(f, x)
+    k, d = out.numel(), x.numel()
+    l = max(1, min(int(rank) + int(oversample), k, d))
+    omega = torch.randn(d, l, generator=generator, device="cpu", dtype=torch.float32).to(x.device, x.dtype)
+
+    def jmat(m):  # (D, l) -> (K, l): J @ m, one JVP per column
+        return torch.stack([torch.func.jvp(f, (x,), (m[:, j].reshape(x.shape),))[1].reshape(-1)
+                            for j in range(m.shape[1])], dim=1)
+
+    def jtmat(m):  # (K, l) -> (D, l): J^T @ m, one VJP per column
+        return torch.stack([vjp_fn(m[:, j].reshape(out.shape))[0].reshape(-1)
+                            for j in range(m.shape[1])], dim=1)
+
+    y = jmat(omega)
+    fro2 = y.double().pow(2).sum() / l
+    q = _orth(y)
+    for _ in range(int(power_iters)):
+        q = _orth(jmat(_orth(jtmat(q))))
+    b = jtmat(q).T  # (l, D) = Q^T J
+    s = torch.linalg.svdvals(b.double())[: max(1, min(int(rank), l))]
+    return s, fro2, k
+
+
+def _condition(s: torch.Tensor, k: int, d: int) -> float:
+    tol = s.max() * max(k, d) * torch.finfo(torch.float32).eps
+    nz = s[s > tol]
+    return float("inf") if nz.numel() == 0 else (nz.max() / nz.min()).item()
+
+
+def jacobian_spectrum(model: nn.Module, x: torch.Tensor, exact_max: int = 4096, rank: int = 10,
+                      oversample: int = 5, power_iters: int = 2, seed: int = 0) -> JacobianSpectrum:
+    """Spectrum of ``d logits / d input`` at each row of ``x`` (N, C, H, W); exact when
+    ``C*H*W <= exact_max``, randomised otherwise (see the module docstring)."""
+    if not callable(model):
+        raise ValueError("jacobian needs a callable model")
+    if x.dim() < 2:
+        raise ValueError(f"x must be a batch (N, ...) of inputs, got shape {tuple(x.shape)}")
+    device, dtype = model_device_dtype(model)
+    x = x.to(device=device, dtype=dtype)
+    d = x[0].numel()
+    exact = d <= int(exact_max)
+    gen = torch.Generator().manual_seed(int(seed))
+    svals, msq, conds = [], [], []
+    with preserved_state(model, bn_train=False):
+        for xi in x:
+            if exact:
+                jac = exact_jacobian(model, xi.detach())
+                k = jac.shape[0]
+                s = torch.linalg.svdvals(jac.double())
+                fro2 = s.pow(2).sum()
+            else:
+                s, fro2, k = randomized_singular_values(model, xi.detach(), rank, oversample,
+                                                        power_iters, gen)
+            svals.append(s.cpu().tolist())
+            msq.append((fro2 / min(k, d)).item())
+            conds.append(_condition(s, k, d))
+    return JacobianSpectrum("exact" if exact else "randomized", svals, msq, conds)
+
+
+@DIAGNOSTICS.register(QUANTITY)
+def compute(model: nn.Module, data, num_inputs: int = 4, exact_max: int = 4096, rank: int = 10,
+            oversample: int = 5, power_iters: int = 2, seed: int = 0) -> List[dict]:
+    """Records ``singular_values``, ``mean_squared_singular_value``, ``condition_number`` (one
+    entry per input) on the first ``num_inputs`` rows of ``data.test_x``."""
+    x = take_batch(data, "test", num_inputs, model, labels=False)
+    return jacobian_spectrum(model, x, exact_max, rank, oversample, power_iters, seed).records()
+
+
+__all__ = ["JacobianSpectrum", "compute", "exact_jacobian", "jacobian_spectrum",
+           "randomized_singular_values"]

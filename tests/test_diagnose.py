@@ -1,0 +1,71 @@
+"""diagnose() on models and run directories, diagnostics.jsonl, the CLI and the plots."""
+import json
+
+import pytest
+
+from depthlab.cli import main
+from depthlab.config import RunConfig
+from depthlab.diagnostics import DIAGNOSTICS, diagnose, resolve_quantities
+from depthlab.diagnostics.runner import read_diagnostics
+from depthlab.report.diagnostics import plot_quantity
+from depthlab.train import train
+
+ALL = ("gradient_flow", "responses", "jacobian", "orthonormality", "shattering", "paths", "discriminability",
+       "lesion")
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    dirs = []
+    for family in ("plain", "resnet"):
+        cfg = RunConfig().with_overrides([f"model.name={family}", "model.depth=8", "model.width=8",
+                                          "train.epochs=1", "train.device=cpu", f"out_dir={out}",
+                                          f"run_id={family}8"])
+        dirs.append(train(cfg, quiet=True)["run_dir"])
+    return dirs
+
+
+def test_every_quantity_is_registered():
+    assert set(ALL) <= set(DIAGNOSTICS.names())
+    assert resolve_quantities("all") == DIAGNOSTICS.names()
+    with pytest.raises(ValueError, match="unknown diagnostic 'gradflow'.*gradient_flow"):
+        resolve_quantities("gradflow,lesion")
+
+
+@pytest.mark.parametrize("quantity", ALL)
+def test_each_quantity_runs_on_a_trained_run_and_is_written(run_dirs, quantity):
+    run = run_dirs[1]
+    records = diagnose(run, [quantity], device="cpu")
+    assert records and all(r["quantity"] == quantity and r["step"] > 0 for r in records)
+    on_disk = [r for r in read_diagnostics(run) if r["quantity"] == quantity]
+    assert on_disk[-len(records):] == json.loads(json.dumps(records))  # plain data, round-trips
+
+
+def test_diagnose_errors_are_clear(run_dirs):
+    with pytest.raises(ValueError, match="needs data="):
+        diagnose(object(), ["orthonormality"])
+    with pytest.raises(ValueError, match="not requested: lesion"):
+        diagnose(run_dirs[0], ["orthonormality"], options={"lesion": {}})
+    with pytest.raises(ValueError, match="not a run directory"):
+        diagnose("/nonexistent", ["orthonormality"])
+
+
+def test_cli_writes_one_png_per_quantity_for_several_runs(run_dirs, tmp_path, capsys):
+    assert main(["diagnose", *run_dirs, "--quantities", "orthonormality,lesion", "--option", "lesion.max_k=1",
+                 "--out", str(tmp_path), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert sorted(printed) == sorted(str(tmp_path / f"diagnostics_{q}.png") for q in ("lesion", "orthonormality"))
+    assert all((tmp_path / f"diagnostics_{q}.png").stat().st_size > 5000 for q in ("lesion", "orthonormality"))
+
+
+def test_plot_kinds_from_records(tmp_path):
+    recs = [{"quantity": "q", "layer": f"l{i}", "name": "per_layer", "value": float(i + 1)} for i in range(4)]
+    recs += [{"quantity": "q", "layer": None, "name": "sequence", "value": [0.1, 0.5, 0.2]},
+             {"quantity": "q", "layer": None, "name": "scalar", "value": 3.0},
+             {"quantity": "q", "layer": None, "name": "matrix", "value": [[1.0, 0.2], [0.2, 1.0]]},
+             {"quantity": "q", "layer": None, "name": "text", "value": "ignored"}]
+    path = plot_quantity({"a": recs, "b": recs}, "q", tmp_path / "q.png")
+    assert path.stat().st_size > 5000
+    with pytest.raises(ValueError, match="no plottable records"):
+        plot_quantity({"a": recs}, "other", tmp_path / "o.png")
