@@ -88,11 +88,20 @@ class MethodConfig:
 
 
 @dataclass
+class DiagConfig:
+    """Diagnostics during training, written to the run's diagnostics.jsonl (``depthlab.diagnostics``)."""
+    quantities: Optional[str] = None           # "name@rule,...": rule N (every N epochs) | log | last | init
+    at_init: bool = False                      # also run every scheduled quantity before step 0
+    track_gradients: bool = False              # per-layer weight-gradient norms at every step
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     methods: MethodConfig = field(default_factory=MethodConfig)
+    diagnostics: DiagConfig = field(default_factory=DiagConfig)
     out_dir: str = "runs"
     run_id: Optional[str] = None           # None: "<model>-<data>-s<seed>"
 
@@ -186,6 +195,13 @@ class RunConfig:
             raise ConfigError(f"methods.modulation {me.modulation!r} is not valid; use top, next or null")
         if me.modulation_epochs is not None and me.modulation_epochs <= 0:
             raise ConfigError(f"methods.modulation_epochs must be a positive integer, got {me.modulation_epochs}")
+        if self.diagnostics.quantities:
+            from depthlab.train.diag_schedule import parse_schedule
+
+            try:
+                parse_schedule(self.diagnostics.quantities)
+            except (ValueError, KeyError) as e:
+                raise ConfigError(f"diagnostics.quantities: {e}") from None
         _check_name("model.name", m.name, "depthlab.models", "MODELS", "FAMILIES")
         _check_name("data.name", dt.name, "depthlab.data", "DATASETS")
         _check_name("train.recipe", t.recipe, "depthlab.train.recipes", "RECIPES")
@@ -201,7 +217,8 @@ class RunConfig:
 
 
 AUGMENTS = ("none", "crop", "crop-flip")
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "methods": MethodConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "methods": MethodConfig,
+            "diagnostics": DiagConfig}
 
 
 def valid_keys():

@@ -72,3 +72,28 @@ def test_model_options_are_checked_per_family(tmp_path):
     with pytest.raises(ValueError, match="gate_bias.*valid keys"):
         train(_cfg(tmp_path, "model.gate_bias=-2"), quiet=True)
     assert not (tmp_path / "m").exists()
+
+
+def test_scheduled_diagnostics_and_gradient_tracking_during_training(tmp_path):
+    cfg = _cfg(tmp_path, "train.epochs=4", "diagnostics.quantities=orthonormality@2,lesion@last,responses@log",
+               "diagnostics.at_init=true", "diagnostics.track_gradients=true")
+    plain = _cfg(tmp_path / "plain", "train.epochs=4")
+    s = train(cfg, quiet=True)
+    rows = [json.loads(line) for line in (cfg.run_dir / "diagnostics.jsonl").read_text().splitlines()]
+    epochs = lambda q: sorted({r["epoch"] for r in rows if r["quantity"] == q})  # noqa: E731
+    assert epochs("orthonormality") == [0, 2, 4] and epochs("lesion") == [0, 4] and epochs("responses") == [0, 1, 2, 4]
+    tracked = [r for r in rows if r["quantity"] == "gradient_tracking"]
+    steps = -(-1437 // 64)
+    assert sorted({r["epoch"] for r in tracked}) == [1, 2, 3, 4]
+    assert all(len(r["value"]) == steps and all(v > 0 for v in r["value"]) for r in tracked)
+    # diagnostics do not change training: same losses as the run without them
+    assert train(plain, quiet=True)["train_loss"] == s["train_loss"]
+
+
+def test_bad_diagnostics_schedule_names_the_field(tmp_path):
+    from depthlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="diagnostics.quantities.*rule 'often'"):
+        _cfg(tmp_path, "diagnostics.quantities=lesion@often").validate()
+    with pytest.raises(ConfigError, match="diagnostics.quantities.*unknown diagnostic 'lesions'"):
+        _cfg(tmp_path, "diagnostics.quantities=lesions").validate()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from depthlab.config import MODEL_OPTIONS, ConfigError, RunConfig
 from depthlab.train import checkpoint as ckpt
+from depthlab.train.diag_schedule import TrainingDiagnostics
 from depthlab.train.methods import TrainingMethods, make_optimizer
 from depthlab.train.progress import Progress
 from depthlab.train.recipes import RECIPES, resolve_train
@@ -186,6 +187,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quie
             ckpt.set_rng_state(state["rng"])
             start_epoch, best_val, elapsed = state["epoch"], state.get("best_val", -1.0), state.get("elapsed", 0.0)
         _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
+        _truncate_metrics(run_dir / "diagnostics.jsonl", start_epoch)
 
     n_params = count_params(model)
     summary = {"run_dir": str(run_dir), "model": cfg.model.name, "depth": cfg.model.depth,
@@ -198,15 +200,19 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quie
                         title=f"{cfg.resolved_run_id} ({n_params:,} params, {device})")
     model.train()
     methods = TrainingMethods(model, cfg.methods)
+    diags = TrainingDiagnostics(cfg, model, dataset, run_dir, len(loader))
     try:
         with progress:
-            return _epochs(cfg, model, dataset, loader, opt, sched, methods, progress, autocast, run_dir,
-                           start_epoch, best_val, elapsed, summary)
+            if start_epoch == 0:
+                diags.run(0)
+            return _epochs(cfg, model, dataset, loader, opt, sched, methods, diags, progress, autocast,
+                           run_dir, start_epoch, best_val, elapsed, summary)
     finally:
         methods.close()
+        diags.close()
 
 
-def _epochs(cfg, model, dataset, loader, opt, sched, methods, progress, autocast, run_dir, start_epoch,
+def _epochs(cfg, model, dataset, loader, opt, sched, methods, diags, progress, autocast, run_dir, start_epoch,
             best_val, elapsed, summary) -> dict:
     t, device = cfg.train, dataset.train_x.device
     for epoch in range(start_epoch, t.epochs):
@@ -224,6 +230,7 @@ def _epochs(cfg, model, dataset, loader, opt, sched, methods, progress, autocast
             penalty = methods.penalty()
             opt.zero_grad(set_to_none=True)
             (loss if penalty is None else loss + penalty).backward()
+            diags.after_step()
             opt.step()
             sched.step()
             loss_sum += loss.detach() * len(yb)
@@ -256,6 +263,8 @@ def _epochs(cfg, model, dataset, loader, opt, sched, methods, progress, autocast
             best_val = state["best_val"] = row["val_acc"]
             ckpt.atomic_write_bytes(run_dir / "checkpoints" / "best.pt", lambda f: torch.save(state, f))
         ckpt.save_checkpoint(run_dir / "checkpoints", epoch + 1, state, keep_last=t.keep_last)
+        diags.end_epoch(epoch + 1)
+        diags.run(epoch + 1)  # after the checkpoint: a diagnostic's cost never risks the epoch's work
         summary.update(row)
     summary["status"] = "finished"
     return summary
@@ -280,8 +289,9 @@ def _read_jsonl(path: Path) -> list:
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:
-    """Drop epoch lines past the checkpoint we resume from, so the log matches the weights."""
-    rows = [r for r in _read_jsonl(path) if not (r.get("kind") == "epoch" and r["epoch"] > epoch)]
+    """Drop epoch lines (metrics, or diagnostics written during training) past the checkpoint we
+    resume from, so the logs match the weights."""
+    rows = [r for r in _read_jsonl(path) if not (r.get("kind", "epoch") == "epoch" and r.get("epoch", 0) > epoch)]
     ckpt.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
