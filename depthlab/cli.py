@@ -142,7 +142,8 @@ def _cmd_diagnose(args) -> int:
 
         options.setdefault(q, {})[opt] = yaml.safe_load(raw)
     for run_dir in args.run_dirs:
-        records = diagnose(run_dir, names, checkpoint=args.checkpoint, device=args.device, options=options)
+        records = diagnose(run_dir, args.quantities, checkpoint=args.checkpoint, device=args.device,
+                           options=options)
         print(f"{run_dir}: {len(records)} records -> {run_dir}/diagnostics.jsonl", file=sys.stderr)
     out = args.out or args.run_dirs[0]
     for path in plot_diagnostics(args.run_dirs, out, quantities=names):

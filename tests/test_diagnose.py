@@ -64,8 +64,17 @@ def test_plot_kinds_from_records(tmp_path):
     recs += [{"quantity": "q", "layer": None, "name": "sequence", "value": [0.1, 0.5, 0.2]},
              {"quantity": "q", "layer": None, "name": "scalar", "value": 3.0},
              {"quantity": "q", "layer": None, "name": "matrix", "value": [[1.0, 0.2], [0.2, 1.0]]},
+             {"quantity": "q", "layer": None, "name": "ragged", "value": [[0.1], [0.2, 0.3]]},
              {"quantity": "q", "layer": None, "name": "text", "value": "ignored"}]
     path = plot_quantity({"a": recs, "b": recs}, "q", tmp_path / "q.png")
     assert path.stat().st_size > 5000
     with pytest.raises(ValueError, match="no plottable records"):
         plot_quantity({"a": recs}, "other", tmp_path / "o.png")
+
+
+def test_all_skips_what_a_model_cannot_support_but_a_named_quantity_raises(run_dirs):
+    with pytest.warns(UserWarning, match="'paths' skipped"):
+        records = diagnose(run_dirs[0], "all", device="cpu", write=False)  # plain net: no paths
+    assert "paths" not in {r["quantity"] for r in records} and "lesion" in {r["quantity"] for r in records}
+    with pytest.raises(ValueError, match="residual"):
+        diagnose(run_dirs[0], ["paths"], device="cpu", write=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
@@ -55,10 +56,14 @@ def diagnose(model_or_run_dir, quantities="all", data=None, *, checkpoint: str =
              options: Optional[Dict[str, dict]] = None, write: bool = True) -> List[dict]:
     """Run ``quantities`` on a model (``data`` required) or on a run directory's checkpoint.
 
+    With ``quantities="all"`` a quantity the model cannot support (paths on a plain net, responses
+    without BN) is skipped with a warning; named explicitly, its ValueError is raised.
+
     ``options`` maps a quantity to its keyword options, e.g. ``{"lesion": {"max_k": 5}}``. For a run
     directory the records get the checkpoint's ``step`` and are appended to its
     ``diagnostics.jsonl`` (unless ``write=False``)."""
     names = resolve_quantities(quantities)
+    skip_inapplicable = quantities is None or quantities == "all"
     options = options or {}
     unknown = sorted(set(options) - set(names))
     if unknown:
@@ -73,7 +78,13 @@ def diagnose(model_or_run_dir, quantities="all", data=None, *, checkpoint: str =
             raise ValueError("diagnose(model, ...) needs data= (a depthlab Dataset); a run directory brings its own")
     out = []
     for q in names:
-        recs = DIAGNOSTICS.get(q)(model, data, **options.get(q, {}))
+        try:
+            recs = DIAGNOSTICS.get(q)(model, data, **options.get(q, {}))
+        except ValueError as e:
+            if not skip_inapplicable:  # asked for by name: its error is the answer
+                raise
+            warnings.warn(f"diagnostic {q!r} skipped: {e}", stacklevel=2)  # e.g. paths on a plain net
+            continue
         for r in recs:
             if step is not None:
                 r = {"step": step, "checkpoint": checkpoint, **r}

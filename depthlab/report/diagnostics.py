@@ -37,8 +37,8 @@ def _kind(rs: List[dict]) -> str:
         return "per-layer"
     if isinstance(v, list) and v and all(_is_num(x) for x in v):
         return "sequence"
-    if isinstance(v, list) and v and isinstance(v[0], list):
-        return "matrix"
+    if isinstance(v, list) and v and all(isinstance(row, list) and len(row) == len(v) for row in v):
+        return "matrix"  # square: a correlation matrix (ragged per-sample lists have *_mean records)
     if _is_num(v):
         return "scalar"
     return "skip"
@@ -110,5 +110,12 @@ def plot_diagnostics(run_dirs: List[str], out_dir, quantities=None) -> List[Path
     found = sorted({r["quantity"] for rs in runs.values() for r in rs})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [plot_quantity(runs, q, out_dir / f"diagnostics_{q}.png") for q in found
-            if quantities is None or q in quantities]
+    paths = []
+    for q in found:
+        if quantities is not None and q not in quantities:
+            continue
+        try:
+            paths.append(plot_quantity(runs, q, out_dir / f"diagnostics_{q}.png"))
+        except ValueError:  # nothing numeric to draw for this quantity
+            continue
+    return paths
