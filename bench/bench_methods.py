@@ -30,10 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from depthlab.methods import ErrorModulation, apply_stochastic_depth, orthonormality_penalty  # noqa: E402
 from depthlab.models import build_model  # noqa: E402
+from depthlab.diagnostics.gradient_flow import GradientFlowTracker  # noqa: E402
 
 
-def make_step(model, x, y, lam=0.0):
+def make_step(model, x, y, lam=0.0, tracker=None):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=0.0 if lam else 1e-4)
+    history = []
 
     def step():
         loss = F.cross_entropy(model(x), y)
@@ -41,6 +43,8 @@ def make_step(model, x, y, lam=0.0):
             loss = loss + orthonormality_penalty(model, lam)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if tracker is not None:  # as the trainer does: per-layer norms stay on the device
+            history.append(tracker.read())
         opt.step()
     return step
 
@@ -77,6 +81,10 @@ def build_pairs(args, device):
     ErrorModulation(mod_model, reference="top").attach()
     pairs.append(("plain56", "plain step", "+ error modulation (top)",
                   make_step(model("plain56"), x, y), make_step(mod_model, x, y)))
+    tracked = model("resnet56")
+    tracker = GradientFlowTracker(tracked).attach()
+    pairs.append(("resnet56", "plain step", "+ gradient-norm tracking",
+                  make_step(model("resnet56"), x, y), make_step(tracked, x, y, tracker=tracker)))
     sd_model = model("resnet110")
     apply_stochastic_depth(sd_model, 0.5)
     pairs.append(("resnet110", "no stochastic depth", "stochastic depth p_L=0.5",
