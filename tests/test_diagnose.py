@@ -78,3 +78,39 @@ def test_all_skips_what_a_model_cannot_support_but_a_named_quantity_raises(run_d
     assert "paths" not in {r["quantity"] for r in records} and "lesion" in {r["quantity"] for r in records}
     with pytest.raises(ValueError, match="residual"):
         diagnose(run_dirs[0], ["paths"], device="cpu", write=False)
+
+
+FAMILIES_SMALL = [("resnet", {"depth": 8, "width": 4}), ("plain", {"depth": 8, "width": 4}),
+                  ("preact-resnet", {"depth": 8, "width": 4}), ("highway", {"depth": 8, "width": 4}),
+                  ("densenet", {"depth": 10, "growth_rate": 4}), ("xie-plain", {"depth": 8, "width": 4}),
+                  ("fixup-resnet", {"depth": 8, "width": 4}), ("mnist-resnet", {"depth": 6, "width": 4}),
+                  ("resnet", {"depth": 8, "width": 4, "activation": "crelu", "init": "looks-linear"}),
+                  ("resnet-imagenet", {"depth": 18, "width": 4})]
+
+
+@pytest.mark.parametrize("family,overrides", FAMILIES_SMALL, ids=lambda v: v if isinstance(v, str) else "")
+def test_every_quantity_on_every_family_runs_or_says_why(family, overrides):
+    import warnings
+
+    import torch
+
+    from depthlab.data import load_dataset
+    from depthlab.models import build_model
+
+    torch.manual_seed(0)
+    data = load_dataset("synthetic", shape=(1, 8, 8), n_train=64, n_test=32)
+    model = build_model(family, in_channels=1, **overrides)
+    small = {"paths": {"num_samples": 2}, "shattering": {"num_directions": 1, "n_points": 32},
+             "lesion": {"max_k": 1, "samples": 1}, "jacobian": {"num_inputs": 1}}
+    for q in DIAGNOSTICS.names():
+        try:
+            records = diagnose(model, [q], data=data, options={q: small[q]} if q in small else None)
+        except ValueError as e:  # a quantity the family cannot support must say why
+            assert len(str(e)) > 30, (q, e)
+            assert (q, family) in {("paths", "plain"), ("paths", "xie-plain"), ("responses", "fixup-resnet"),
+                                   ("paths", "densenet")}, (q, family, e)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            json.dumps(records)  # plain data
+        assert records, q
