@@ -46,13 +46,13 @@ training checkpoints (the caller chooses the schedule).
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from depthlab.diagnostics.common import eval_mode
 from depthlab.diagnostics.registry import DIAGNOSTICS, record
 
 QUANTITY = "discriminability"
@@ -74,18 +74,6 @@ def _device(model: nn.Module) -> torch.device:
 
 def _acc_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
-
-
-@contextmanager
-def eval_mode(model: nn.Module):
-    """Eval mode for the block; restores every module's own ``training`` flag afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def pool_features(out: torch.Tensor, pool: int = 1) -> torch.Tensor:
