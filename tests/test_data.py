@@ -20,7 +20,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import depthlab.data as data
 from depthlab.data import (DATASETS, DataFileError, DeviceLoader, crop_at, default_data_dir,
                            draw_crop_offsets, draw_flip_mask, list_datasets, load_dataset,
                            random_crop, random_hflip, stratified_split)
