@@ -99,7 +99,22 @@ class Block(nn.Module):
         p = self._survival_prob
         if not self.training or p >= 1.0 or self._drop_mode == "sample":
             return False
-        return bool(torch.rand((), device=x.device) >= p)  # one draw per mini-batch
+        # One draw per mini-batch from the CPU generator: a Python bool without a device round-trip
+        # (a draw on CUDA would sync once per block per step); the CPU RNG state is checkpointed.
+        return bool(torch.rand(()) >= p)
+
+    def survival_scale(self, y: torch.Tensor) -> torch.Tensor:
+        """Stochastic depth on a kept branch quantity ``y`` for blocks that combine it themselves
+        (highway gates, dense layers): eval scales by p; train with ``drop_mode = "sample"`` zeroes
+        it per sample; batch-mode drops happen in ``_branch_off``, before the branch runs."""
+        p = self._survival_prob
+        if p >= 1.0:
+            return y
+        if not self.training:
+            return y * p
+        if self._drop_mode == "sample":
+            return y * sample_mask(y, p)
+        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H', W')
         if self._branch_off(x):

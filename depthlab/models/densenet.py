@@ -34,7 +34,6 @@ import torch
 from torch import nn
 
 from depthlab.models.blocks import Block
-from depthlab.models.highway import scale_for_survival
 from depthlab.models.layers import ShortcutA, conv1x1, conv3x3
 from depthlab.models.net import DepthNet
 from depthlab.models.spec import DepthRule, ModelSpec, register_family, register_preset
@@ -66,7 +65,7 @@ class DenseLayer(Block):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C + k, H, W)
         if self._branch_off(x):
             return self.sum(self.shortcut(x))  # the k new channels are zero
-        new = scale_for_survival(self, self.branch(x))  # (B, k, H, W)
+        new = self.survival_scale(self.branch(x))  # (B, k, H, W)
         return self.sum(torch.cat([x, new], 1))
 
     def zero_init_residual_(self) -> None:

@@ -84,24 +84,6 @@ class GateConv(nn.Conv2d):
         return super().extra_repr() + f", gate_bias={self.init_bias}"
 
 
-def sample_keep_mask(y: torch.Tensor, p: float) -> torch.Tensor:
-    """(B, 1, 1, 1) Bernoulli(p) mask in y's dtype, drawn on y's device (per-sample stochastic depth)."""
-    return (torch.rand(y.shape[0], 1, 1, 1, device=y.device) < p).to(y.dtype)
-
-
-def scale_for_survival(block: Block, y: torch.Tensor) -> torch.Tensor:
-    """Stochastic depth on a kept branch quantity ``y``: eval scales by p; train with
-    ``drop_mode = "sample"`` zeroes it per sample (batch-mode drops happen before the branch runs)."""
-    p = block.survival_prob
-    if p >= 1.0:
-        return y
-    if not block.training:
-        return y * p
-    if getattr(block, "drop_mode", "batch") == "sample":
-        return y * sample_keep_mask(y, p)
-    return y
-
-
 class HighwayTransform(nn.Module):
     """The gated transform: ``transform(x) = H(x)``, ``gate(x) = T(x)``, ``forward(x) = T * H``."""
 
@@ -135,7 +117,7 @@ class HighwayBlock(Block):
         if self._branch_off(x):
             return self.sum(carry)
         h = self.branch.transform(x)
-        t = scale_for_survival(self, self.branch.transform_gate(x))
+        t = self.survival_scale(self.branch.transform_gate(x))
         return self.sum(torch.lerp(carry, h, t))  # carry + T (H - carry) = T H + (1 - T) carry
 
 
