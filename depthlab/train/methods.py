@@ -25,11 +25,16 @@ class TrainingMethods:
 
     def __init__(self, model, methods):
         self.model, self.cfg = model, methods
-        self.modulation = None
+        self.modulation, self.weights = None, []
+        if methods.orthonormal > 0:  # found once, not re-walked every step
+            from depthlab.methods import orthonormal_weights
+
+            self.weights = orthonormal_weights(model)
         if methods.modulation is not None:
             from depthlab.methods import ErrorModulation
 
-            self.modulation = ErrorModulation(model, reference=methods.modulation)
+            # record=False: nothing reads the per-layer profile during training
+            self.modulation = ErrorModulation(model, reference=methods.modulation, record=False)
             self.modulation.attach()
 
     def start_epoch(self, epoch: int) -> None:
@@ -41,7 +46,7 @@ class TrainingMethods:
         if self.cfg.orthonormal > 0:
             from depthlab.methods import orthonormality_penalty
 
-            return orthonormality_penalty(self.model, self.cfg.orthonormal)
+            return orthonormality_penalty(self.weights, self.cfg.orthonormal)
         return None
 
     def close(self) -> None:
