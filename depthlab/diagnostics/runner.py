@@ -1,7 +1,6 @@
 """``diagnose``: run quantities on a model or on a run directory's checkpoint."""
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
@@ -19,37 +18,8 @@ def resolve_quantities(quantities: Union[str, Iterable[str], None]) -> List[str]
     return names
 
 
-def load_run(run_dir, checkpoint: str = "last", device: str = "auto"):
-    """(model, dataset, step, config) for a run directory's checkpoint, model in eval mode."""
-    from depthlab.config import ConfigError, RunConfig
-    from depthlab.data import load_dataset
-    from depthlab.train import build_from_config, resolve_device
-    from depthlab.train import checkpoint as ckpt
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
-    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    dev = resolve_device(device)
-    data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, seed=cfg.data.seed,
-                        val_fraction=cfg.data.val_fraction, download=cfg.data.download).to(dev)
-    model = build_from_config(cfg, data).to(dev)
-    step = 0
-    if checkpoint != "init":
-        path = (ckpt.latest_checkpoint(run_dir / "checkpoints") if checkpoint == "last"
-                else run_dir / "checkpoints" / ("best.pt" if checkpoint == "best" else checkpoint))
-        if path is None or not Path(path).exists():
-            raise ConfigError(f"no {checkpoint!r} checkpoint in {str(run_dir / 'checkpoints')!r} "
-                              f"(use checkpoint='init' for the model at initialisation)")
-        state = ckpt.load_checkpoint(path, map_location=dev)
-        model.load_state_dict(state["model"])
-        step = int(state["epoch"]) * _steps_per_epoch(cfg, data)
-    return model.eval(), data, step, cfg
-
-
 def _steps_per_epoch(cfg, data) -> int:
-    bs = cfg.train.batch_size or 1
-    return -(-len(data.train_x) // bs)
+    return -(-len(data.train_x) // (cfg.train.batch_size or 1))
 
 
 def diagnose(model_or_run_dir, quantities="all", data=None, *, checkpoint: str = "last", device: str = "auto",
@@ -70,8 +40,11 @@ def diagnose(model_or_run_dir, quantities="all", data=None, *, checkpoint: str =
         raise ValueError(f"options given for quantities not requested: {', '.join(unknown)}")
     run_dir, step = None, None
     if isinstance(model_or_run_dir, (str, Path)):
+        from depthlab.train import load_run
+
         run_dir = Path(model_or_run_dir)
-        model, data, step, _ = load_run(run_dir, checkpoint=checkpoint, device=device)
+        model, data, cfg, epoch, _ = load_run(run_dir, checkpoint=checkpoint, device=device)
+        step = epoch * _steps_per_epoch(cfg, data)
     else:
         model = model_or_run_dir
         if data is None:
@@ -90,19 +63,13 @@ def diagnose(model_or_run_dir, quantities="all", data=None, *, checkpoint: str =
                 r = {"step": step, "checkpoint": checkpoint, **r}
             out.append(r)
     if run_dir is not None and write:
-        with open(run_dir / "diagnostics.jsonl", "a") as f:
-            for r in out:
-                f.write(json.dumps(r) + "\n")
+        from depthlab.train.checkpoint import append_jsonl
+
+        append_jsonl(run_dir / "diagnostics.jsonl", out)
     return out
 
 
 def read_diagnostics(run_dir) -> List[dict]:
-    path = Path(run_dir) / "diagnostics.jsonl"
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
+    from depthlab.train.checkpoint import read_jsonl
+
+    return read_jsonl(Path(run_dir) / "diagnostics.jsonl")

@@ -1,7 +1,6 @@
 """Plots that read run directories only (never recompute)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List
 
@@ -12,17 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_metrics(run_dir) -> List[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if r.get("kind") == "epoch":
-                rows.append(r)
-    return rows
+    """The per-epoch rows of a run's metrics.jsonl."""
+    from depthlab.train.checkpoint import read_jsonl
+
+    return [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if r.get("kind") == "epoch"]
 
 
 def plot_training_curves(runs: Dict[str, str], path, title: str = "") -> Path:
@@ -47,9 +39,14 @@ def plot_training_curves(runs: Dict[str, str], path, title: str = "") -> Path:
     ax_acc.legend(fontsize=8, ncol=2)
     if title:
         fig.suptitle(title)
+    return save_figure(fig, path, dpi=110)
+
+
+def save_figure(fig, path, dpi: int = 100) -> Path:
+    """Lay out, write and close ``fig``; returns the path."""
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 

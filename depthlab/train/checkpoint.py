@@ -2,6 +2,7 @@
 exact resume (model, optimiser, scheduler, RNG states, epoch)."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -80,3 +81,24 @@ def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     # weights_only=False: the checkpoint holds RNG states and optimiser state written by us.
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def append_jsonl(path: Path, rows) -> None:
+    """Append one JSON line per row (metrics.jsonl, diagnostics.jsonl)."""
+    with open(path, "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+
+
+def read_jsonl(path: Path) -> list:
+    """Every row of a JSON-lines file; a line cut by a crash mid-write is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

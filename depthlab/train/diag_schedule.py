@@ -8,7 +8,6 @@ or ``init`` (before step 0 only); e.g. ``gradient_flow@1,discriminability@log,le
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List
 
@@ -101,6 +100,6 @@ class TrainingDiagnostics:
             self.tracker.detach()
 
     def _write(self, rows: List[dict]) -> None:
-        with open(self.path, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+        from depthlab.train.checkpoint import append_jsonl
+
+        append_jsonl(self.path, rows)

@@ -250,7 +250,7 @@ def _epochs(cfg, model, dataset, loader, opt, sched, methods, diags, progress, a
                 row["val_loss"], row["val_acc"] = evaluate(model, dataset.val_x, dataset.val_y, autocast=autocast())
         if diverged:
             row["status"] = "diverged"
-        _append_jsonl(run_dir / "metrics.jsonl", row)
+        ckpt.append_jsonl(run_dir / "metrics.jsonl", [row])
         progress.epoch_done(row)
         if diverged:
             summary.update(row, status="diverged")
@@ -270,65 +270,13 @@ def _epochs(cfg, model, dataset, loader, opt, sched, methods, diags, progress, a
     return summary
 
 
-def _append_jsonl(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-
-
-def _read_jsonl(path: Path) -> list:
-    if not Path(path).exists():
-        return []
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash mid-write
-            continue
-    return rows
-
-
 def _truncate_metrics(path: Path, epoch: int) -> None:
     """Drop epoch lines (metrics, or diagnostics written during training) past the checkpoint we
     resume from, so the logs match the weights."""
-    rows = [r for r in _read_jsonl(path) if not (r.get("kind", "epoch") == "epoch" and r.get("epoch", 0) > epoch)]
+    rows = [r for r in ckpt.read_jsonl(path) if not (r.get("kind", "epoch") == "epoch" and r.get("epoch", 0) > epoch)]
     ckpt.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _last_metrics(path: Path) -> dict:
-    rows = [r for r in _read_jsonl(path) if r.get("kind") == "epoch"]
+    rows = [r for r in ckpt.read_jsonl(path) if r.get("kind") == "epoch"]
     return rows[-1] if rows else {}
-
-
-def evaluate_run(run_dir, checkpoint: str = "last", split: str = "test", device: str = "auto") -> dict:
-    """Re-evaluate a run's checkpoint (``last``, ``best`` or a path) on ``split`` (test/train/val)."""
-    from depthlab.data import load_dataset
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
-    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    if checkpoint == "last":
-        path = ckpt.latest_checkpoint(run_dir / "checkpoints")
-    elif checkpoint == "best":
-        path = run_dir / "checkpoints" / "best.pt"
-    else:
-        path = Path(checkpoint)
-    if path is None or not Path(path).exists():
-        raise ConfigError(f"no {checkpoint!r} checkpoint in {str(run_dir / 'checkpoints')!r}")
-    if split not in ("test", "train", "val"):
-        raise ConfigError(f"split {split!r} is not valid; use test, train or val")
-    dev = resolve_device(device)
-    dataset = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, seed=cfg.data.seed,
-                           val_fraction=cfg.data.val_fraction, download=cfg.data.download).to(dev)
-    x, y = getattr(dataset, f"{split}_x"), getattr(dataset, f"{split}_y")
-    if x is None:
-        raise ConfigError(f"run {str(run_dir)!r} has no {split} split (data.val_fraction is 0)")
-    model = build_from_config(cfg, dataset).to(dev)
-    state = ckpt.load_checkpoint(path, map_location=dev)
-    model.load_state_dict(state["model"])
-    loss, acc = evaluate(model, x, y)
-    row = {"kind": "eval", "checkpoint": str(path), "epoch": state["epoch"], "split": split,
-           f"{split}_loss": loss, f"{split}_acc": acc}
-    _append_jsonl(run_dir / "metrics.jsonl", row)
-    return row
