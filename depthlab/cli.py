@@ -45,9 +45,7 @@ def _cmd_models(args) -> int:
         s = model_summary(name)
         table.add_row(name, str(s["family"]), str(s["depth"]), f"{s['params']:,}")
     Console().print(table)
-    from depthlab.models import list_models as _lm
-
-    print("families (any valid depth via model.depth): " + ", ".join(_lm(families=True)))
+    print("families (any valid depth via model.depth): " + ", ".join(list_models(families=True)))
     return 0
 
 

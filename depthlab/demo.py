@@ -37,6 +37,7 @@ def run_demo(out: str = "runs/demo", depths: Sequence[int] = (8, 20, 56), famili
     """Train every (family, depth), write results.json, curves.png and report.html under ``out``."""
     from depthlab.data import load_dataset
     from depthlab.report import write_demo_report
+    from depthlab.train import train
 
     out = Path(out)
     data = load_dataset(dataset, seed=0)
@@ -65,9 +66,3 @@ def run_demo(out: str = "runs/demo", depths: Sequence[int] = (8, 20, 56), famili
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     report = write_demo_report(out)
     return {"results": results, "check": check, "report": str(report), "out": str(out), **summary}
-
-
-def train(*args, **kwargs):  # imported lazily: keeps `import depthlab.demo` cheap for the CLI
-    from depthlab.train import train as _train
-
-    return _train(*args, **kwargs)

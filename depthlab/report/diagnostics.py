@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from depthlab.report.plots import save_figure  # noqa: E402
+
 MAX_PANELS = 6
 
 
@@ -61,11 +63,7 @@ def plot_quantity(runs: Dict[str, List[dict]], quantity: str, path) -> Path:
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(quantity)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _panel(ax, name: str, per_run: Dict[str, List[dict]]) -> None:
