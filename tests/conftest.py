@@ -1,5 +1,23 @@
+from urllib.error import URLError
+
 import pytest
 import torch
+
+from depthlab.data import files
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """No network in any test, and the default data dir is a scratch folder; records attempted URLs."""
+    calls = []
+
+    def refuse(url, *args, **kwargs):
+        calls.append(url)
+        raise URLError("network disabled in tests")
+
+    monkeypatch.setattr(files, "urlopen", refuse)
+    monkeypatch.setenv("DEPTHLAB_DATA_DIR", str(tmp_path / "default-data"))
+    return calls
 
 
 @pytest.fixture(scope="module")

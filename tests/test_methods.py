@@ -110,12 +110,15 @@ def test_p_last_one_equals_the_plain_resnet_in_train_mode():
     assert torch.equal(out_base, out_sd)
 
 
-def test_sample_mode_sets_drop_mode_when_blocks_have_it():
+def test_sample_mode_sets_drop_mode_and_needs_blocks_that_have_it():
+    class NoDropMode(torch.nn.Module):  # a residual block from elsewhere, without per-sample dropping
+        has_shortcut, survival_prob = True, 1.0
+
+    foreign = torch.nn.Module()
+    foreign.blocks = torch.nn.ModuleList([NoDropMode()])
+    with pytest.raises(ValueError, match="drop_mode"):
+        apply_stochastic_depth(foreign, 0.5, mode="sample")
     model = tiny_resnet110()
-    if not hasattr(model.blocks[0], "drop_mode"):
-        with pytest.raises(ValueError, match="drop_mode"):
-            apply_stochastic_depth(model, 0.5, mode="sample")
-        pytest.skip("Block has no drop_mode yet (per-sample dropping not in depthlab.models)")
     apply_stochastic_depth(model, 0.5, mode="sample")
     assert all(b.drop_mode == "sample" for b in model.blocks)
     out = model.train()(torch.randn(3, 1, 8, 8))
