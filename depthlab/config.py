@@ -32,17 +32,18 @@ class ModelConfig:
     num_classes: Optional[int] = None      # None: from the dataset
     in_channels: Optional[int] = None      # None: from the dataset
     # family-specific options (None: the family's default; a family that lacks one rejects it)
-    activation: Optional[str] = None       # plain/resnet: "relu" | "crelu" (with init looks-linear)
+    activation: Optional[str] = None       # plain/resnet: "relu" | "crelu" (with init looks-linear) | "linear"
     rezero: Optional[bool] = None          # resnet/preact-resnet: branch * alpha, alpha = 0 at init
     gate_bias: Optional[float] = None      # highway: transform-gate bias at init (negative)
     gate_weight_scale: Optional[float] = None  # highway: gate conv weights = init scheme's x this
     growth_rate: Optional[int] = None      # densenet: k
     bottleneck: Optional[bool] = None      # densenet: BC layers
     compression: Optional[float] = None    # densenet: transition compression
+    stage_blocks: Optional[str] = None     # plain/resnet: blocks per stage, e.g. "5,1,1"; depth = 2*sum+2
 
 
 MODEL_OPTIONS = ("activation", "rezero", "gate_bias", "gate_weight_scale", "growth_rate", "bottleneck",
-                 "compression")
+                 "compression", "stage_blocks")
 
 
 @dataclass

@@ -326,3 +326,50 @@ def test_meta_device_and_dtype():
     assert summary["params"] == 19_421_274 and summary["depth"] == 1202
     model = build_model("resnet20").double()
     assert model(torch.randn(2, 3, 9, 9, dtype=torch.float64)).dtype == torch.float64
+
+
+# ----------------------------------------------------------------------------- stage_blocks
+def cifar_params(counts, w=16, classes=10):
+    """Option-A CIFAR ResNet / plain net with ``counts`` blocks per stage: stem conv-BN, blocks
+    conv-BN-conv-BN (no shortcut parameters), fc."""
+    total, c = conv(3, w) + bn(w), w
+    for n, width in zip(counts, (w, 2 * w, 4 * w)):
+        for _ in range(n):
+            total += conv(c, width) + bn(width) + conv(width, width) + bn(width)
+            c = width
+    return total + c * classes + classes
+
+
+@pytest.mark.parametrize("family", ["plain", "resnet"])
+def test_stage_blocks_places_blocks_and_derives_depth(family):
+    assert cifar_params((3, 3, 3)) == RESNET_COUNTS[20]  # the helper agrees with the published count
+    for counts in ((5, 1, 1), (1, 1, 5), (2, 3, 4)):
+        text = ",".join(map(str, counts))
+        m = build_model(family, stage_blocks=text)
+        assert m.depth == 2 * sum(counts) + 2 and count_params(m) == cifar_params(counts)
+        assert [sum(n.startswith(f"stage{s}.") for n in m.block_names) for s in (1, 2, 3)] == list(counts)
+        assert build_model(family, depth=m.depth, stage_blocks=text).depth == m.depth  # consistent: accepted
+        assert m(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    # the default keeps the 6n + 2 rule; "n,n,n" is the same network
+    assert count_params(build_model(family, depth=56)) == count_params(build_model(family, stage_blocks="9,9,9"))
+    with pytest.raises(ValueError) as err:
+        build_model(family, depth=20, stage_blocks="5,1,1")
+    assert "20" in str(err.value) and "16" in str(err.value) and "stage_blocks" in str(err.value)
+    for bad in ("5,1", "0,1,1", "a,1,1", "1,1,1,1"):
+        with pytest.raises(ValueError, match="stage_blocks"):
+            build_model(family, stage_blocks=bad)
+    with pytest.raises(ValueError):
+        build_model("preact-resnet", stage_blocks="5,1,1")  # only plain and resnet have the option
+
+
+def test_stage_blocks_from_config():
+    from depthlab.config import RunConfig
+    from depthlab.train.loop import build_from_config
+
+    class Shape:
+        num_classes, in_channels = 10, 1
+
+    cfg = RunConfig().with_overrides(["model.name=plain", "model.stage_blocks=1,1,5"])
+    assert cfg.model.stage_blocks == "1,1,5" and cfg.model.depth is None
+    model = build_from_config(cfg, Shape())
+    assert model.depth == 16 and model.block_names[-5:] == [f"stage3.block{b}" for b in range(1, 6)]

@@ -318,3 +318,25 @@ def test_drop_mode_sample_plain_and_batch_unchanged():
     whole = [torch.equal(o, block.shortcut(x[:4])) for o in outs]
     assert any(whole) and not all(whole)  # batch mode: whole batch dropped or kept
     assert isinstance(block, Block) and "drop_mode" not in repr(block)
+
+
+@pytest.mark.parametrize("name", ["plain", "resnet"])
+def test_linear_activation_net_is_exactly_linear_with_relu_parameter_count(name):
+    """activation="linear" (Balduzzi et al. Fig. 6 baseline): every ReLU is the identity, so in eval
+    mode (BN affine) f(a x + b y) - f(0) = a (f(x) - f(0)) + b (f(y) - f(0)); same parameters as ReLU."""
+    torch.manual_seed(0)
+    lin = build_model(name, depth=14, activation="linear", num_classes=10, in_channels=1).double().eval()
+    relu = build_model(name, depth=14, num_classes=10, in_channels=1)
+    assert count_params(lin) == count_params(relu)
+    for m in lin.modules():  # non-trivial BN statistics, so the affine offsets are exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    x, y = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    f0 = lin(torch.zeros_like(x))
+    with torch.no_grad():
+        torch.testing.assert_close(lin(2 * x - 3 * y) - f0, 2 * (lin(x) - f0) - 3 * (lin(y) - f0))
+    nonlinear = build_model(name, depth=14, num_classes=10, in_channels=1).double().eval()
+    with torch.no_grad():
+        g0 = nonlinear(torch.zeros_like(x))
+        assert not torch.allclose(nonlinear(2 * x - 3 * y) - g0, 2 * (nonlinear(x) - g0) - 3 * (nonlinear(y) - g0))

@@ -10,6 +10,7 @@ forward hook on it reads the block's pre-``post`` output; it fires even when the
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Callable
 
 import torch
 from torch import nn
@@ -153,20 +154,22 @@ class BasicBlock(Block):
     """He et al. 2015 post-activation basic block: conv-BN-ReLU-conv-BN (+ shortcut), ReLU.
 
     ``residual=False`` gives the plain block (same layers, no addition; option-A shortcut kept for
-    lesions). ``bias=True`` adds conv biases (the MNIST lecture network).
+    lesions). ``bias=True`` adds conv biases (the MNIST lecture network). ``act`` makes the
+    nonlinearity (``nn.Identity`` gives the linear network of Balduzzi et al. 2017, Fig. 6; the
+    module names stay ``relu1`` / ``post`` so taps and state dicts keep their layout).
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, residual: bool = True,
-                 shortcut: str = "A", bias: bool = False):
+                 shortcut: str = "A", bias: bool = False, act: Callable[[], nn.Module] = nn.ReLU):
         branch = nn.Sequential(OrderedDict([
             ("conv1", conv3x3(c_in, c_out, stride, bias)),  # (B, C_out, ceil(H/s), ceil(W/s))
             ("bn1", nn.BatchNorm2d(c_out)),
-            ("relu1", nn.ReLU()),
+            ("relu1", act()),
             ("conv2", conv3x3(c_out, c_out, 1, bias)),
             ("bn2", nn.BatchNorm2d(c_out)),
         ]))
         super().__init__(branch, make_shortcut(shortcut if residual else "A", c_in, c_out, stride),
-                         has_shortcut=residual, post=nn.ReLU())
+                         has_shortcut=residual, post=act())
 
     def zero_init_residual_(self) -> None:
         nn.init.zeros_(self.branch.bn2.weight)

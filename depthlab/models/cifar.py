@@ -6,17 +6,22 @@ Families: ``resnet`` (post-activation, option A), ``plain`` (same layers, no add
 
 Family options (model overrides, defaults keep the published networks and their parameter counts):
 
-- ``activation`` on ``resnet`` and ``plain``: ``"relu"`` (default) or ``"crelu"`` (Balduzzi et al.
+- ``activation`` on ``resnet`` and ``plain``: ``"relu"`` (default), ``"crelu"`` (Balduzzi et al.
   2017, Sec. 5; the CReLU layout is described in ``crelu.py``; pair it with ``init="looks-linear"``
-  for a network that is exactly linear at init).
+  for a network that is exactly linear at init) or ``"linear"`` (every ReLU replaced by the
+  identity, BN kept: the linear baseline of Balduzzi et al. Fig. 6; same parameters as ReLU).
 - ``rezero`` on ``resnet`` and ``preact-resnet``: ``False`` (default) or ``True``: every block's
   branch output times a learnable scalar ``block.alpha``, 0 at init (SkipInit, De & Smith 2020;
   ReZero, Bachlechner et al. 2020; see ``Block``). BN is kept.
+- ``stage_blocks`` on ``resnet`` and ``plain``: ``None`` (default: n blocks in every stage, depth
+  6n + 2) or a string of three positive block counts, e.g. ``"5,1,1"`` (the extra blocks in the
+  first stage) or ``"1,1,5"`` (in the last): depth = 2 * sum + 2, derived when depth is unset and
+  checked when given. Used to place layers early vs late at equal depth (Gao & McDonnell 2017).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, List
+from typing import Callable, List, Optional, Tuple
 
 from torch import nn
 
@@ -27,7 +32,27 @@ from depthlab.models.net import DepthNet
 from depthlab.models.spec import DepthRule, ModelSpec, register_family, register_preset
 
 CIFAR_DEPTHS = DepthRule(step=6, offset=2)
-ACTIVATIONS = ("relu", "crelu")
+ACTIVATIONS = ("relu", "crelu", "linear")
+
+
+def parse_stage_blocks(value) -> Optional[Tuple[int, int, int]]:
+    """``"5,1,1"`` -> ``(5, 1, 1)``; None -> None; anything but three positive integers: ValueError."""
+    if value is None:
+        return None
+    try:
+        counts = tuple(int(v) for v in str(value).split(","))
+    except ValueError:
+        counts = ()
+    if isinstance(value, bool) or len(counts) != 3 or min(counts) < 1:
+        raise ValueError(f"stage_blocks must be three positive block counts separated by commas, one per "
+                         f"stage (e.g. '5,1,1'), got {value!r}")
+    return counts
+
+
+def stage_blocks_depth(options) -> Optional[int]:
+    """The depth ``stage_blocks`` fixes: 2 convs per block plus the stem conv and the fc."""
+    counts = parse_stage_blocks(options.get("stage_blocks"))
+    return None if counts is None else 2 * sum(counts) + 2
 
 
 def validate_options(spec: ModelSpec) -> None:
@@ -63,44 +88,54 @@ def crelu_net(spec: ModelSpec, residual: bool) -> DepthNet:
 
 def cifar_stages(spec: ModelSpec, make_block: Callable[[int, int, int], Block],
                  depths: DepthRule = CIFAR_DEPTHS) -> List[List[Block]]:
-    """3 stages of n = depths.blocks(depth) blocks (ResNet: (depth - 2) / 6);
-    ``make_block(c_in, c_out, stride)``."""
-    n = depths.blocks(spec.depth)
+    """3 stages of n = depths.blocks(depth) blocks (ResNet: (depth - 2) / 6), or of the counts in
+    the ``stage_blocks`` option; ``make_block(c_in, c_out, stride)``."""
+    counts = parse_stage_blocks(spec.options.get("stage_blocks")) or (depths.blocks(spec.depth),) * 3
     stages, c_in = [], spec.width
     for s, c_out in enumerate((spec.width, 2 * spec.width, 4 * spec.width)):
         stage = []
-        for b in range(n):
+        for b in range(counts[s]):
             stage.append(make_block(c_in, c_out, 2 if s > 0 and b == 0 else 1))
             c_in = c_out
         stages.append(stage)  # (B, c_out, H / 2^s, W / 2^s)
     return stages
 
 
-def cifar_stem(spec: ModelSpec, norm: bool = True) -> nn.Sequential:
+def _act(spec: ModelSpec):
+    """The nonlinearity factory of a ReLU-layout net: nn.ReLU, or nn.Identity for ``linear``."""
+    return nn.Identity if spec.options.get("activation") == "linear" else nn.ReLU
+
+
+def cifar_stem(spec: ModelSpec, norm: bool = True, act=nn.ReLU) -> nn.Sequential:
     layers = [("conv", conv3x3(spec.in_channels, spec.width))]  # (B, w, H, W)
     if norm:
-        layers += [("bn", nn.BatchNorm2d(spec.width)), ("relu", nn.ReLU())]
+        layers += [("bn", nn.BatchNorm2d(spec.width)), ("relu", act())]
     return nn.Sequential(OrderedDict(layers))
 
 
 @register_family("resnet", layout="cifar", residual=True, depths=CIFAR_DEPTHS, depth=20, width=16,
                  description="He et al. 2015 CIFAR ResNet, post-activation basic blocks",
-                 options=dict(activation="relu", rezero=False), validate=validate_options)
+                 options=dict(activation="relu", rezero=False, stage_blocks=None), validate=validate_options,
+                 depth_from_options=stage_blocks_depth)
 def cifar_resnet(spec: ModelSpec) -> DepthNet:
     if spec.options["activation"] == "crelu":
         return crelu_net(spec, residual=True)
-    stages = cifar_stages(spec, lambda c_in, c_out, s: _rezero(BasicBlock(c_in, c_out, s, True, spec.shortcut), spec))
-    return DepthNet(spec, cifar_stem(spec), stages, features=4 * spec.width)
+    act = _act(spec)
+    stages = cifar_stages(spec, lambda c_in, c_out, s: _rezero(
+        BasicBlock(c_in, c_out, s, True, spec.shortcut, act=act), spec))
+    return DepthNet(spec, cifar_stem(spec, act=act), stages, features=4 * spec.width)
 
 
 @register_family("plain", layout="cifar", residual=False, depths=CIFAR_DEPTHS, depth=20, width=16,
                  description="He et al. 2015 CIFAR plain net: the ResNet without shortcut additions",
-                 options=dict(activation="relu"), validate=validate_options)
+                 options=dict(activation="relu", stage_blocks=None), validate=validate_options,
+                 depth_from_options=stage_blocks_depth)
 def cifar_plain(spec: ModelSpec) -> DepthNet:
     if spec.options["activation"] == "crelu":
         return crelu_net(spec, residual=False)
-    stages = cifar_stages(spec, lambda c_in, c_out, s: BasicBlock(c_in, c_out, s, False))
-    return DepthNet(spec, cifar_stem(spec), stages, features=4 * spec.width)
+    act = _act(spec)
+    stages = cifar_stages(spec, lambda c_in, c_out, s: BasicBlock(c_in, c_out, s, False, act=act))
+    return DepthNet(spec, cifar_stem(spec, act=act), stages, features=4 * spec.width)
 
 
 @register_family("preact-resnet", layout="cifar", residual=True, depths=CIFAR_DEPTHS, depth=20, width=16,

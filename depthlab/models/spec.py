@@ -95,12 +95,14 @@ class Preset:
 
 def register_family(name: str, *, layout: str, residual: bool, depths: DepthRule, description: str = "",
                     options: Optional[Dict[str, Any]] = None, validate: Optional[Callable] = None,
-                    **defaults) -> Callable:
+                    depth_from_options: Optional[Callable] = None, **defaults) -> Callable:
     """Decorator: register ``builder(spec) -> DepthNet`` as family ``name`` with its defaults.
 
     ``options`` are family-specific override keys with their defaults (e.g. ``gate_bias=-2.0``);
     they land in ``spec.options``. ``validate(spec)`` may raise ValueError for bad option values or
-    combinations, naming the field and why."""
+    combinations, naming the field and why. ``depth_from_options(options) -> int | None``: a depth
+    the options fix (e.g. CIFAR ``stage_blocks``), which then replaces the depth rule: an unset depth
+    is derived, a given one must agree (see ``resolve_spec``)."""
     unknown = set(defaults) - set(OVERRIDES)
     if unknown:
         raise ValueError(f"family {name!r}: unknown default(s) {sorted(unknown)}; valid: {', '.join(OVERRIDES)}")
@@ -112,7 +114,8 @@ def register_family(name: str, *, layout: str, residual: bool, depths: DepthRule
     if clash:
         raise ValueError(f"family {name!r}: options {sorted(clash)} shadow common overrides")
     return FAMILIES.register(name, layout=layout, residual=residual, depths=depths, defaults=merged,
-                             description=description, options=dict(options or {}), validate=validate)
+                             description=description, options=dict(options or {}), validate=validate,
+                           depth_from_options=depth_from_options)
 
 
 def register_preset(name: str, family: str, description: str = "", **overrides) -> Preset:
@@ -148,10 +151,21 @@ def resolve_spec(name: str, **overrides) -> ModelSpec:
                                    f"{family!r}; valid keys: {', '.join(OVERRIDES + tuple(meta['options']))}")
     merged = {**meta["defaults"], **meta["options"], **base, **{k: v for k, v in overrides.items() if v is not None}}
     options = {k: merged.pop(k) for k in meta["options"]}
+    # an option whose value is None is off: it is left out, so specs of models without it are unchanged
+    options = {k: v for k, v in options.items() if v is not None}
     values = merged
     if isinstance(values["shortcut"], str):
         values["shortcut"] = values["shortcut"].upper()
-    _validate(values, family, meta)
+    derive = meta.get("depth_from_options")
+    derived = derive(options) if derive is not None else None
+    if derived is not None:  # the options fix the depth: derive it when unset, else it must agree
+        given = overrides.get("depth") if overrides.get("depth") is not None else base.get("depth")
+        if given is not None and given != derived:
+            fixing = ", ".join(f"{k}={v!r}" for k, v in options.items() if v != meta["options"][k])
+            raise ValueError(f"depth {given!r} disagrees with the depth {derived} that the options of model "
+                             f"family {family!r} fix ({fixing}); leave depth unset or set it to {derived}")
+        values["depth"] = derived
+    _validate(values, family, meta, depth_rule=derived is None)
     spec = ModelSpec(name=name, family=family, layout=meta["layout"], residual=meta["residual"], **values,
                      options=options)
     if meta["validate"] is not None:
@@ -163,9 +177,9 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _validate(v: Dict[str, Any], family: str, meta: dict) -> None:
+def _validate(v: Dict[str, Any], family: str, meta: dict, depth_rule: bool = True) -> None:
     rule: DepthRule = meta["depths"]
-    if not _is_int(v["depth"]) or not rule.is_valid(v["depth"]):
+    if not _is_int(v["depth"]) or (depth_rule and not rule.is_valid(v["depth"])):
         raise ValueError(f"depth {v['depth']!r} is not valid for model family {family!r}: {rule.describe()}")
     if not _is_int(v["width"]) or v["width"] <= 0:
         raise ValueError(f"width must be a positive integer (base channels), got {v['width']!r}")
