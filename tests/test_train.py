@@ -106,3 +106,20 @@ def test_divergence_is_recorded_not_crashed(tmp_path):
     s = train(cfg, quiet=True)
     assert s["status"] == "diverged"
     assert _rows(cfg.run_dir)[-1]["status"] == "diverged"
+
+
+def test_resume_before_the_first_checkpoint_keeps_one_copy_of_the_init_diagnostics(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, "train.epochs=1", "diagnostics.quantities=orthonormality@1", "diagnostics.at_init=true",
+               run_id="early")
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt  # dies at the end of epoch 1, before its checkpoint
+
+    monkeypatch.setattr(loop.ckpt, "save_checkpoint", die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, quiet=True)
+    monkeypatch.undo()
+    train(cfg, resume=True, quiet=True)
+    rows = [json.loads(x) for x in (cfg.run_dir / "diagnostics.jsonl").read_text().splitlines()]
+    per_epoch = {e: sum(1 for r in rows if r["epoch"] == e) for e in (0, 1)}
+    assert per_epoch[0] == per_epoch[1] > 0  # the init rows once, like the epoch-1 rows

@@ -48,8 +48,9 @@ def due(rule: str, epoch: int, last_epoch: int) -> bool:
 class TrainingDiagnostics:
     """Runs the scheduled quantities at epoch ends and tracks weight-gradient norms every step."""
 
-    def __init__(self, cfg, model, dataset, run_dir: Path, steps_per_epoch: int):
+    def __init__(self, cfg, model, dataset, run_dir: Path, steps_per_epoch: int, tensorboard=None):
         self.cfg, self.model, self.dataset = cfg.diagnostics, model, dataset
+        self.tensorboard = tensorboard  # a TensorBoardLog mirroring the scalar records, or None
         self.path = Path(run_dir) / "diagnostics.jsonl"
         self.steps_per_epoch, self.last_epoch = steps_per_epoch, cfg.train.epochs
         self.schedule = parse_schedule(self.cfg.quantities or "")
@@ -103,3 +104,5 @@ class TrainingDiagnostics:
         from depthlab.train.checkpoint import append_jsonl
 
         append_jsonl(self.path, rows)
+        if self.tensorboard is not None:
+            self.tensorboard.diagnostics(rows)

@@ -22,6 +22,7 @@ from depthlab.train.diag_schedule import TrainingDiagnostics
 from depthlab.train.methods import TrainingMethods, make_optimizer
 from depthlab.train.progress import Progress
 from depthlab.train.recipes import RECIPES, resolve_train
+from depthlab.train.tensorboard import TensorBoardLog
 
 # Fields that may change when a run is resumed (everything else must match the saved config).
 _RESUMABLE_CHANGES = {"train.epochs", "train.threads", "train.device", "data.data_dir", "data.download",
@@ -187,7 +188,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quie
             ckpt.set_rng_state(state["rng"])
             start_epoch, best_val, elapsed = state["epoch"], state.get("best_val", -1.0), state.get("elapsed", 0.0)
         _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
-        _truncate_metrics(run_dir / "diagnostics.jsonl", start_epoch)
+        # diagnostics at epoch 0 are re-run when no epoch finished, so their old rows go too
+        _truncate_metrics(run_dir / "diagnostics.jsonl", start_epoch - 1 if start_epoch == 0 else start_epoch)
 
     n_params = count_params(model)
     summary = {"run_dir": str(run_dir), "model": cfg.model.name, "depth": cfg.model.depth,
@@ -200,20 +202,23 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quie
                         title=f"{cfg.resolved_run_id} ({n_params:,} params, {device})")
     model.train()
     methods = TrainingMethods(model, cfg.methods)
-    diags = TrainingDiagnostics(cfg, model, dataset, run_dir, len(loader))
+    # TensorBoard hides what an interrupted process logged past the checkpoint (at epoch 0: all of it)
+    tb = TensorBoardLog(run_dir / "tensorboard", purge_step=start_epoch * len(loader) + 1 if start_epoch else 0)
+    diags = TrainingDiagnostics(cfg, model, dataset, run_dir, len(loader), tensorboard=tb)
     try:
         with progress:
             if start_epoch == 0:
                 diags.run(0)
             return _epochs(cfg, model, dataset, loader, opt, sched, methods, diags, progress, autocast,
-                           run_dir, start_epoch, best_val, elapsed, summary)
+                           run_dir, start_epoch, best_val, elapsed, summary, tb)
     finally:
         methods.close()
         diags.close()
+        tb.close()
 
 
 def _epochs(cfg, model, dataset, loader, opt, sched, methods, diags, progress, autocast, run_dir, start_epoch,
-            best_val, elapsed, summary) -> dict:
+            best_val, elapsed, summary, tb) -> dict:
     t, device = cfg.train, dataset.train_x.device
     for epoch in range(start_epoch, t.epochs):
         t0 = time.perf_counter()
@@ -251,6 +256,7 @@ def _epochs(cfg, model, dataset, loader, opt, sched, methods, diags, progress, a
         if diverged:
             row["status"] = "diverged"
         ckpt.append_jsonl(run_dir / "metrics.jsonl", [row])
+        tb.epoch(row)
         progress.epoch_done(row)
         if diverged:
             summary.update(row, status="diverged")
