@@ -24,6 +24,9 @@ _EXPORTS = {
     "evaluate_run": "depthlab.train",
     "run_demo": "depthlab.demo",
     "diagnose": "depthlab.diagnostics",
+    "reproduce": "depthlab.experiments",
+    "list_experiments": "depthlab.experiments",
+    "write_report": "depthlab.report",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

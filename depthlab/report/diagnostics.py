@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from depthlab.report.plots import save_figure  # noqa: E402
 
@@ -75,6 +76,7 @@ def _panel(ax, name: str, per_run: Dict[str, List[dict]]) -> None:
             ax.plot(range(len(ys)), ys, marker=".", lw=1.2, label=label)
             values += ys
         ax.set_xlabel("layer (forward order)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     elif kind == "sequence":
         for label, rs in per_run.items():
             ys = rs[0]["value"]

@@ -1,0 +1,182 @@
+"""What an experiment is: a named finding from a paper, a grid of training runs, measurements on
+them, and an honest verdict on whether the paper's finding was observed.
+
+An experiment module defines a subclass of ``Experiment`` and registers it::
+
+    @register
+    class Degradation(Experiment):
+        name = "degradation"
+        scales = {"quick": {...}, "paper": {...}}      # parameters per scale
+        def runs(self, p): return [RunSpec("plain20", ["model.name=plain20"], {"family": "plain"})]
+        def analyse(self, ctx): ... return Findings(verdicts=[...], tables=[...], figures=[...])
+
+Experiments never plot: figures are plain-data specs (``line``, ``bar``, ``heatmap``, ``curves``)
+that ``depthlab.report`` draws. Every number in a finding comes from the run directories or from
+measurements cached under the experiment directory, so a re-run reuses both.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from depthlab.registry import Registry
+
+EXPERIMENTS = Registry("experiment")
+
+OBSERVED, NOT_OBSERVED, INCONCLUSIVE = "observed", "not observed", "inconclusive"
+
+
+@dataclass
+class RunSpec:
+    """One training run of the grid (the runner adds data, recipe, seed, device and run_id)."""
+
+    id: str                                  # unique within the experiment, e.g. "plain56"
+    overrides: List[str]                     # RunConfig overrides, e.g. ["model.name=plain", "model.depth=56"]
+    labels: Dict[str, Any] = field(default_factory=dict)  # what the analysis groups by
+
+
+@dataclass
+class Findings:
+    verdicts: List[dict] = field(default_factory=list)   # from ``verdict``
+    tables: List[dict] = field(default_factory=list)     # from ``table``
+    figures: List[dict] = field(default_factory=list)    # plain-data plot specs (see depthlab.report.figures)
+    notes: List[str] = field(default_factory=list)
+
+
+class Experiment:
+    """Base class; subclasses set the class attributes and implement ``runs`` and ``analyse``."""
+
+    name: str = ""
+    title: str = ""
+    source: str = ""          # the paper (authors, year, arXiv id, figure)
+    claim: str = ""           # what the paper found
+    expected: str = ""        # what a quick-scale run should show if the finding holds
+    scales: Dict[str, dict] = {}
+    smoke: Dict[str, Any] = {}  # parameters that shrink either scale to seconds (tests, CI)
+
+    def runs(self, p: dict) -> List[RunSpec]:
+        """The training grid for parameters ``p`` (seeds are added by the runner)."""
+        return []
+
+    def analyse(self, ctx) -> Findings:  # ctx: depthlab.experiments.runner.Context
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls) -> str:
+        return f"{cls.name}: {cls.title} ({cls.source})"
+
+
+def register(cls):
+    """Class decorator: add an Experiment subclass to ``EXPERIMENTS`` under its ``name``."""
+    EXPERIMENTS.register(cls.name, cls)
+    return cls
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def mean_sd(values: Sequence[float]):
+    """``(mean, sample sd, n)`` of the finite values; sd is 0 for n < 2; (nan, nan, 0) if none."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(vals)
+    if n == 0:
+        return math.nan, math.nan, 0
+    m = sum(vals) / n
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
+    return m, sd, n
+
+
+def fmt_mean_sd(values: Sequence[float], scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
+    """``"97.3 +- 0.4%"`` for several seeds, ``"97.3%"`` for one, ``"-"`` for none."""
+    m, sd, n = mean_sd(values)
+    if n == 0:
+        return "-"
+    if n == 1:
+        return f"{m * scale:.{digits}f}{unit}"
+    return f"{m * scale:.{digits}f} +- {sd * scale:.{digits}f}{unit}"
+
+
+def compare(a: Sequence[float], b: Sequence[float], min_gap: float) -> dict:
+    """Is ``mean(a) - mean(b) >= min_gap``, and do the seeds agree?
+
+    With one seed each the answer is the sign of ``diff - min_gap``. With more, the answer is
+    ``None`` (inconclusive) when the seeds' spread straddles the threshold: ``|diff - min_gap| <
+    sd(a) + sd(b)``. Returns ``{"holds", "diff", "spread", "n"}``."""
+    ma, sa, na = mean_sd(a)
+    mb, sb, nb = mean_sd(b)
+    if na == 0 or nb == 0:
+        return {"holds": None, "diff": math.nan, "spread": math.nan, "n": min(na, nb)}
+    diff, spread = ma - mb, sa + sb
+    holds: Optional[bool] = diff >= min_gap
+    if min(na, nb) > 1 and abs(diff - min_gap) < spread:
+        holds = None
+    return {"holds": holds, "diff": diff, "spread": spread, "n": min(na, nb)}
+
+
+def verdict(claim: str, holds: Optional[bool], detail: str, seeds: int = 1, spread: Optional[float] = None) -> dict:
+    """One checked expectation: status ``observed`` / ``not observed`` / ``inconclusive`` and the
+    numbers it rests on (``detail``). ``holds=None`` means the data could not decide."""
+    if holds is None:
+        sp = "" if spread is None or not math.isfinite(spread) else f", spread {spread:.3g}"
+        status = f"{INCONCLUSIVE} ({seeds} seed{'s' if seeds != 1 else ''}{sp})"
+    else:
+        status = OBSERVED if holds else NOT_OBSERVED
+    return {"claim": claim, "status": status, "detail": detail, "seeds": seeds}
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], note: str = "") -> dict:
+    """A results table as plain data (cells are already formatted strings or numbers)."""
+    return {"title": title, "columns": list(columns), "rows": [list(r) for r in rows], "note": note}
+
+
+# ----------------------------------------------------------------------------- figure specs
+
+def series(label: str, x: Sequence, y: Sequence, yerr: Optional[Sequence] = None, style: str = "-",
+           marker: Optional[str] = "o", color: Optional[str] = None) -> dict:
+    """One line of a ``line`` figure (``style``: matplotlib line style; ``yerr``: sd over seeds)."""
+    s = {"label": label, "x": [float(v) for v in x], "y": [_num(v) for v in y], "style": style, "marker": marker}
+    if yerr is not None:
+        s["yerr"] = [_num(v) for v in yerr]
+    if color is not None:
+        s["color"] = color
+    return s
+
+
+def line_figure(title: str, xlabel: str, ylabel: str, lines: Sequence[dict], xscale: str = "linear",
+                yscale: str = "linear", caption: str = "", hlines: Optional[Sequence[dict]] = None) -> dict:
+    """A single-axes line plot; ``hlines``: ``[{"y": 90, "label": "chance"}]`` reference lines."""
+    return {"type": "line", "title": title, "xlabel": xlabel, "ylabel": ylabel, "series": list(lines),
+            "xscale": xscale, "yscale": yscale, "caption": caption, "hlines": list(hlines or [])}
+
+
+def bar_figure(title: str, ylabel: str, labels: Sequence[str], values: Sequence[float],
+               yerr: Optional[Sequence[float]] = None, caption: str = "") -> dict:
+    return {"type": "bar", "title": title, "ylabel": ylabel, "labels": list(labels),
+            "values": [_num(v) for v in values], "yerr": None if yerr is None else [_num(v) for v in yerr],
+            "caption": caption}
+
+
+def heatmap_figure(title: str, matrix, xlabel: str = "", ylabel: str = "", caption: str = "",
+                   vmin: Optional[float] = None, vmax: Optional[float] = None) -> dict:
+    return {"type": "heatmap", "title": title, "z": [[_num(v) for v in row] for row in matrix],
+            "xlabel": xlabel, "ylabel": ylabel, "caption": caption, "vmin": vmin, "vmax": vmax}
+
+
+def curves_figure(title: str, runs: Dict[str, str], metrics: Sequence[str] = ("train_error", "test_error"),
+                  caption: str = "") -> dict:
+    """Per-epoch curves read from run directories at report time: ``runs`` maps a label to a run
+    directory (relative to the experiment directory); metrics among train_error, test_error,
+    train_loss, test_loss. Labels starting with ``plain`` are dashed."""
+    return {"type": "curves", "title": title, "runs": dict(runs), "metrics": list(metrics), "caption": caption}
+
+
+def panels_figure(title: str, panels: Sequence[dict], cols: int = 3, caption: str = "") -> dict:
+    """Several ``line`` / ``heatmap`` / ``bar`` specs as small multiples in one figure."""
+    return {"type": "panels", "title": title, "panels": list(panels), "cols": cols, "caption": caption}
+
+
+def _num(v):
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None

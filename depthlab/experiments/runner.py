@@ -1,0 +1,373 @@
+"""``reproduce``: run an experiment's grid (reusing finished runs), analyse it, write
+``experiment.json`` and a self-contained ``report.html`` into the experiment directory."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from depthlab.config import ConfigError, RunConfig
+from depthlab.experiments.base import EXPERIMENTS, Experiment, Findings, RunSpec
+
+SCALES = ("quick", "paper")
+# parameters every experiment understands, besides its own
+COMMON_PARAMS = {"dataset": None, "recipe": None, "epochs": None, "set": ()}
+
+
+def list_experiments() -> List[dict]:
+    """Name, title, source and expectation of every registered experiment."""
+    _load_all()
+    out = []
+    for name in EXPERIMENTS.names():
+        e = EXPERIMENTS.get(name)
+        out.append({"name": name, "title": e.title, "source": e.source, "expected": e.expected,
+                    "scales": sorted(e.scales)})
+    return out
+
+
+def _load_all() -> None:
+    import depthlab.experiments.catalog  # noqa: F401  (registers every experiment module)
+
+
+def resolve_params(exp: Experiment, scale: str, params: Optional[Dict[str, Any]] = None) -> dict:
+    """The scale's defaults updated with ``params``; an unknown name lists the valid ones."""
+    if scale not in exp.scales:
+        raise ConfigError(f"scale {scale!r} is not valid for {exp.name}; valid scales: {', '.join(sorted(exp.scales))}")
+    p = {**COMMON_PARAMS, **exp.scales[scale]}
+    for k, v in (params or {}).items():
+        if k not in p:
+            raise ConfigError(f"unknown parameter {k!r} for experiment {exp.name}; valid parameters: "
+                              + ", ".join(sorted(p)))
+        if isinstance(p[k], (list, tuple)) and not isinstance(v, (list, tuple)):
+            v = [v]  # `--param depths=110`: a one-element list
+        p[k] = v
+    return p
+
+
+def parse_params(items: Sequence[str]) -> Dict[str, Any]:
+    """``["depths=[8,20]", "epochs=3"]`` -> dict; values parsed as YAML (``8,20`` becomes a list)."""
+    import yaml
+
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"parameter {item!r} must look like name=value")
+        k, raw = item.split("=", 1)
+        v = yaml.safe_load(raw) if raw.strip() else None
+        if isinstance(v, str) and "," in v:
+            v = [yaml.safe_load(s) for s in v.split(",")]
+        out[k.strip()] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- context
+
+class Context:
+    """What an experiment's ``analyse`` sees: parameters, per-run results, cached measurements."""
+
+    def __init__(self, exp: Experiment, scale: str, params: dict, seeds: List[int], out: Path, device: str,
+                 dataset, data_note: str, quiet: bool):
+        self.exp, self.scale, self.p, self.seeds, self.out = exp, scale, params, seeds, out
+        self.device, self.dataset, self.data_note, self.quiet = device, dataset, data_note, quiet
+        self.results: List[dict] = []
+
+    # runs -------------------------------------------------------------------------------
+    def rows(self, **labels) -> List[dict]:
+        """Result rows whose labels match every ``key=value`` given (all seeds)."""
+        return [r for r in self.results if all(r.get(k) == v for k, v in labels.items())]
+
+    def values(self, key: str, **labels) -> List[float]:
+        """``key`` (e.g. ``train_acc``) over the seeds of the matching runs; diverged or failed runs
+        give nan for accuracies' complements (they count as not trained, never silently dropped)."""
+        return [_value(r, key) for r in self.rows(**labels)]
+
+    def run_dir(self, row: dict) -> Path:
+        return self.out / row["run_dir"]
+
+    def load(self, row: dict, checkpoint: str = "last"):
+        """``(model in eval mode, dataset)`` of a finished run, on the experiment's device."""
+        from depthlab.train import load_run
+
+        model, data, *_ = load_run(self.run_dir(row), checkpoint=checkpoint, device=self.device)
+        return model, data
+
+    # measurements -----------------------------------------------------------------------
+    def measure(self, name: str, fn: Callable[[], Any], key: Any = None) -> Any:
+        """``fn()`` cached as JSON in ``measurements/<name>.json``; recomputed when ``key`` (plus the
+        parameters and seeds) differs from the cached one. ``fn`` must return JSON-able data."""
+        path = self.out / "measurements" / f"{name}.json"
+        stamp = json.loads(json.dumps({"params": self.p, "seeds": self.seeds, "key": key}, default=str))
+        if path.exists():
+            try:
+                cached = json.loads(path.read_text())
+                if cached.get("stamp") == stamp:
+                    return cached["value"]
+            except (json.JSONDecodeError, KeyError):
+                pass  # a damaged cache is recomputed
+        t0 = time.perf_counter()
+        value = fn()
+        from depthlab.train.checkpoint import atomic_write_text
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"stamp": stamp, "value": value, "seconds": time.perf_counter() - t0},
+                                           default=_jsonable))
+        return json.loads(json.dumps(value, default=_jsonable))
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"  {msg}", file=sys.stderr, flush=True)
+
+
+def _value(row: dict, key: str) -> float:
+    v = row.get(key)
+    return math.nan if v is None else float(v)
+
+
+def _jsonable(o):
+    try:
+        import numpy as np
+        import torch
+
+        if isinstance(o, torch.Tensor):
+            return o.detach().cpu().tolist()
+        if isinstance(o, (np.ndarray, np.generic)):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(o)
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_experiment_data(name: str, quiet: bool = True):
+    """``(dataset, config name, note)``; CIFAR files that are absent (and cannot be downloaded here)
+    fall back to CIFAR-shaped synthetic data, and the note says so."""
+    from depthlab.data import DataFileError, load_dataset
+
+    try:
+        return load_dataset(name), name, ""
+    except DataFileError as e:
+        if not name.startswith("cifar"):
+            raise
+        note = (f"{name} files are absent here and could not be downloaded ({str(e).splitlines()[0]}); "
+                f"this run used synthetic CIFAR-shaped data (3x32x32, 10 classes, 512 train / 256 test "
+                f"images): it checks that the paper-scale pipeline runs end to end, not the paper's numbers")
+        if not quiet:
+            print(f"note: {note}", file=sys.stderr)
+        return load_dataset("synthetic"), "synthetic", note
+
+
+# ----------------------------------------------------------------------------- reproduce
+
+def reproduce(name: str, scale: str = "quick", seeds: int = 1, out: Optional[str] = None, *,
+              params: Optional[Dict[str, Any]] = None, device: str = "auto", fresh: bool = False,
+              quiet: bool = False, report: bool = True, command: Optional[str] = None) -> dict:
+    """Run experiment ``name`` at ``scale`` over ``seeds`` seeds (0..seeds-1) into ``out``
+    (default ``runs/reproduce/<name>[-paper]``). Finished runs are reused, interrupted ones resumed,
+    ``fresh=True`` retrains everything. Returns the content of ``experiment.json`` (plus ``report``)."""
+    _load_all()
+    exp: Experiment = EXPERIMENTS.get(name)()
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigError(f"seeds must be an int >= 1, got {seeds!r}")
+    p = resolve_params(exp, scale, params)
+    out_dir = Path(out) if out else Path("runs") / "reproduce" / (name if scale == "quick" else f"{name}-{scale}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    specs = exp.runs(p)
+    dataset, data_name, note = (None, p["dataset"], "")
+    if specs or p.get("dataset"):
+        dataset, data_name, note = load_experiment_data(p["dataset"], quiet=quiet)
+    ctx = Context(exp, scale, p, list(range(seeds)), out_dir, device, dataset, note, quiet)
+    if not quiet:
+        print(f"{exp.name} ({scale}, {seeds} seed{'s' if seeds > 1 else ''}): {len(specs) * seeds} runs -> {out_dir}",
+              file=sys.stderr, flush=True)
+    total = len(specs) * seeds
+    for i, (spec, seed) in enumerate(((s, k) for s in specs for k in ctx.seeds), 1):
+        row = _train_one(spec, seed, p, data_name, dataset, out_dir, device, fresh, quiet)
+        ctx.results.append(row)
+        if not quiet:
+            acc = row.get("train_acc")
+            print(f"  [{i}/{total}] {row['run_id']:<28} {row['status']:<9} train acc "
+                  f"{'-' if acc is None else f'{acc:.3f}'}  {row.get('seconds', 0):.0f}s"
+                  f"{' (reused)' if row.get('reused') else ''}", file=sys.stderr, flush=True)
+    if command is None:  # called from Python: the equivalent command line
+        command = (f"depthlab reproduce {name}" + (f" --scale {scale}" if scale != "quick" else "")
+                   + (f" --seeds {seeds}" if seeds != 1 else "") + (f" --out {out}" if out else "")
+                   + "".join(f" --param {k}={_param_text(v)}" for k, v in (params or {}).items()))
+    findings: Findings = exp.analyse(ctx)
+    doc = {"name": exp.name, "title": exp.title, "source": exp.source, "claim": exp.claim,
+           "expected": exp.expected, "scale": scale, "seeds": seeds, "params": p,
+           "data": {"name": data_name, "note": note}, "provenance": provenance(command, device, started, t0),
+           "runs": ctx.results, "verdicts": findings.verdicts, "tables": findings.tables,
+           "figures": findings.figures, "notes": findings.notes}
+    from depthlab.train.checkpoint import atomic_write_text
+
+    atomic_write_text(out_dir / "experiment.json", json.dumps(doc, indent=1, default=_jsonable))
+    if report:
+        from depthlab.report import write_report
+
+        doc["report"] = str(write_report(out_dir))
+    if not quiet:
+        for v in findings.verdicts:
+            print(f"  {v['status'].upper()}: {v['claim']} -- {v['detail']}", file=sys.stderr)
+    return doc
+
+
+def _param_text(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v))
+    return str(v)
+
+
+def _train_one(spec: RunSpec, seed: int, p: dict, data_name: str, dataset, out_dir: Path, device: str,
+               fresh: bool, quiet: bool) -> dict:
+    from depthlab.train import train
+
+    run_id = f"{spec.id}-s{seed}"
+    base = [f"data.name={data_name}", f"train.seed={seed}", f"train.device={device}",
+            f"out_dir={out_dir / 'runs'}", f"run_id={run_id}"]
+    if p.get("recipe"):
+        base.append(f"train.recipe={p['recipe']}")
+    if p.get("epochs"):
+        base.append(f"train.epochs={p['epochs']}")
+    row = {"id": spec.id, "seed": seed, "run_id": run_id, "run_dir": f"runs/{run_id}", **spec.labels}
+    try:
+        cfg = RunConfig().with_overrides(base + list(spec.overrides) + list(p.get("set") or ()))
+    except ConfigError as e:
+        raise ConfigError(f"experiment run {run_id}: {e}") from None
+    run_dir = cfg.run_dir
+    t0 = time.perf_counter()
+    reused = False
+    try:
+        done = None if fresh else _finished(run_dir, cfg)
+        if done is not None:
+            s, reused = done, True
+        elif (run_dir / "config.json").exists() and not fresh:
+            try:
+                s = train(cfg, resume=True, quiet=quiet or not sys.stderr.isatty(), dataset=dataset)
+            except ConfigError as e:
+                raise ConfigError(f"{e}; the experiment's settings changed since this run was made: pass "
+                                  f"--fresh (fresh=True) to retrain, or choose another --out") from None
+        else:
+            s = train(cfg, overwrite=True, quiet=quiet or not sys.stderr.isatty(), dataset=dataset)
+    except (ValueError, RuntimeError) as e:
+        if isinstance(e, ConfigError) and "--fresh" in str(e):
+            raise
+        row.update(status=f"error: {e}", seconds=time.perf_counter() - t0)
+        return row
+    keep = ("status", "params", "depth", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "elapsed")
+    row.update({k: s.get(k) for k in keep})
+    row["seconds"] = s.get("elapsed", time.perf_counter() - t0)
+    row["seconds_per_epoch"] = _seconds_per_epoch(run_dir)
+    row["reused"] = reused
+    if row["status"] == "diverged":
+        row["train_acc"] = row["test_acc"] = None
+    return row
+
+
+_MAY_DIFFER = {"train.threads", "train.device", "data.data_dir", "data.download", "out_dir"}
+
+
+def _finished(run_dir: Path, wanted: RunConfig) -> Optional[dict]:
+    """The summary of a run that finished (or diverged), from its files; None if it needs (more)
+    training. A run directory holding a different run (any set field or recipe value differs,
+    device and threads aside) is an error that suggests ``--fresh``."""
+    from depthlab.train.checkpoint import read_jsonl
+    from depthlab.train.loop import _flat
+    from depthlab.train.recipes import resolve_train
+
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.exists():
+        return None
+    cfg = json.loads(cfg_path.read_text())
+    want = wanted.to_dict()
+    want["train"] = dataclasses.asdict(resolve_train(wanted.train, cfg["model"].get("depth") or 0))
+    old, new = _flat(cfg), _flat(want)
+    diff = sorted(k for k, v in new.items() if v is not None and k not in _MAY_DIFFER and k != "train.epochs"
+                  and old.get(k) != v)
+    if diff:
+        details = "; ".join(f"{k}: saved {old.get(k)!r}, now {new[k]!r}" for k in diff)
+        raise ConfigError(f"run directory {str(run_dir)!r} holds a different run ({details}); the experiment's "
+                          f"settings changed since it was made: pass --fresh (fresh=True) to retrain, or "
+                          f"choose another --out")
+    if new["train.epochs"] != old.get("train.epochs"):
+        return None  # more (or fewer) epochs asked for: train() resumes from the last checkpoint
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
+    if not rows:
+        return None
+    last = rows[-1]
+    if last.get("status") == "diverged":
+        return {**last, "status": "diverged", "depth": cfg["model"].get("depth"), "params": None}
+    if last["epoch"] < cfg["train"]["epochs"]:
+        return None
+    return {**last, "status": "finished", "depth": cfg["model"].get("depth"), "params": _params_of(cfg)}
+
+
+def _params_of(cfg: dict) -> Optional[int]:
+    """Trainable parameters of a saved config's model, built on the meta device (no memory)."""
+    import torch
+
+    from depthlab.models import count_params
+    from depthlab.train.loop import build_from_config
+
+    class _Shape:  # what build_from_config reads of a dataset
+        num_classes = cfg["model"]["num_classes"]
+        in_channels = cfg["model"]["in_channels"]
+
+    try:
+        with torch.device("meta"):
+            return count_params(build_from_config(RunConfig.from_dict(cfg), _Shape()))
+    except Exception:  # noqa: BLE001 - informative only; the run itself is what matters
+        return None
+
+
+def _seconds_per_epoch(run_dir: Path) -> Optional[float]:
+    from depthlab.train.checkpoint import read_jsonl
+
+    secs = [r["seconds"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
+    if not secs:
+        return None
+    rest = secs[1:] or secs  # the first epoch carries one-off costs (allocation, warm-up)
+    return sum(rest) / len(rest)
+
+
+def provenance(command: Optional[str], device: str, started: datetime, t0: float) -> dict:
+    """What was run, where and when: command, commit, versions, device, time."""
+    import torch
+
+    from depthlab import __version__
+    from depthlab.train.loop import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev_name = f"cuda: {torch.cuda.get_device_name(dev)}"
+    else:
+        dev_name = f"{dev.type}: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return {"command": command,
+            "commit": git_commit(), "depthlab": __version__, "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "device": dev_name,
+            "started": started.isoformat(timespec="seconds"),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": time.perf_counter() - t0}
+
+
+def git_commit() -> str:
+    """The source checkout's commit (with ``+dirty`` when it has uncommitted changes), or ``unknown``."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        if not sha:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -1,0 +1,79 @@
+"""The looks-linear experiment: end to end at both scales (smoke params) and its verdict logic on
+fabricated results."""
+import pytest
+
+from depthlab.experiments.base import INCONCLUSIVE, NOT_OBSERVED, OBSERVED
+from depthlab.experiments.looks_linear import VARIANTS, LooksLinear
+from depthlab.experiments.runner import Context, reproduce, resolve_params
+
+
+@pytest.mark.parametrize("scale", ["quick", "paper"])
+def test_end_to_end_smoke(scale, tmp_path):
+    doc = reproduce("looks-linear", scale=scale, params=LooksLinear.smoke, out=str(tmp_path), quiet=True)
+    assert (tmp_path / "experiment.json").exists() and (tmp_path / "report.html").exists()
+    assert len(doc["runs"]) == len(VARIANTS) * len(LooksLinear.smoke["depths"])
+    assert all(r["status"] in ("finished", "diverged") for r in doc["runs"])
+    assert len(doc["verdicts"]) == 4
+    assert all(v["status"] in (OBSERVED, NOT_OBSERVED) or v["status"].startswith(INCONCLUSIVE)
+               for v in doc["verdicts"])
+    assert doc["figures"] and all(f.get("panels") or f.get("runs") for f in doc["figures"])
+    again = reproduce("looks-linear", scale=scale, params=LooksLinear.smoke, out=str(tmp_path), quiet=True,
+                      report=False)
+    assert all(r["reused"] for r in again["runs"])
+
+
+def test_runs_use_the_variant_presets_and_comparable_widths():
+    exp = LooksLinear()
+    p = resolve_params(exp, "paper")
+    specs = exp.runs(p)
+    assert sorted({s.labels["depth"] for s in specs}) == [8, 14, 32, 56, 104, 200]
+    assert all((d - 2) % 6 == 0 for d in p["depths"])
+    by_id = {s.id: s.overrides for s in specs}
+    assert {"model.activation=crelu", "model.init=looks-linear", "model.width=11"} <= set(by_id["crelu-ll200"])
+    assert "model.init=looks-linear" not in by_id["crelu200"] and "model.width=11" in by_id["crelu200"]
+    assert {"model.name=resnet", "model.width=16"} <= set(by_id["resnet200"])
+    assert "model.activation=linear" in by_id["linear200"]
+
+
+def _ctx(tmp_path, accs, seeds=(0, 1)):
+    """accs: variant -> (test acc at the deepest depth, spread between seeds)."""
+    exp = LooksLinear()
+    p = resolve_params(exp, "quick", {"depths": [8, 56]})
+    ctx = Context(exp, "quick", p, list(seeds), tmp_path, "cpu", None, "", True)
+    for v in VARIANTS:
+        for d in p["depths"]:
+            a, spread = accs[v] if d == 56 else (0.95, 0.0)
+            for s in seeds:
+                acc = a + (spread if s else -spread)
+                ctx.results.append({"id": f"{v}{d}", "seed": s, "run_id": f"{v}{d}-s{s}",
+                                    "run_dir": f"runs/{v}{d}-s{s}", "variant": v, "depth": d,
+                                    "status": "finished", "train_acc": acc, "test_acc": acc, "params": 1000,
+                                    "seconds_per_epoch": 0.5})
+    return exp, ctx
+
+
+def test_verdicts_observed_when_the_paper_holds(tmp_path):
+    exp, ctx = _ctx(tmp_path, {"crelu-ll": (0.90, 0.01), "resnet": (0.92, 0.01), "crelu": (0.5, 0.02),
+                               "relu": (0.3, 0.02), "linear": (0.4, 0.01)})
+    f = exp.analyse(ctx)
+    assert [v["status"] for v in f.verdicts] == [OBSERVED] * 4
+    assert "90.0 +- 1.4%" in f.verdicts[0]["detail"]
+    assert len(f.tables) == 3 and len(f.figures) == 2
+
+
+def test_verdicts_not_observed_when_it_fails(tmp_path):
+    # CReLU + LL collapses like the ReLU net while the ResNet trains
+    exp, ctx = _ctx(tmp_path, {"crelu-ll": (0.30, 0.01), "resnet": (0.92, 0.01), "crelu": (0.5, 0.01),
+                               "relu": (0.3, 0.01), "linear": (0.4, 0.01)})
+    f = exp.analyse(ctx)
+    assert [v["status"] for v in f.verdicts] == [NOT_OBSERVED] * 4
+
+
+def test_failed_runs_count_as_missing_and_noisy_seeds_are_inconclusive(tmp_path):
+    exp, ctx = _ctx(tmp_path, {"crelu-ll": (0.90, 0.01), "resnet": (0.92, 0.01), "crelu": (0.5, 0.01),
+                               "relu": (0.82, 0.05), "linear": (0.4, 0.01)})
+    for r in ctx.rows(variant="linear", depth=56):
+        r.update(status="diverged", train_acc=None, test_acc=None)
+    f = exp.analyse(ctx)
+    assert f.verdicts[1]["status"].startswith(INCONCLUSIVE)  # 0.90 - 0.82 vs 0.10: within the seeds' spread
+    assert f.verdicts[3]["status"].startswith(INCONCLUSIVE)  # no linear result at all

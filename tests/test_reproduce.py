@@ -1,0 +1,164 @@
+"""The experiment framework: parameters, verdict statistics, run reuse and resume, the paper-scale
+fallback, caching of measurements, the CLI, and the degradation experiment end to end."""
+import json
+import math
+import re
+
+import pytest
+
+from depthlab.cli import main
+from depthlab.config import ConfigError
+from depthlab.experiments import EXPERIMENTS, list_experiments, parse_params, reproduce
+from depthlab.experiments.base import compare, fmt_mean_sd, mean_sd, verdict
+from depthlab.experiments.runner import Context, resolve_params
+from depthlab.registry import UnknownNameError
+
+SMOKE = {"depths": [8, 14], "epochs": 1}
+ALL = ("degradation", "shattered", "looks-linear", "discriminability", "lesion", "stochastic-depth",
+       "orthonormal", "highway", "beyond")
+
+
+def test_every_named_experiment_is_registered_with_its_source_and_expectation():
+    listed = {e["name"]: e for e in list_experiments()}
+    assert set(ALL) <= set(listed)
+    for name in ALL:
+        e = listed[name]
+        assert e["source"] and e["expected"] and {"quick", "paper"} <= set(e["scales"]), name
+        assert EXPERIMENTS.get(name).smoke, f"{name} has no smoke parameters for tests"
+
+
+def test_mean_sd_and_formatting():
+    m, sd, n = mean_sd([1.0, 2.0, 3.0, float("nan"), None])
+    assert (m, n) == (2.0, 3) and sd == pytest.approx(1.0)
+    assert mean_sd([])[2] == 0 and math.isnan(mean_sd([])[0])
+    assert fmt_mean_sd([0.5]) == "0.5" and fmt_mean_sd([0.25, 0.75], 100, unit="%") == "50.0 +- 35.4%"
+    assert fmt_mean_sd([]) == "-"
+
+
+def test_compare_is_inconclusive_only_when_the_seeds_straddle_the_threshold():
+    assert compare([0.9], [0.5], 0.1)["holds"] is True
+    assert compare([0.55], [0.5], 0.1)["holds"] is False
+    # seeds far apart from the threshold: decided
+    assert compare([0.9, 0.91], [0.5, 0.51], 0.1)["holds"] is True
+    # a mean gap of 0.12 with sd ~0.14 on one side: the seeds disagree about the 0.1 threshold
+    c = compare([0.5, 0.7], [0.48, 0.48], 0.1)
+    assert c["holds"] is None and c["n"] == 2
+    assert compare([], [0.5], 0.1)["holds"] is None
+
+
+def test_verdict_statuses():
+    assert verdict("x", True, "d")["status"] == "observed"
+    assert verdict("x", False, "d")["status"] == "not observed"
+    v = verdict("x", None, "d", seeds=3, spread=0.04)
+    assert v["status"] == "inconclusive (3 seeds, spread 0.04)"
+
+
+def test_parameters_parse_and_unknown_names_list_the_valid_ones():
+    assert parse_params(["depths=8,20", "epochs=3", "set=[train.lr=0.1]"]) == {
+        "depths": [8, 20], "epochs": 3, "set": ["train.lr=0.1"]}
+    assert resolve_params(EXPERIMENTS.get("degradation")(), "quick", {"depths": 110})["depths"] == [110]
+    with pytest.raises(ConfigError, match="name=value"):
+        parse_params(["depths"])
+    exp = EXPERIMENTS.get("degradation")()
+    with pytest.raises(ConfigError, match="unknown parameter 'depth' .*valid parameters: .*depths"):
+        resolve_params(exp, "quick", {"depth": 3})
+    with pytest.raises(ConfigError, match="scale 'huge' .*valid scales: paper, quick"):
+        resolve_params(exp, "huge")
+    with pytest.raises(UnknownNameError, match="degradation"):
+        reproduce("degradaton")
+
+
+def test_measure_caches_until_the_key_or_parameters_change(tmp_path):
+    exp = EXPERIMENTS.get("degradation")()
+    ctx = Context(exp, "quick", {"a": 1}, [0], tmp_path, "cpu", None, "", True)
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return {"v": len(calls)}
+
+    assert ctx.measure("m", fn) == {"v": 1}
+    assert ctx.measure("m", fn) == {"v": 1} and len(calls) == 1
+    assert ctx.measure("m", fn, key="other") == {"v": 2}
+    ctx2 = Context(exp, "quick", {"a": 2}, [0], tmp_path, "cpu", None, "", True)
+    assert ctx2.measure("m", fn, key="other") == {"v": 3}
+
+
+def test_degradation_end_to_end_reuses_finished_runs_and_resumes_an_interrupted_one(tmp_path):
+    out = tmp_path / "deg"
+    params = {**SMOKE, "epochs": 2, "depths": [8]}
+    doc = reproduce("degradation", params=params, out=str(out), device="cpu", quiet=True)
+    assert [r["run_id"] for r in doc["runs"]] == ["plain8-s0", "resnet8-s0"]
+    assert all(r["status"] == "finished" and not r["reused"] for r in doc["runs"])
+    assert len(doc["verdicts"]) == 4
+    for v in doc["verdicts"]:
+        assert re.match(r"(observed|not observed|inconclusive \(1 seed)", v["status"]), v
+        assert v["detail"]
+    saved = json.loads((out / "experiment.json").read_text())
+    assert saved["provenance"]["torch"] and saved["provenance"]["commit"] and saved["scale"] == "quick"
+    page = (out / "report.html").read_text()
+    for section in ("summary", "verdicts", "results", "figures", "provenance"):
+        assert f"id={section}" in page
+    assert page.count("data:image/svg+xml;base64,") == len(saved["figures"]) >= 3
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+
+    again = reproduce("degradation", params=params, out=str(out), device="cpu", quiet=True)
+    assert all(r["reused"] for r in again["runs"])
+    assert [r["train_acc"] for r in again["runs"]] == [r["train_acc"] for r in doc["runs"]]
+
+    # interrupt plain8 after epoch 1: drop its epoch-2 checkpoint and metrics line
+    run = out / "runs" / "plain8-s0"
+    (run / "checkpoints" / "epoch_0002.pt").unlink()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    resumed = reproduce("degradation", params=params, out=str(out), device="cpu", quiet=True)
+    r0 = resumed["runs"][0]
+    assert not r0["reused"] and resumed["runs"][1]["reused"]
+    assert r0["train_acc"] == doc["runs"][0]["train_acc"]  # exact resume
+
+
+def test_changed_settings_ask_for_fresh(tmp_path):
+    out = tmp_path / "deg"
+    reproduce("degradation", params={"depths": [8], "epochs": 1}, out=str(out), device="cpu", quiet=True)
+    with pytest.raises(ConfigError, match="train.lr: saved 0.05, now 0.01.*--fresh"):  # a finished run
+        reproduce("degradation", params={"depths": [8], "epochs": 1, "set": ["train.lr=0.01"]}, out=str(out),
+                  device="cpu", quiet=True)
+    run = out / "runs" / "plain8-s0"
+    (run / "checkpoints" / "epoch_0001.pt").unlink()
+    (run / "metrics.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="--fresh"):  # an interrupted run
+        reproduce("degradation", params={"depths": [8], "epochs": 1, "set": ["train.lr=0.01"]}, out=str(out),
+                  device="cpu", quiet=True)
+    doc = reproduce("degradation", params={"depths": [8], "epochs": 1, "set": ["train.lr=0.01"]}, out=str(out),
+                    device="cpu", quiet=True, fresh=True)
+    assert all(not r["reused"] for r in doc["runs"])
+
+
+def test_paper_scale_runs_end_to_end_on_synthetic_cifar_shaped_data_and_says_so(tmp_path):
+    doc = reproduce("degradation", scale="paper", params={"depths": [8], "epochs": 1}, out=str(tmp_path / "p"),
+                    device="cpu", quiet=True)
+    assert doc["data"]["name"] == "synthetic" and "cifar10 files are absent" in doc["data"]["note"]
+    assert all(r["status"] == "finished" for r in doc["runs"])
+    cfg = json.loads((tmp_path / "p" / "runs" / "plain8-s0" / "config.json").read_text())
+    assert cfg["train"]["recipe"] == "he2015" and cfg["model"]["in_channels"] == 3
+    assert "synthetic CIFAR-shaped data" in (tmp_path / "p" / "report.html").read_text()
+
+
+def test_cli_list_report_index_and_markdown(tmp_path, capsys):
+    assert main(["reproduce", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ALL)
+    assert main(["reproduce", "nope"]) == 2
+    assert "valid experiment names: degradation" in capsys.readouterr().err.lower()
+    out = tmp_path / "exps" / "deg"
+    assert main(["reproduce", "degradation", "--param", "depths=8", "epochs=1", "--out", str(out), "--device",
+                 "cpu", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "report:" in printed and ("OBSERVED" in printed or "NOT OBSERVED" in printed or "INCONCLUSIVE" in printed)
+    md = tmp_path / "results.md"
+    assert main(["report", str(tmp_path / "exps"), "--markdown", str(md)]) == 0
+    index = (tmp_path / "exps" / "index.html").read_text()
+    assert "deg/report.html" in index and "degradation" in index
+    text = md.read_text()
+    assert "| expectation | verdict | numbers |" in text and "depthlab reproduce degradation" in text
+    assert main(["report", str(tmp_path / "nothing-here")]) == 2
