@@ -1,0 +1,135 @@
+"""The HTML reports in a real browser (headless Chromium over the DevTools Protocol): every page
+loads from file:// without console errors or outside requests, has its sections, and every figure
+decodes and takes up space on the page. Screenshots go to $DEPTHLAB_ARTEFACTS (default: the test's
+tmp dir). Without Chromium the test is skipped, except under CI (env CI set), where it fails."""
+import os
+import struct
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from browser import Chromium, find_chromium, group_members
+
+EXPERIMENT_SECTIONS = ["summary", "verdicts", "results", "figures", "provenance"]
+RUN_SECTIONS = ["summary", "figures", "results", "provenance"]
+
+# sections, images (with decoded and rendered sizes), links and scripts of the page in the tab
+PAGE_FACTS = """(() => {
+  const box = e => { const r = e.getBoundingClientRect(); return [r.width, r.height]; };
+  return {
+    title: document.title,
+    sections: [...document.querySelectorAll("section[id]")].map(s => s.id),
+    images: [...document.images].map(i => ({alt: i.alt, complete: i.complete, natural: [i.naturalWidth, i.naturalHeight],
+                                            box: box(i), scheme: i.src.split(":")[0]})),
+    links: [...document.links].map(a => a.href),
+    scripts: document.scripts.length,
+    text: document.body.innerText.length,
+  };
+})()"""
+
+
+def _unavailable(why: str):
+    if os.environ.get("CI"):
+        pytest.fail(f"{why}; CI must run the browser test (.ci/run installs chromium)")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def chromium_path():
+    try:
+        import websocket  # noqa: F401  (websocket-client)
+    except ImportError:
+        _unavailable("websocket-client is not installed (pip install -e '.[test]')")
+    path = find_chromium()
+    if path is None:
+        _unavailable("no Chromium found (install Debian's `chromium` package, or set DEPTHLAB_CHROMIUM to a "
+                     "Chromium or Chrome binary)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def site(chromium_path, tmp_path_factory):
+    """Real pages: a reproduced experiment, a plain run with diagnostics, the index over both, and
+    the demo report."""
+    from depthlab.config import RunConfig
+    from depthlab.demo import run_demo
+    from depthlab.experiments.runner import reproduce
+    from depthlab.report import write_report
+    from depthlab.train import train
+
+    root = tmp_path_factory.mktemp("site")
+    reproduce("degradation", params={"depths": [8, 14], "epochs": 1}, out=str(root / "degradation"), device="cpu",
+              quiet=True)
+    run = RunConfig().with_overrides(["model.name=resnet", "model.depth=8", "data.name=digits", "train.epochs=2",
+                                      "train.batch_size=128", "train.device=cpu", f"out_dir={root / 'runs'}",
+                                      "run_id=tiny", "diagnostics.quantities=responses@1,orthonormality@last"])
+    train(run, quiet=True)
+    index = write_report(root)
+    demo = tmp_path_factory.mktemp("demo")
+    run_demo(out=str(demo), depths=(8,), epochs=1, quiet=True)
+    return {"experiment": root / "degradation" / "report.html", "run": run.run_dir / "report.html",
+            "index": index, "demo": demo / "report.html"}
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path):
+    with Chromium(chromium_path, timeout=30) as b:
+        yield b
+    assert not group_members(b.proc.pid), "chromium processes outlived the test"
+
+
+@pytest.fixture(scope="module")
+def artefacts(tmp_path_factory):
+    env = os.environ.get("DEPTHLAB_ARTEFACTS")
+    return Path(env) if env else tmp_path_factory.mktemp("artefacts")
+
+
+def _open_and_check(browser, page: Path, artefacts: Path, name: str) -> dict:
+    """Load ``page``, check what every report page must satisfy, save a screenshot; returns the facts."""
+    assert page.is_file(), page
+    load = browser.open(page.resolve().as_uri())
+    facts = browser.evaluate(PAGE_FACTS)
+    assert facts["scripts"] == 0 and facts["text"] > 200, facts["title"]
+    outside = [u[:80] for u in load.requested_urls() if urlparse(u).scheme not in ("file", "data")]
+    assert outside == [], f"{name}: requests outside the page: {outside}"
+    for img in facts["images"]:
+        assert img["scheme"] == "data", f"{name}: figure {img['alt']!r} is not inline"
+        assert img["complete"] and min(img["natural"]) > 0, f"{name}: figure {img['alt']!r} did not decode: {img}"
+        assert min(img["box"]) > 0, f"{name}: figure {img['alt']!r} takes no space on the page: {img}"
+    shot = browser.screenshot(artefacts / f"report_{name}.png")
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])  # IHDR
+    assert width >= 1000 and height >= 600, (width, height)
+    for m in load.messages():
+        if m["level"] != "error":  # shown with -rA; warnings depend on the Chromium version, errors do not
+            print(f"{name}: {m['level']} from {m['source']}: {m['text'][:300]}")
+    assert load.errors() == [], f"{name}: the browser reported errors: {load.errors()}"
+    return facts
+
+
+def test_experiment_page(browser, site, artefacts):
+    facts = _open_and_check(browser, site["experiment"], artefacts, "experiment")
+    assert [s for s in facts["sections"] if s in EXPERIMENT_SECTIONS] == EXPERIMENT_SECTIONS
+    assert len(facts["images"]) >= 2 and "degradation" in facts["title"]
+
+
+def test_run_page(browser, site, artefacts):
+    facts = _open_and_check(browser, site["run"], artefacts, "run")
+    assert [s for s in facts["sections"] if s in RUN_SECTIONS] == RUN_SECTIONS
+    alts = [i["alt"] for i in facts["images"]]
+    assert "training curves" in alts and len(alts) >= 2, alts  # curves plus the diagnostics figures
+
+
+def test_index_page_links_every_page(browser, site, artefacts):
+    facts = _open_and_check(browser, site["index"], artefacts, "index")
+    assert facts["sections"] == ["index"]
+    targets = {Path(unquote(urlparse(u).path)) for u in facts["links"]}
+    assert {site["experiment"].resolve(), site["run"].resolve()} <= targets
+    assert all(t.is_file() for t in targets), targets
+
+
+def test_demo_page(browser, site, artefacts):
+    facts = _open_and_check(browser, site["demo"], artefacts, "demo")
+    assert len(facts["images"]) == 1 and "demo" in facts["title"]
