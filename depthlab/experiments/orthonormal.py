@@ -127,10 +127,46 @@ class Orthonormal(Experiment):
             f.notes.append("Diverged (loss not finite; epoch where it happened): " + ", ".join(diverged) + ". "
                            f"Divergence depends on the {p['recipe']} recipe's learning rate and on the unverified "
                            "lambda and modulation rule; set=train.lr=... or lam=... probe that.")
+        grads = ctx.measure("init_gradients", lambda: _init_gradients(ctx))
+        if grads:
+            f.tables.append(table(
+                "Gradients at initialisation (plain net, one batch of 128, BN in train mode)",
+                ["depth", "first-layer weight-grad norm", "last-layer weight-grad norm", "first / last"],
+                [[d, g["first"], g["last"], g["ratio"]] for d, g in sorted(grads.items(), key=lambda kv: int(kv[0]))],
+                note="depthlab.diagnostics gradient_flow on the plain variant's initial weights (seed "
+                     f"{ctx.seeds[0]})."))
+            deepest = max(grads, key=int)
+            f.notes.append(
+                f"Why the deep runs may diverge: at init the {deepest}-layer plain BN net's first-layer gradient is "
+                f"{grads[deepest]['ratio']:.3g} times its last layer's (the gradient explosion of deep plain nets with "
+                "batch norm). One SGD step then inflates the early conv weights by orders of magnitude; BN ignores "
+                "their scale, so the plain net merely stops learning there, but the orthonormality penalty grows "
+                "with the fourth power of the weights and its gradient step overshoots once lr * 6 * lambda * "
+                "|W|^2 exceeds ~2, so it runs away within a few steps (a separate step-by-step investigation on "
+                "xie-plain110 found NaN at step 4, for lambda 1e-3 and 1e-5 alike). Modulation rescales the "
+                "initial errors but the same runaway starts at the peak learning rate. Xie et al. trained on "
+                "CIFAR-10 with their own schedule, which PAPERS.md does not give.")
         if p.get("width"):
             f.notes.append(f"Width {p['width']} (channels {p['width']}/{2 * p['width']}/{4 * p['width']}) instead of "
                            "the paper's 16/32/64.")
         return f
+
+
+def _init_gradients(ctx) -> dict:
+    """Per depth: weight-grad norms of the first and last parametric layer of the plain variant at
+    initialisation (its run's config, initial weights)."""
+    from depthlab.diagnostics import diagnose
+
+    out = {}
+    for r in ctx.results:
+        if r["variant"] != "plain" or r["seed"] != ctx.seeds[0] or str(r["depth"]) in out:
+            continue
+        model, data = ctx.load(r, checkpoint="init")
+        records = diagnose(model, "gradient_flow", data)
+        recs = {x["name"]: x["value"] for x in records if x["layer"] is None}
+        norms = [x["value"] for x in records if x["name"] == "weight_grad_norm"]
+        out[str(r["depth"])] = {"first": norms[0], "last": norms[-1], "ratio": recs["weight_grad_first_last_ratio"]}
+    return out
 
 
 def _depths(p) -> list:
