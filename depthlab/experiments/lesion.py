@@ -153,6 +153,16 @@ class Lesion(Experiment):
                        "subsample + zero-pad shortcut. Path gradients: single-path mode (gradient passes a chosen "
                        "block's branch only, the others' shortcut only), input-gradient norm of the loss, mean "
                        f"over {p['path_batch']} test images and {p['path_samples']} random block sets per k.")
+        for s_ in st["resnet"][:1]:  # which single deletion hurts most (seed 0), and what that does to k-deletion
+            worst = max(s_["blocks"], key=lambda b: b["error"], default=None)
+            if worst is not None and not worst["downsampling"]:
+                f.notes.append(
+                    f"The most damaging single deletion in resnet-{d} (seed {ctx.seeds[0]}) is block {worst['index']} "
+                    f"({worst['name']}, error {100 * worst['error']:.1f}%), not a downsampling block: this net "
+                    "relies on that one block, and the k-deletion draws that include it jump in error, which is "
+                    "what breaks smoothness in k here."
+                    + (" On 8x8 inputs the downsampling blocks map 8x8 to 4x4 and 4x4 to 2x2, a small loss for "
+                       "their zero-pad shortcut." if getattr(ctx.dataset, "image_size", None) == (8, 8) else ""))
         if ctx.data_note:
             f.notes.append(ctx.data_note)
         return f

@@ -202,6 +202,10 @@ def reproduce(name: str, scale: str = "quick", seeds: int = 1, out: Optional[str
                    + (f" --seeds {seeds}" if seeds != 1 else "") + (f" --out {out}" if out else "")
                    + "".join(f" --param {k}={_param_text(v)}" for k, v in (params or {}).items()))
     findings: Findings = exp.analyse(ctx)
+    if seeds == 1 and specs:
+        findings.notes.append("One seed: each verdict compares single runs, so a gap of a point or two can be "
+                              "seed noise; `--seeds 3` gives mean +- sd and calls a verdict inconclusive where the "
+                              "seeds disagree.")
     doc = {"name": exp.name, "title": exp.title, "source": exp.source, "claim": exp.claim,
            "expected": exp.expected, "scale": scale, "seeds": seeds, "params": p,
            "data": {"name": data_name, "note": note}, "provenance": provenance(command, device, started, t0),
