@@ -218,9 +218,6 @@ def reproduce(name: str, scale: str = "quick", seeds: int = 1, out: Optional[str
         from depthlab.report import write_report
 
         doc["report"] = str(write_report(out_dir))
-    if not quiet:
-        for v in findings.verdicts:
-            print(f"  {v['status'].upper()}: {v['claim']} -- {v['detail']}", file=sys.stderr)
     return doc
 
 
