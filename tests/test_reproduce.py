@@ -162,3 +162,15 @@ def test_cli_list_report_index_and_markdown(tmp_path, capsys):
     text = md.read_text()
     assert "| expectation | verdict | numbers |" in text and "depthlab reproduce degradation" in text
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
+
+
+def test_seeds_give_one_run_each_and_mean_sd_tables(tmp_path):
+    doc = reproduce("degradation", seeds=2, params={"depths": [8], "epochs": 1}, out=str(tmp_path / "s"),
+                    device="cpu", quiet=True)
+    assert sorted((r["id"], r["seed"]) for r in doc["runs"]) == [("plain8", 0), ("plain8", 1), ("resnet8", 0),
+                                                                  ("resnet8", 1)]
+    assert doc["runs"][0]["train_acc"] != doc["runs"][1]["train_acc"]  # different inits
+    cells = [c for row in doc["tables"][0]["rows"] for c in row if isinstance(c, str)]
+    assert any(" +- " in c for c in cells)
+    assert all(v["seeds"] == 2 for v in doc["verdicts"])
+    assert "One seed" not in " ".join(doc["notes"])
