@@ -5,6 +5,10 @@
 ``stem`` is an ``nn.Sequential`` whose first layer is named ``conv``; ``blocks`` an ``nn.ModuleList``
 of ``Block``; ``final`` a post-block norm (pre-activation nets: BN-ReLU) or ``nn.Identity``;
 ``head`` = global average pool + flatten + fc.
+
+``checkpoint_segments`` (0: off) turns on activation checkpointing of ``blocks`` in training
+(``depthlab.models.checkpointing``; exact, for memory); the trainer sets it from
+``train.checkpoint_segments``.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch
 from torch import nn
 
 from depthlab.models.blocks import Block
+from depthlab.models.checkpointing import run_checkpointed
 from depthlab.models.spec import ModelSpec
 
 
@@ -42,6 +47,7 @@ class DepthNet(nn.Module):
                                        for b in range(1, len(stage) + 1)]
         self.final = final if final is not None else nn.Identity()
         self.head = make_head(features, spec.num_classes)
+        self.checkpoint_segments = 0  # activation checkpointing in training (models/checkpointing.py)
 
     @property
     def depth(self) -> int:
@@ -50,8 +56,11 @@ class DepthNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C, h, w)
         x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
+        if self.checkpoint_segments and self.training and torch.is_grad_enabled():
+            x = run_checkpointed(self.blocks, x, self.checkpoint_segments)
+        else:
+            for block in self.blocks:
+                x = block(x)
         return self.final(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, num_classes)
