@@ -70,8 +70,15 @@ class TrainConfig:
     warmup_lr: Optional[float] = None
     seed: int = 0                          # model init; data order/augmentation streams derive from it
     device: str = "auto"                   # "auto" (cuda, mps, cpu) | "cpu" | "cuda" | "cuda:N" | "mps"
-    bf16: bool = False                     # bf16 autocast, CUDA only
     threads: Optional[int] = None          # CPU intra-op threads; None: torch's default
+    # the fast path (depthlab/train/fastpath.py): how a step runs, not what it computes;
+    # None / "auto": the default measured fastest on that device (docs/performance.md)
+    bf16: Optional[bool] = None            # bf16 autocast (weights and optimizer stay float32)
+    channels_last: Optional[bool] = None   # NHWC memory format for the model and its inputs
+    optimizer_impl: str = "auto"           # "auto" | "foreach" | "fused" | "for-loop"
+    compile: str = "off"                   # torch.compile mode: "off" | "default" | "reduce-overhead"
+                                           # (CUDA graphs) | "max-autotune"
+    checkpoint_segments: int = 0           # activation checkpointing: 0 off, N segments, -1 sqrt(blocks)
     eval_every: int = 1                    # epochs between test evaluations (the last is always evaluated)
     keep_last: int = 2                     # checkpoints kept (atomic writes)
     keep_best: bool = False                # keep checkpoints/best.pt by validation accuracy
@@ -173,6 +180,16 @@ class RunConfig:
             raise ConfigError(f"train.keep_last must be a positive integer, got {t.keep_last}")
         if t.threads is not None and t.threads <= 0:
             raise ConfigError(f"train.threads must be a positive integer, got {t.threads}")
+        from depthlab.train.fastpath import COMPILE_MODES, OPTIMIZER_IMPLS
+
+        if t.optimizer_impl not in OPTIMIZER_IMPLS:
+            raise ConfigError(f"train.optimizer_impl {t.optimizer_impl!r} is not valid; use one of "
+                              f"{', '.join(OPTIMIZER_IMPLS)}")
+        if t.compile not in COMPILE_MODES:
+            raise ConfigError(f"train.compile {t.compile!r} is not valid; use one of {', '.join(COMPILE_MODES)}")
+        if t.checkpoint_segments < -1:
+            raise ConfigError(f"train.checkpoint_segments must be 0 (off), a positive number of segments or "
+                              f"-1 (sqrt of the block count), got {t.checkpoint_segments}")
         if not (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:")):
             raise ConfigError(f"train.device {t.device!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
         if not 0.0 <= dt.val_fraction < 1.0:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from depthlab.config import ConfigError, RunConfig
 from depthlab.experiments.base import EXPERIMENTS, Experiment, Findings, RunSpec
+from depthlab.train.loop import FAST_PATH_FIELDS
 
 SCALES = ("quick", "paper")
 # parameters every experiment understands, besides its own
@@ -273,13 +274,14 @@ def _train_one(spec: RunSpec, seed: int, p: dict, data_name: str, dataset, out_d
     return row
 
 
-_MAY_DIFFER = {"train.threads", "train.device", "data.data_dir", "data.download", "out_dir"}
+# how a run was computed (device, threads, the fast path), not which run it is
+_MAY_DIFFER = {"train.threads", "train.device", "data.data_dir", "data.download", "out_dir"} | FAST_PATH_FIELDS
 
 
 def _finished(run_dir: Path, wanted: RunConfig) -> Optional[dict]:
     """The summary of a run that finished (or diverged), from its files; None if it needs (more)
     training. A run directory holding a different run (any set field or recipe value differs,
-    device and threads aside) is an error that suggests ``--fresh``."""
+    device, threads and fast path aside) is an error that suggests ``--fresh``."""
     from depthlab.train.checkpoint import read_jsonl
     from depthlab.train.loop import _flat
     from depthlab.train.recipes import resolve_train

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import random
 import shutil
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,14 +18,19 @@ import torch.nn.functional as F
 from depthlab.config import MODEL_OPTIONS, ConfigError, RunConfig
 from depthlab.train import checkpoint as ckpt
 from depthlab.train.diag_schedule import TrainingDiagnostics
-from depthlab.train.methods import TrainingMethods, make_optimizer
+from depthlab.train.fastpath import (FastStep, autocast_factory, prepare_model,
+                                     resolve_fast_path)
+from depthlab.train.methods import TrainingMethods, fill_momentum_buffers, make_optimizer
 from depthlab.train.progress import Progress
 from depthlab.train.recipes import RECIPES, resolve_train
 from depthlab.train.tensorboard import TensorBoardLog
 
 # Fields that may change when a run is resumed (everything else must match the saved config).
+# The fast-path fields change how a step runs, not the run (bf16 only within rounding).
+FAST_PATH_FIELDS = {"train.bf16", "train.channels_last", "train.optimizer_impl", "train.compile",
+                    "train.checkpoint_segments"}
 _RESUMABLE_CHANGES = {"train.epochs", "train.threads", "train.device", "data.data_dir", "data.download",
-                      "out_dir"}
+                      "out_dir"} | FAST_PATH_FIELDS
 
 
 def resolve_device(name: str) -> torch.device:
@@ -159,16 +163,15 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quie
     seed_everything(cfg.train.seed)
     model = build_from_config(cfg, dataset).to(device)
     cfg = resolve_config(cfg, model, dataset)
+    cfg = dataclasses.replace(cfg, train=resolve_fast_path(cfg.train, device))
     t = cfg.train
     saved = _prepare_run_dir(cfg, resume, overwrite)
     run_dir = cfg.run_dir
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_text(run_dir / "config.json", cfg.to_json())  # before step 0
 
-    use_bf16 = t.bf16 and device.type == "cuda"
-    if t.bf16 and not use_bf16 and not quiet:
-        print("note: train.bf16 applies on CUDA only; training in float32 on", device, file=sys.stderr)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    forward = prepare_model(model, t, device)
+    autocast = autocast_factory(device, t.bf16)
 
     loader = DeviceLoader(dataset.train_x, dataset.train_y, batch_size=t.batch_size, shuffle=True,
                           augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, seed=t.seed)
@@ -184,6 +187,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quie
             state = ckpt.load_checkpoint(last, map_location=device)
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
+            fill_momentum_buffers(opt)  # a checkpoint taken before a parameter's first gradient
             sched.load_state_dict(state["scheduler"])
             ckpt.set_rng_state(state["rng"])
             start_epoch, best_val, elapsed = state["epoch"], state.get("best_val", -1.0), state.get("elapsed", 0.0)
@@ -205,11 +209,12 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quie
     # TensorBoard hides what an interrupted process logged past the checkpoint (at epoch 0: all of it)
     tb = TensorBoardLog(run_dir / "tensorboard", purge_step=start_epoch * len(loader) + 1 if start_epoch else 0)
     diags = TrainingDiagnostics(cfg, model, dataset, run_dir, len(loader), tensorboard=tb)
+    step = FastStep(forward, opt, t, device, sched=sched, penalty=methods.penalty, after_backward=diags.after_step)
     try:
         with progress:
             if start_epoch == 0:
                 diags.run(0)
-            return _epochs(cfg, model, dataset, loader, opt, sched, methods, diags, progress, autocast,
+            return _epochs(cfg, model, dataset, loader, opt, sched, step, methods, diags, progress, autocast,
                            run_dir, start_epoch, best_val, elapsed, summary, tb)
     finally:
         methods.close()
@@ -217,8 +222,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quie
         tb.close()
 
 
-def _epochs(cfg, model, dataset, loader, opt, sched, methods, diags, progress, autocast, run_dir, start_epoch,
-            best_val, elapsed, summary, tb) -> dict:
+def _epochs(cfg, model, dataset, loader, opt, sched, step, methods, diags, progress, autocast, run_dir,
+            start_epoch, best_val, elapsed, summary, tb) -> dict:
     t, device = cfg.train, dataset.train_x.device
     for epoch in range(start_epoch, t.epochs):
         t0 = time.perf_counter()
@@ -229,17 +234,9 @@ def _epochs(cfg, model, dataset, loader, opt, sched, methods, diags, progress, a
         seen = 0
         lr_now = opt.param_groups[0]["lr"]
         for xb, yb in loader:
-            with autocast():
-                out = model(xb)
-                loss = F.cross_entropy(out.float(), yb)
-            penalty = methods.penalty()
-            opt.zero_grad(set_to_none=True)
-            (loss if penalty is None else loss + penalty).backward()
-            diags.after_step()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach() * len(yb)
-            correct += (out.detach().argmax(1) == yb).sum()
+            loss, out = step(xb, yb)
+            loss_sum += loss * len(yb)
+            correct += (out.argmax(1) == yb).sum()
             seen += len(yb)
             progress.advance()
         train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen  # one sync per epoch

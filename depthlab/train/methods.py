@@ -16,8 +16,26 @@ def make_optimizer(model, t, methods) -> torch.optim.Optimizer:
         reg = {id(w) for _, w in orthonormal_weights(model)}
         groups = [{"params": [p for p in params if id(p) not in reg]},
                   {"params": [p for p in params if id(p) in reg], "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                           nesterov=t.nesterov and t.momentum > 0)
+    from depthlab.train.fastpath import optimizer_flags
+
+    opt = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                          nesterov=t.nesterov and t.momentum > 0, **optimizer_flags(t.optimizer_impl))
+    fill_momentum_buffers(opt)
+    return opt
+
+
+def fill_momentum_buffers(opt: torch.optim.Optimizer) -> None:
+    """Give every SGD parameter without one a zero momentum buffer. The same arithmetic as
+    SGD's lazy first step (``buf = grad`` equals ``0 * momentum + grad`` when dampening is 0), but
+    fused SGD needs all buffers or none: with stochastic depth a dropped block's parameters
+    first get a gradient steps after the others, and fused SGD would fail on the mixed list."""
+    for group in opt.param_groups:
+        if not group.get("momentum") or group.get("dampening", 0):
+            continue
+        for p in group["params"]:
+            state = opt.state[p]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 class TrainingMethods:

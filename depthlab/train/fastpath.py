@@ -1,0 +1,137 @@
+"""The training fast path: how a step runs, never what it computes.
+
+One ``FastStep`` is the trainer's training step and the one ``bench/`` times. It never waits for
+the device: loss and logits come back as device tensors, and the trainer sums them on the device
+and reads them once per epoch. Options (``train.*``, each on or off per run):
+
+  bf16             autocast to bfloat16 (weights, optimizer state and the loss stay float32)
+  channels_last    NHWC memory format for the model and each batch (no layout reorders in convs)
+  optimizer_impl   SGD's multi-tensor ``foreach`` or single-kernel ``fused`` update, or the loop
+  compile          ``torch.compile`` of the model; ``reduce-overhead`` replays CUDA graphs, which
+                   removes the kernel-launch overhead that dominates deep narrow nets on GPUs
+  checkpoint_segments   activation checkpointing (``depthlab.models.checkpointing``)
+
+``None`` / ``"auto"`` take ``AUTO_DEFAULTS`` for the device type: the setting measured fastest by
+``bench/bench_throughput.py --ablate`` (docs/performance.md gives the table, machine and date).
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from contextlib import nullcontext
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from depthlab.config import ConfigError
+
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+OPTIMIZER_IMPLS = ("auto", "foreach", "fused", "for-loop")
+
+# What None / "auto" resolve to. cpu: measured (docs/performance.md, "Fast-path ablation"); bf16
+# is opt-in there although it is faster on CPUs with native bf16, so that one command gives the
+# same numbers on laptops with and without bf16 hardware. cuda: not measured by this project yet
+# (no GPU was available); the settings of the fastest published CIFAR trainers (airbench: reduced
+# precision, channels_last) and PyTorch's performance guide. bf16 only where it is native.
+AUTO_DEFAULTS = {
+    "cpu": {"bf16": False, "channels_last": True, "optimizer_impl": "fused"},
+    "cuda": {"bf16": True, "channels_last": True, "optimizer_impl": "fused"},
+}
+_FALLBACK = {"bf16": False, "channels_last": False, "optimizer_impl": "foreach"}
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 convolutions natively (CUDA: Ampere or newer; CPU:
+    AVX512-BF16 or AMX, as oneDNN reports it). Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def resolve_fast_path(t, device: torch.device):
+    """A copy of the ``TrainConfig`` ``t`` with every ``None`` / ``"auto"`` fast-path field made
+    concrete for ``device``; explicit choices the device cannot honour are errors."""
+    auto = AUTO_DEFAULTS.get(device.type, _FALLBACK)
+    bf16 = t.bf16 if t.bf16 is not None else (auto["bf16"] and bf16_native(device))
+    if bf16 and device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"train.bf16 is supported on cuda and cpu, not {device.type}; set train.bf16=false")
+    impl = t.optimizer_impl if t.optimizer_impl != "auto" else auto["optimizer_impl"]
+    if impl == "fused" and device.type not in ("cuda", "cpu"):
+        if t.optimizer_impl == "fused":
+            raise ConfigError(f"train.optimizer_impl 'fused' is supported on cuda and cpu, not {device.type}; "
+                              f"use foreach or for-loop")
+        impl = "foreach"
+    channels_last = t.channels_last if t.channels_last is not None else auto["channels_last"]
+    return dataclasses.replace(t, bf16=bool(bf16), channels_last=bool(channels_last), optimizer_impl=impl)
+
+
+def optimizer_flags(impl: str) -> dict:
+    """Keyword arguments selecting a torch optimizer's implementation."""
+    return {"foreach": {"foreach": True}, "fused": {"fused": True}, "for-loop": {"foreach": False},
+            "auto": {}}[impl]
+
+
+def autocast_factory(device: torch.device, bf16: bool) -> Callable[[], object]:
+    """A zero-argument callable giving a fresh autocast context (or a no-op one)."""
+    if not bf16:
+        return nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def prepare_model(model, t, device: torch.device):
+    """Apply the resolved fast path to ``model`` (in place) and return the callable that runs its
+    training forward pass (the compiled model, or the model itself). Diagnostics, evaluation and
+    checkpoints keep using ``model``: compiling leaves its parameters and modules shared."""
+    if t.checkpoint_segments:
+        if not hasattr(model, "checkpoint_segments"):
+            raise ConfigError(f"train.checkpoint_segments needs a depthlab network built of blocks; "
+                              f"{type(model).__name__} has none")
+        model.checkpoint_segments = t.checkpoint_segments
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv algorithm once
+    if t.compile == "off":
+        return model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.compile(model, mode=None if t.compile == "default" else t.compile)
+
+
+class FastStep:
+    """``step(x, y) -> (loss, logits)``, both detached device tensors: forward under autocast,
+    cross-entropy in float32 plus an optional penalty, zero_grad, backward, an optional hook
+    after backward (gradient tracking), optimizer step, scheduler step. No host sync."""
+
+    def __init__(self, forward, opt, t, device: torch.device, sched=None,
+                 penalty: Optional[Callable[[], Optional[torch.Tensor]]] = None,
+                 after_backward: Optional[Callable[[], None]] = None):
+        self.forward, self.opt, self.sched = forward, opt, sched
+        self.penalty, self.after_backward = penalty, after_backward
+        self.channels_last = bool(t.channels_last)
+        self.autocast = autocast_factory(device, bool(t.bf16))
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor):
+        x = to_layout(x, self.channels_last)
+        with self.autocast():
+            out = self.forward(x)
+        loss = F.cross_entropy(out.float(), y)
+        penalty = self.penalty() if self.penalty is not None else None
+        self.opt.zero_grad(set_to_none=True)
+        (loss if penalty is None else loss + penalty).backward()
+        if self.after_backward is not None:
+            self.after_backward()
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+        return loss.detach(), out.detach()
