@@ -13,3 +13,12 @@ test: install
 
 test-all: install
 	$(PYTHON) -m pytest -q -m "slow or not slow"
+
+# The speed and memory benchmarks (docs/performance.md); add DEVICE=cuda on a GPU machine.
+DEVICE ?= cpu
+bench: install
+	cd bench && $(PYTHON) bench_throughput.py --device $(DEVICE)
+	cd bench && $(PYTHON) bench_throughput.py --device $(DEVICE) --ablate
+	cd bench && $(PYTHON) bench_flops.py --device $(DEVICE)
+	cd bench && $(PYTHON) bench_methods.py --device $(DEVICE)
+	cd bench && $(PYTHON) bench_memory.py --device $(DEVICE)

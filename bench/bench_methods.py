@@ -3,9 +3,11 @@
     python bench/bench_methods.py                      # cpu, batch 64, CIFAR-shaped synthetic data
     python bench/bench_methods.py --device cuda --steps 20 --repeats 5
 
-Pairs (baseline vs method, same model, same data, same optimizer):
+Every step is the trainer's (``depthlab.train.fastpath.FastStep`` with the device's default fast
+path). Pairs (baseline vs method, same model, same data, same optimizer):
   resnet56 / plain56: plain training step  vs  + orthonormality penalty (Xie et al. 2017)
   plain56:            plain training step  vs  + backward error modulation (Xie et al. 2017)
+  resnet56:           plain training step  vs  + per-layer gradient-norm tracking every step
   resnet110:          no stochastic depth  vs  stochastic depth p_L = 0.5 (Huang et al. 2016
                       report ~25% less training time; expected active blocks 40.25 / 54)
 
@@ -16,42 +18,33 @@ the ratio method / baseline. Warm-up steps are not timed.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+from common import header as print_header, sync, train_config  # common puts the checkout on sys.path
 
-from depthlab.methods import ErrorModulation, apply_stochastic_depth, orthonormality_penalty  # noqa: E402
-from depthlab.models import build_model  # noqa: E402
-from depthlab.diagnostics.gradient_flow import GradientFlowTracker  # noqa: E402
+from depthlab.diagnostics.gradient_flow import GradientFlowTracker
+from depthlab.config import MethodConfig
+from depthlab.methods import ErrorModulation, apply_stochastic_depth, orthonormal_weights, orthonormality_penalty
+from depthlab.models import build_model
+from depthlab.train.fastpath import FastStep, prepare_model, resolve_fast_path
+from depthlab.train.methods import make_optimizer
 
 
-def make_step(model, x, y, lam=0.0, tracker=None):
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=0.0 if lam else 1e-4)
+def make_step(model, x, y, device, lam=0.0, tracker=None):
+    """The trainer's step (FastStep, the device's default fast path) with the method switched on."""
+    t = resolve_fast_path(train_config(lr=0.01, weight_decay=0.0 if lam else 1e-4), device)
+    forward = prepare_model(model, t, device)
+    opt = make_optimizer(model, t, MethodConfig(orthonormal=lam))
+    weights = orthonormal_weights(model) if lam else []
     history = []
-
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        if lam:
-            loss = loss + orthonormality_penalty(model, lam)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tracker is not None:  # as the trainer does: per-layer norms stay on the device
-            history.append(tracker.read())
-        opt.step()
-    return step
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    step = FastStep(forward, opt, t, device,
+                    penalty=(lambda: orthonormality_penalty(weights, lam)) if lam else None,
+                    # as the trainer does: per-layer norms stay on the device
+                    after_backward=(lambda: history.append(tracker.read())) if tracker is not None else None)
+    return lambda: step(x, y)
 
 
 def time_steps(step, n: int, device: torch.device) -> float:
@@ -76,34 +69,20 @@ def build_pairs(args, device):
     pairs = []
     for name in ("resnet56", "plain56"):
         pairs.append((name, "plain step", f"+ orthonormality (lam={args.lam:g})",
-                      make_step(model(name), x, y), make_step(model(name), x, y, lam=args.lam)))
+                      make_step(model(name), x, y, device), make_step(model(name), x, y, device, lam=args.lam)))
     mod_model = model("plain56")
     ErrorModulation(mod_model, reference="top").attach()
     pairs.append(("plain56", "plain step", "+ error modulation (top)",
-                  make_step(model("plain56"), x, y), make_step(mod_model, x, y)))
+                  make_step(model("plain56"), x, y, device), make_step(mod_model, x, y, device)))
     tracked = model("resnet56")
     tracker = GradientFlowTracker(tracked).attach()
     pairs.append(("resnet56", "plain step", "+ gradient-norm tracking",
-                  make_step(model("resnet56"), x, y), make_step(tracked, x, y, tracker=tracker)))
+                  make_step(model("resnet56"), x, y, device), make_step(tracked, x, y, device, tracker=tracker)))
     sd_model = model("resnet110")
     apply_stochastic_depth(sd_model, 0.5)
     pairs.append(("resnet110", "no stochastic depth", "stochastic depth p_L=0.5",
-                  make_step(model("resnet110"), x, y), make_step(sd_model, x, y)))
+                  make_step(model("resnet110"), x, y, device), make_step(sd_model, x, y, device)))
     return pairs
-
-
-def machine_info(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
-    return (f"torch {torch.__version__} | device {device} ({dev}) | threads {torch.get_num_threads()} "
-            f"| cpus visible {os.cpu_count()} | python {platform.python_version()}")
 
 
 def main(argv=None) -> None:
@@ -120,10 +99,8 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    print("command:", " ".join([Path(sys.executable).name] + sys.argv))
-    print(machine_info(device))
-    print(f"batch {args.batch} x 3x32x32 synthetic, SGD momentum 0.9; median over {args.repeats} repeats "
-          f"of {args.steps} steps after {args.warmup} warm-up step(s)\n")
+    print_header(device, f"batch {args.batch} x 3x32x32 synthetic, SGD momentum 0.9; median over {args.repeats} "
+                   f"repeats of {args.steps} steps after {args.warmup} warm-up step(s)")
     header = f"{'model':<10} {'baseline':<20} {'ms/step':>9} {'method':<30} {'ms/step':>9} {'ratio':>6}"
     print(header)
     print("-" * len(header))
