@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -79,6 +80,9 @@ class TrainConfig:
     compile: str = "off"                   # torch.compile mode: "off" | "default" | "reduce-overhead"
                                            # (CUDA graphs) | "max-autotune"
     checkpoint_segments: int = 0           # activation checkpointing: 0 off, N segments, -1 sqrt(blocks)
+    deterministic: bool = False            # torch.use_deterministic_algorithms (bit-exact resume on CUDA too)
+    sync_bn: bool = False                  # multi-process (torchrun): SyncBatchNorm across ranks
+    check_every: int = 32                  # steps between checks for a non-finite loss (one sync each)
     eval_every: int = 1                    # epochs between test evaluations (the last is always evaluated)
     keep_last: int = 2                     # checkpoints kept (atomic writes)
     keep_best: bool = False                # keep checkpoints/best.pt by validation accuracy
@@ -116,22 +120,27 @@ class RunConfig:
     # ----------------------------------------------------------------------------- building
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "RunConfig":
-        return _from_dict(cls, d or {}, prefix="")
+        return _from_dict(cls, {} if d is None else d, prefix="")
 
     @classmethod
     def from_yaml(cls, path) -> "RunConfig":
         try:
-            d = yaml.safe_load(Path(path).read_text())
+            text = Path(path).read_text()
         except FileNotFoundError:
             raise ConfigError(f"config file {str(path)!r} does not exist") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {str(path)!r} cannot be read: {_one_line(e)}") from None
+        try:
+            d = yaml.safe_load(text)
+        except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: e.g. a date 2020-13-45
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_one_line(e)}") from None
         if d is not None and not isinstance(d, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(d).__name__}")
         return cls.from_dict(d)
 
     def with_overrides(self, overrides: Iterable[str]) -> "RunConfig":
-        """Apply ``["train.lr=0.05", "model.name=plain56"]``; values are parsed as YAML scalars."""
+        """Apply ``["train.lr=0.05", "model.name=plain56"]``; values are parsed as YAML scalars, except
+        that a string field takes its text as written (``run_id=010`` is ``"010"``; quote to use YAML)."""
         d = self.to_dict()
         for item in overrides:
             if "=" not in item:
@@ -147,10 +156,10 @@ class RunConfig:
             if parts[-1] not in node:
                 raise ConfigError(f"unknown config key {key.strip()!r}; valid keys: "
                                   + ", ".join(valid_keys()))
-            try:
-                node[parts[-1]] = yaml.safe_load(raw) if raw.strip() != "" else None
-            except yaml.YAMLError:
-                node[parts[-1]] = raw
+            if isinstance(node[parts[-1]], dict):
+                raise ConfigError(f"{key.strip()!r} is a config section, not a key; valid keys: "
+                                  + ", ".join(k for k in valid_keys() if k.startswith(key.strip() + ".")))
+            node[parts[-1]] = _parse_override(raw, _field_hint(parts))
         return RunConfig.from_dict(d)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -187,6 +196,8 @@ class RunConfig:
                               f"{', '.join(OPTIMIZER_IMPLS)}")
         if t.compile not in COMPILE_MODES:
             raise ConfigError(f"train.compile {t.compile!r} is not valid; use one of {', '.join(COMPILE_MODES)}")
+        if t.check_every <= 0:
+            raise ConfigError(f"train.check_every must be a positive integer, got {t.check_every}")
         if t.checkpoint_segments < -1:
             raise ConfigError(f"train.checkpoint_segments must be 0 (off), a positive number of segments or "
                               f"-1 (sqrt of the block count), got {t.checkpoint_segments}")
@@ -261,9 +272,10 @@ def _from_dict(cls, d, prefix):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(d).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    unknown = sorted(set(d) - set(fields))
+    unknown = [k for k in d if k not in fields]  # keys of any type (YAML allows 1: or null:)
     if unknown:
-        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; valid keys in "
+        key = unknown[0] if isinstance(unknown[0], str) else _show(unknown[0])
+        raise ConfigError(f"unknown config key {prefix + key!r}; valid keys in "
                           f"{prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
     kwargs = {}
     for name, value in d.items():
@@ -275,13 +287,53 @@ def _from_dict(cls, d, prefix):
     return cls(**kwargs)
 
 
+def _unwrap(hint):
+    """``Optional[X]`` -> ``(True, X)``; ``X`` -> ``(False, X)``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return True, next(a for a in typing.get_args(hint) if a is not type(None))
+    return False, hint
+
+
+def _field_hint(parts):
+    """The type hint of the dotted key ``parts`` (which exists), e.g. ``["train", "lr"]``."""
+    cls = RunConfig
+    for p in parts[:-1]:
+        cls = typing.get_type_hints(cls)[p]
+    return typing.get_type_hints(cls)[parts[-1]]
+
+
+NULLS = ("", "~", "null", "Null", "NULL")
+
+
+def _parse_override(raw, hint):
+    """An override's value: YAML for bool/int/float fields; a str field's own text unless quoted."""
+    text = raw.strip()
+    if text in NULLS:
+        return None
+    if _unwrap(hint)[1] is str and text[:1] not in ("'", '"'):
+        return text  # not YAML's idea of it: 010 (octal 8), yes (True), x #1 (comment), 2020-01-01 (a date)
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: 2020-13-45, 5000-digit ints
+        return text
+
+
+def _show(value, limit=60):
+    """``repr(value)`` for a one-line message: shortened, and safe for huge ints and deep nesting."""
+    try:
+        r = repr(value)
+    except (ValueError, RecursionError):
+        r = f"<{type(value).__name__}>"
+    return r if len(r) <= limit else r[:limit - 3] + "..."
+
+
+def _one_line(e):
+    return " ".join(str(e).split())
+
+
 def _coerce(path, value, hint):
     """Check ``value`` against a simple type hint (str/int/float/bool, optionally Optional)."""
-    optional = False
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        optional, hint = True, args[0]
+    optional, hint = _unwrap(hint)
     if value is None:
         if optional:
             return None
@@ -295,15 +347,25 @@ def _coerce(path, value, hint):
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = value
         if isinstance(value, str):  # YAML reads "1e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            try:
+                number = float(number)
+            except OverflowError:  # an int beyond the float range
+                number = math.inf
+            if math.isfinite(number):
+                return number
+            raise ConfigError(f"{path} expects a finite float{' or null' if optional else ''}, got {_show(value)}")
     elif hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+            try:
+                return str(value)
+            except ValueError:  # an int beyond the digit limit of str()
+                pass
     raise ConfigError(f"{path} expects {hint.__name__}{' or null' if optional else ''}, "
-                      f"got {value!r} ({type(value).__name__})")
+                      f"got {_show(value)} ({type(value).__name__})")
