@@ -153,9 +153,11 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         # Claim the epoch now, not at the first next(), so set_epoch after iter() cannot leak in.
         epoch, self.epoch = self.epoch, self.epoch + 1
-        return self._batches(epoch)
+        return self.batches(epoch)
 
-    def _batches(self, epoch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of ``epoch`` from batch ``start`` on, exactly as a full pass yields them
+        (the skipped batches' augmentation is still drawn: a resume mid-epoch is exact)."""
         order = self._order(epoch)
         aug_gen: Optional[torch.Generator] = None
         if self.augment != "none":
@@ -165,4 +167,5 @@ class DeviceLoader:
             xb = self.x[idx]
             if aug_gen is not None:
                 xb = augment_batch(xb, self.augment, self.crop_padding, aug_gen)
-            yield xb, self.y[idx]
+            if i >= start:
+                yield xb, self.y[idx]

@@ -85,6 +85,15 @@ class TrainingDiagnostics:
         if self.tracker is not None:
             self._history.append(self.tracker.read())  # on device; no sync
 
+    def state(self):
+        """The current epoch's per-step gradient norms so far (for a mid-epoch checkpoint)."""
+        return torch.stack(self._history).cpu() if self.tracker is not None and self._history else None
+
+    def load_state(self, state) -> None:
+        if self.tracker is not None and state is not None:
+            device = next(self.model.parameters()).device
+            self._history = [row.to(device) for row in state]
+
     def end_epoch(self, epoch: int) -> None:
         """Flush the per-step gradient norms of ``epoch``: one record per layer, a value per step."""
         if self.tracker is None or not self._history:

@@ -121,14 +121,21 @@ class FastStep:
         self.channels_last = bool(t.channels_last)
         self.autocast = autocast_factory(device, bool(t.bf16))
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor):
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, n_global: Optional[int] = None, world: int = 1):
+        """``n_global``, ``world``: in data-parallel training ``(x, y)`` is this rank's shard of a
+        global batch of ``n_global``; its loss is scaled so that DDP's gradient average is the
+        global batch's mean gradient. The returned loss is the shard's mean either way."""
         x = to_layout(x, self.channels_last)
         with self.autocast():
             out = self.forward(x)
-        loss = F.cross_entropy(out.float(), y)
+        if world > 1:
+            total = F.cross_entropy(out.float(), y, reduction="sum")
+            loss, objective = total.detach() / max(1, len(y)), total * (world / n_global)
+        else:
+            loss = objective = F.cross_entropy(out.float(), y)
         penalty = self.penalty() if self.penalty is not None else None
         self.opt.zero_grad(set_to_none=True)
-        (loss if penalty is None else loss + penalty).backward()
+        (objective if penalty is None else objective + penalty).backward()
         if self.after_backward is not None:
             self.after_backward()
         self.opt.step()

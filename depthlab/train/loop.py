@@ -6,7 +6,6 @@ import dataclasses
 import json
 import random
 import shutil
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
@@ -18,9 +17,10 @@ import torch.nn.functional as F
 from depthlab.config import MODEL_OPTIONS, ConfigError, RunConfig
 from depthlab.train import checkpoint as ckpt
 from depthlab.train.diag_schedule import TrainingDiagnostics
+from depthlab.train.engine import NoDiagnostics, Training
 from depthlab.train.fastpath import (FastStep, autocast_factory, prepare_model,
                                      resolve_fast_path)
-from depthlab.train.methods import TrainingMethods, fill_momentum_buffers, make_optimizer
+from depthlab.train.methods import TrainingMethods, make_optimizer
 from depthlab.train.progress import Progress
 from depthlab.train.recipes import RECIPES, resolve_train
 from depthlab.train.tensorboard import TensorBoardLog
@@ -28,7 +28,7 @@ from depthlab.train.tensorboard import TensorBoardLog
 # Fields that may change when a run is resumed (everything else must match the saved config).
 # The fast-path fields change how a step runs, not the run (bf16 only within rounding).
 FAST_PATH_FIELDS = {"train.bf16", "train.channels_last", "train.optimizer_impl", "train.compile",
-                    "train.checkpoint_segments"}
+                    "train.checkpoint_segments", "train.deterministic", "train.check_every"}
 _RESUMABLE_CHANGES = {"train.epochs", "train.threads", "train.device", "data.data_dir", "data.download",
                       "out_dir"} | FAST_PATH_FIELDS
 
@@ -147,14 +147,36 @@ def evaluate(model, x, y, batch_size: int = 512, autocast=None):
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
           dataset=None) -> dict:
-    """Train the run ``cfg`` describes; returns a summary dict (also the last line of metrics)."""
+    """Train the run ``cfg`` describes; returns a summary dict (also the last line of metrics) with
+    ``status`` finished, diverged or interrupted (SIGINT/SIGTERM: a checkpoint of the exact
+    position was saved; ``resume=True`` continues from it)."""
+    from depthlab.train.distributed import Dist
+    from depthlab.train.safety import RunLock, StopSignals
+
+    cfg.validate()
+    dist = Dist()
+    device = dist.start(resolve_device(cfg.train.device))
+    lock = RunLock(cfg.run_dir) if dist.is_main else None
+    try:
+        dist.check(cfg.train.sync_bn, device)
+        if lock is not None:
+            lock.acquire()
+        with StopSignals() as stop:
+            return _train(cfg, resume, overwrite, quiet or not dist.is_main, dataset, dist, device, stop)
+    finally:
+        if lock is not None:
+            lock.release()  # a no-op unless acquired
+        dist.close()
+
+
+def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
     from depthlab.data import DeviceLoader, load_dataset
     from depthlab.models import count_params
 
-    cfg.validate()
-    device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
     if dataset is None:
         dataset = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, seed=cfg.data.seed,
                                val_fraction=cfg.data.val_fraction, download=cfg.data.download)
@@ -165,112 +187,73 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quie
     cfg = resolve_config(cfg, model, dataset)
     cfg = dataclasses.replace(cfg, train=resolve_fast_path(cfg.train, device))
     t = cfg.train
-    saved = _prepare_run_dir(cfg, resume, overwrite)
     run_dir = cfg.run_dir
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_text(run_dir / "config.json", cfg.to_json())  # before step 0
+    saved = None
+    if dist.is_main:
+        saved = _prepare_run_dir(cfg, resume, overwrite)
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for stale in (run_dir / "checkpoints").glob(".*.tmp"):  # a write cut short by a crash
+            stale.unlink()
+        ckpt.atomic_write_text(run_dir / "config.json", cfg.to_json())  # before step 0
+    saved = dist.broadcast_object(saved is not None)
 
     forward = prepare_model(model, t, device)
     autocast = autocast_factory(device, t.bf16)
-
     loader = DeviceLoader(dataset.train_x, dataset.train_y, batch_size=t.batch_size, shuffle=True,
                           augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, seed=t.seed)
-    total_steps = t.epochs * len(loader)
+    spe = len(loader)
+    total_steps = t.epochs * spe
+    forward = dist.wrap(forward, t.sync_bn, find_unused=cfg.methods.stochastic_depth is not None, device=device)
     opt = make_optimizer(model, t, cfg.methods)
     factor = RECIPES.get(t.recipe).lr_factor(total_steps, t.warmup_iters, t.warmup_lr, t.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
-    start_epoch, best_val, elapsed = 0, -1.0, 0.0
-    if saved is not None:
-        last = ckpt.latest_checkpoint(run_dir / "checkpoints")
-        if last is not None:
-            state = ckpt.load_checkpoint(last, map_location=device)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            fill_momentum_buffers(opt)  # a checkpoint taken before a parameter's first gradient
-            sched.load_state_dict(state["scheduler"])
-            ckpt.set_rng_state(state["rng"])
-            start_epoch, best_val, elapsed = state["epoch"], state.get("best_val", -1.0), state.get("elapsed", 0.0)
-        _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
-        # diagnostics at epoch 0 are re-run when no epoch finished, so their old rows go too
-        _truncate_metrics(run_dir / "diagnostics.jsonl", start_epoch - 1 if start_epoch == 0 else start_epoch)
-
     n_params = count_params(model)
     summary = {"run_dir": str(run_dir), "model": cfg.model.name, "depth": cfg.model.depth,
-               "params": n_params, "status": "running", "epoch": start_epoch}
+               "params": n_params, "status": "running", "epoch": 0}
+    methods = TrainingMethods(model, cfg.methods)
+    tb = TensorBoardLog(run_dir / "tensorboard", purge_step=0)
+    diags = TrainingDiagnostics(cfg, model, dataset, run_dir, spe, tensorboard=tb) if dist.is_main else NoDiagnostics()
+    progress = Progress(total=total_steps, done=0, quiet=quiet,
+                        title=f"{cfg.resolved_run_id} ({n_params:,} params, {device}"
+                              + (f", {dist.world} processes)" if dist.active else ")"))
+
+    def make_step(after_backward):
+        fs = FastStep(forward, opt, t, device, sched=sched, penalty=methods.penalty, after_backward=after_backward)
+        return lambda x, y, n_global: fs(x, y, n_global=n_global, world=dist.world)
+
+    run = Training(cfg=cfg, model=model, make_step=make_step, opt=opt, sched=sched, loader=loader, dataset=dataset,
+                   methods=methods, diags=diags, progress=progress, tb=tb, autocast=autocast, dist=dist, stop=stop,
+                   summary=summary, evaluate=evaluate)
+    start_epoch = start_step = 0
+    last = ckpt.latest_checkpoint(run_dir / "checkpoints") if saved else None
+    if last is not None:
+        start_epoch, start_step = run.restore(ckpt.load_checkpoint(last, map_location=device))
+    if saved and dist.is_main:
+        _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
+        # diagnostics at epoch 0 are re-run when no step was taken, so their old rows go too
+        fresh = start_epoch == 0 and start_step == 0
+        _truncate_metrics(run_dir / "diagnostics.jsonl", -1 if fresh else start_epoch)
+    dist.barrier()
+    summary["epoch"] = start_epoch
     if start_epoch >= t.epochs:
         summary.update(_last_metrics(run_dir / "metrics.jsonl"), status="finished")
         return summary
-
-    progress = Progress(total=total_steps, done=start_epoch * len(loader), quiet=quiet,
-                        title=f"{cfg.resolved_run_id} ({n_params:,} params, {device})")
+    done = start_epoch * spe + start_step
+    progress.done = done
+    tb.purge_step = done + 1 if done else 0  # hide what an interrupted process logged past the checkpoint
+    tb.enabled = tb.enabled and dist.is_main
     model.train()
-    methods = TrainingMethods(model, cfg.methods)
-    # TensorBoard hides what an interrupted process logged past the checkpoint (at epoch 0: all of it)
-    tb = TensorBoardLog(run_dir / "tensorboard", purge_step=start_epoch * len(loader) + 1 if start_epoch else 0)
-    diags = TrainingDiagnostics(cfg, model, dataset, run_dir, len(loader), tensorboard=tb)
-    step = FastStep(forward, opt, t, device, sched=sched, penalty=methods.penalty, after_backward=diags.after_step)
     try:
         with progress:
-            if start_epoch == 0:
+            if done == 0:
                 diags.run(0)
-            return _epochs(cfg, model, dataset, loader, opt, sched, step, methods, diags, progress, autocast,
-                           run_dir, start_epoch, best_val, elapsed, summary, tb)
+                run.save(0)  # the last good checkpoint if the first epoch diverges
+            return run.run(start_epoch, start_step)
     finally:
         methods.close()
         diags.close()
         tb.close()
-
-
-def _epochs(cfg, model, dataset, loader, opt, sched, step, methods, diags, progress, autocast, run_dir,
-            start_epoch, best_val, elapsed, summary, tb) -> dict:
-    t, device = cfg.train, dataset.train_x.device
-    for epoch in range(start_epoch, t.epochs):
-        t0 = time.perf_counter()
-        loader.set_epoch(epoch)
-        methods.start_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        lr_now = opt.param_groups[0]["lr"]
-        for xb, yb in loader:
-            loss, out = step(xb, yb)
-            loss_sum += loss * len(yb)
-            correct += (out.argmax(1) == yb).sum()
-            seen += len(yb)
-            progress.advance()
-        train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen  # one sync per epoch
-        seconds = time.perf_counter() - t0
-        elapsed += seconds
-        row = {"kind": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * len(loader), "lr": lr_now,
-               "train_loss": train_loss, "train_acc": train_acc, "seconds": seconds, "elapsed": elapsed}
-        diverged = not np.isfinite(train_loss)
-        last_epoch = epoch + 1 == t.epochs
-        if not diverged and ((epoch + 1) % t.eval_every == 0 or last_epoch):
-            row["test_loss"], row["test_acc"] = evaluate(model, dataset.test_x, dataset.test_y, autocast=autocast())
-            if dataset.val_x is not None:
-                row["val_loss"], row["val_acc"] = evaluate(model, dataset.val_x, dataset.val_y, autocast=autocast())
-        if diverged:
-            row["status"] = "diverged"
-        ckpt.append_jsonl(run_dir / "metrics.jsonl", [row])
-        tb.epoch(row)
-        progress.epoch_done(row)
-        if diverged:
-            summary.update(row, status="diverged")
-            progress.log(f"diverged at epoch {epoch + 1}: training loss is {train_loss}; "
-                         f"try a lower train.lr or a warm-up")
-            return summary
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "rng": ckpt.rng_state(), "epoch": epoch + 1, "best_val": best_val, "elapsed": elapsed}
-        if t.keep_best and row.get("val_acc", -1.0) > best_val:
-            best_val = state["best_val"] = row["val_acc"]
-            ckpt.atomic_write_bytes(run_dir / "checkpoints" / "best.pt", lambda f: torch.save(state, f))
-        ckpt.save_checkpoint(run_dir / "checkpoints", epoch + 1, state, keep_last=t.keep_last)
-        diags.end_epoch(epoch + 1)
-        diags.run(epoch + 1)  # after the checkpoint: a diagnostic's cost never risks the epoch's work
-        summary.update(row)
-    summary["status"] = "finished"
-    return summary
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:

@@ -1,0 +1,180 @@
+"""The epoch loop of ``depthlab.train``: steps without host syncs, a check for a non-finite loss
+every ``train.check_every`` steps, per-epoch metrics, evaluation and atomic checkpoints, a clean
+stop on SIGINT/SIGTERM (a checkpoint of the exact position), divergence diagnosis, and rank-0-only
+writing in data-parallel runs. ``loop.train`` sets up a ``Training`` and calls ``run``."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from depthlab.train import checkpoint as ckpt
+from depthlab.train.divergence import find_divergence
+from depthlab.train.methods import fill_momentum_buffers
+
+
+class NoDiagnostics:
+    """Ranks other than 0 run no diagnostics (rank 0 writes them)."""
+
+    def run(self, epoch): pass
+    def after_step(self): pass
+    def end_epoch(self, epoch): pass
+    def state(self): return None
+    def load_state(self, state): pass
+    def close(self): pass
+
+
+@dataclass
+class Training:
+    cfg: Any
+    model: Any            # the module (unwrapped): state dicts, diagnostics, evaluation
+    make_step: Any        # after_backward -> step(x, y, n_global)
+    opt: Any
+    sched: Any
+    loader: Any
+    dataset: Any
+    methods: Any
+    diags: Any
+    progress: Any
+    tb: Any
+    autocast: Any
+    dist: Any
+    stop: Any             # StopSignals
+    summary: dict
+    best_val: float = -1.0
+    elapsed: float = 0.0
+    evaluate: Any = None  # loop.evaluate
+    partial: Optional[dict] = field(default=None)
+
+    # --------------------------------------------------------------------------- state
+    def state(self, epoch: int, step: int = 0, partial: Optional[dict] = None) -> dict:
+        s = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+             "scheduler": self.sched.state_dict(), "rng": ckpt.rng_state(), "epoch": epoch, "step": step,
+             "best_val": self.best_val, "elapsed": self.elapsed}
+        if partial is not None:
+            s["partial"] = partial
+            s["diagnostics"] = self.diags.state()
+        return s
+
+    def restore(self, state: dict) -> tuple:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        fill_momentum_buffers(self.opt)  # a checkpoint taken before a parameter's first gradient
+        self.sched.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        self.best_val, self.elapsed = state.get("best_val", -1.0), state.get("elapsed", 0.0)
+        self.partial = state.get("partial")
+        if state.get("diagnostics") is not None:
+            self.diags.load_state(state["diagnostics"])
+        return int(state["epoch"]), int(state.get("step", 0))
+
+    def save(self, epoch: int, step: int = 0, partial: Optional[dict] = None) -> None:
+        if self.dist.is_main:
+            ckpt.save_checkpoint(self.cfg.run_dir / "checkpoints", epoch, self.state(epoch, step, partial),
+                                 keep_last=self.cfg.train.keep_last, **({"step": step} if step else {}))
+        self.dist.barrier()
+
+    def write_row(self, row: dict, show: bool = True) -> None:
+        if self.dist.is_main:
+            ckpt.append_jsonl(self.cfg.run_dir / "metrics.jsonl", [row])
+            self.tb.epoch(row)
+        if show:
+            self.progress.epoch_done(row)
+
+    # --------------------------------------------------------------------------- loop
+    def run(self, start_epoch: int, start_step: int) -> dict:
+        t, device, dist = self.cfg.train, self.dataset.train_x.device, self.dist
+        spe = len(self.loader)
+        step = self.make_step(self.diags.after_step)
+        for epoch in range(start_epoch, t.epochs):
+            first = start_step if epoch == start_epoch else 0
+            p = self.partial if (epoch == start_epoch and self.partial is not None and first) else None
+            loss_sum = p["loss_sum"].to(device) if p else torch.zeros((), device=device)
+            correct = p["correct"].to(device) if p else torch.zeros((), device=device, dtype=torch.long)
+            seen, before = (int(p["seen"]), float(p["seconds"])) if p else (0, 0.0)
+            lr_now = float(p["lr"]) if p else self.opt.param_groups[0]["lr"]
+            bad = torch.zeros((), device=device, dtype=torch.bool)
+            t0 = time.perf_counter()
+            self.methods.start_epoch(epoch)
+            done = first
+            for xb, yb in self.loader.batches(epoch, start=first):
+                xb, yb, n = dist.shard(xb, yb)
+                loss, out = step(xb, yb, n_global=n)
+                loss_sum += loss * len(yb)
+                correct += (out.argmax(1) == yb).sum()
+                seen += len(yb)
+                bad |= ~torch.isfinite(loss)
+                done += 1
+                self.progress.advance()
+                if done % t.check_every == 0 or done == spe:
+                    flags = torch.stack([bad.long(), torch.tensor(int(self.stop.requested is not None),
+                                                                  device=device)])
+                    bad_now, stop_now = dist.all_reduce(flags, op="max").tolist()  # one sync
+                    if bad_now:
+                        return self._diverged(epoch, done, spe)
+                elif not dist.active:
+                    stop_now = self.stop.requested is not None  # one process: honour it at once
+                else:
+                    stop_now = False
+                if stop_now and done < spe:
+                    partial = {"loss_sum": loss_sum.detach().cpu(), "correct": correct.detach().cpu(), "seen": seen,
+                               "seconds": before + time.perf_counter() - t0, "lr": lr_now}
+                    self.elapsed += time.perf_counter() - t0
+                    self.save(epoch, done, partial)
+                    return self._interrupted(epoch, done, spe)
+            totals = dist.all_reduce(torch.stack([loss_sum.double(), correct.double(),
+                                                  torch.tensor(float(seen), device=device, dtype=torch.double)]))
+            total_loss, total_correct, total_seen = totals.tolist()  # one sync per epoch
+            seconds = before + time.perf_counter() - t0
+            self.elapsed += time.perf_counter() - t0
+            row = {"kind": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * spe, "lr": lr_now,
+                   "train_loss": total_loss / total_seen, "train_acc": total_correct / total_seen,
+                   "seconds": seconds, "elapsed": self.elapsed}
+            if not math.isfinite(row["train_loss"]):
+                return self._diverged(epoch, spe, spe)
+            if dist.is_main and ((epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs):
+                d = self.dataset
+                row["test_loss"], row["test_acc"] = self.evaluate(self.model, d.test_x, d.test_y,
+                                                                  autocast=self.autocast())
+                if d.val_x is not None:
+                    row["val_loss"], row["val_acc"] = self.evaluate(self.model, d.val_x, d.val_y,
+                                                                    autocast=self.autocast())
+            self.write_row(row)
+            if dist.is_main and t.keep_best and row.get("val_acc", -1.0) > self.best_val:
+                self.best_val = row["val_acc"]
+                state = self.state(epoch + 1)
+                ckpt.atomic_write_bytes(self.cfg.run_dir / "checkpoints" / "best.pt", lambda f: torch.save(state, f))
+            self.save(epoch + 1)
+            self.diags.end_epoch(epoch + 1)
+            self.diags.run(epoch + 1)  # after the checkpoint: a diagnostic's cost never risks the epoch's work
+            self.summary.update(row)
+            if self.stop.requested is not None and epoch + 1 < t.epochs:
+                return self._interrupted(epoch + 1, 0, spe)
+        self.summary["status"] = "finished"
+        return self.summary
+
+    # --------------------------------------------------------------------------- endings
+    def _interrupted(self, epoch: int, step: int, spe: int) -> dict:
+        where = f"epoch {epoch + 1}, step {step} of {spe}" if step else f"the end of epoch {epoch}"
+        self.progress.log(f"{self.stop.name}: stopped at {where}; checkpoint saved, continue with --resume")
+        self.summary.update(status="interrupted", signal=self.stop.name, epoch=epoch, step=epoch * spe + step)
+        return self.summary
+
+    def _diverged(self, epoch: int, done: int, spe: int) -> dict:
+        cfg = self.cfg
+
+        def restore():
+            last = ckpt.latest_checkpoint(cfg.run_dir / "checkpoints")
+            return self.restore(ckpt.load_checkpoint(last, map_location=self.dataset.train_x.device))
+
+        diagnosis = find_divergence(self.model, self.make_step, restore, self.loader, spe,
+                                    end_step=epoch * spe + done, shard=self.dist.shard)
+        row = {"kind": "epoch", "epoch": epoch + 1, "step": diagnosis.get("step") or epoch * spe + done,
+               "train_loss": diagnosis.get("loss", float("nan")), "status": "diverged", "diagnosis": diagnosis}
+        self.write_row(row, show=False)
+        self.progress.log(diagnosis["message"])
+        self.summary.update(row, status="diverged")
+        return self.summary
