@@ -37,7 +37,7 @@ def run_demo(out: str = "runs/demo", depths: Sequence[int] = (8, 20, 56), famili
     """Train every (family, depth), write results.json, curves.png and report.html under ``out``."""
     from depthlab.data import load_dataset
     from depthlab.report import write_demo_report
-    from depthlab.train import train
+    from depthlab.train.loop import train_or_stop as train
 
     out = Path(out)
     data = load_dataset(dataset, seed=0)

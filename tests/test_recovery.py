@@ -153,3 +153,15 @@ def test_checkpoints_with_a_pickle_payload_or_truncated_are_refused_by_name(tmp_
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=r"epoch_0006\.pt.*unreadable"):
         load_checkpoint(cut)
+
+
+def test_callers_running_many_runs_stop_when_one_is_interrupted(tmp_path, monkeypatch):
+    """demo / reproduce / remedies train through train_or_stop: SIGTERM saves the run, then stops
+    the caller instead of starting the next run."""
+    from depthlab.train.loop import train_or_stop
+
+    monkeypatch.setattr(safety, "StopSignals", _StopAfter)
+    cfg = _cfg(tmp_path, "many")
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        train_or_stop(cfg, quiet=True)
+    assert latest_checkpoint(cfg.run_dir / "checkpoints").name == "epoch_0001_step_000007.pt"

@@ -38,7 +38,7 @@ VARIANTS = {
 def run_remedies(depth: int = 56, epochs=None, seed: int = 0, out: str = "runs/remedies", variants=None,
                  device: str = "cpu", quiet: bool = False) -> list:
     from depthlab.data import load_dataset
-    from depthlab.train import train
+    from depthlab.train.loop import train_or_stop as train
 
     data = load_dataset("digits")
     rows = []

@@ -230,7 +230,7 @@ def _param_text(v) -> str:
 
 def _train_one(spec: RunSpec, seed: int, p: dict, data_name: str, dataset, out_dir: Path, device: str,
                fresh: bool, quiet: bool) -> dict:
-    from depthlab.train import train
+    from depthlab.train.loop import train_or_stop as train
 
     run_id = f"{spec.id}-s{seed}"
     base = [f"data.name={data_name}", f"train.seed={seed}", f"train.device={device}",

@@ -169,6 +169,15 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quie
         dist.close()
 
 
+def train_or_stop(cfg: RunConfig, **kwargs) -> dict:
+    """``train``, for callers that run many runs (demo, experiments): a run stopped by SIGINT or
+    SIGTERM (its position saved) stops the caller too, by KeyboardInterrupt."""
+    summary = train(cfg, **kwargs)
+    if summary["status"] == "interrupted":
+        raise KeyboardInterrupt(f"{summary.get('signal')}: {summary['run_dir']} saved; resume to continue")
+    return summary
+
+
 def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
     from depthlab.data import DeviceLoader, load_dataset
     from depthlab.models import count_params
