@@ -27,6 +27,7 @@ _EXPORTS = {
     "reproduce": "depthlab.experiments",
     "list_experiments": "depthlab.experiments",
     "write_report": "depthlab.report",
+    "run_sweep": "depthlab.sweep",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

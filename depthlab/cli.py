@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 
 
@@ -68,8 +70,11 @@ def _cmd_train(args) -> int:
             overrides.append(f"{key}={flag}")
     cfg = cfg.with_overrides(overrides)
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
-    print(json.dumps({k: summary[k] for k in ("run_dir", "status", "epoch", "train_acc", "test_acc")
-                      if k in summary}))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+        print(json.dumps({k: summary[k] for k in ("run_dir", "status", "epoch", "train_acc", "test_acc", "signal")
+                          if k in summary}))
+    if summary["status"] == "interrupted":  # a checkpoint of the exact position was saved
+        return 128 + int(getattr(signal, summary.get("signal") or "SIGINT", signal.SIGINT))
     return 0 if summary["status"] == "finished" else 1
 
 
@@ -184,6 +189,36 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from depthlab.sweep import plan_sweep, run_sweep
+    from depthlab.sweep.results import print_table, summary_line
+
+    if args.dry_run:
+        plan = plan_sweep(args.sweep, executor=args.executor, workers=args.workers)
+        print(plan.header() + " [dry run: nothing is trained or written]")
+        print("\n".join(plan.lines()))
+        return 0
+    try:
+        doc = run_sweep(args.sweep, executor=args.executor, workers=args.workers, quiet=args.quiet,
+                        command=_command(args))
+    except KeyboardInterrupt:
+        print("depthlab: sweep interrupted; runs in progress were checkpointed and results written; run the "
+              "same command again to resume", file=sys.stderr)
+        return 130
+    print_table(doc)
+    c = doc["counts"]
+    bad = c["diverged"] + c["failed"]
+    word = "complete" if doc["complete"] else "stopped"
+    print(f"sweep {word}: {summary_line(doc)}" + (f"; {bad} did not finish (listed in results.md; failed runs "
+                                                    f"are retried on the next run)" if bad else ""))
+    print(f"results: {doc['paths']['markdown']}  {doc['paths']['html']}")
+    if not doc["complete"]:  # a stop signal reached the workers only
+        print(f"depthlab: {c['interrupted']} runs were interrupted; run the same command again to resume them",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def _command(args) -> str:
     """The command line as typed (for provenance): ``depthlab`` + the arguments main() parsed."""
     import shlex
@@ -272,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", help="a run directory, an experiment directory, or a directory of them")
     s.add_argument("--markdown", metavar="FILE", help="also write every experiment's verdicts and tables as Markdown")
     s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("sweep", help="run a grid of configs x seeds (local processes or Ray); skips finished runs")
+    s.add_argument("sweep", metavar="SWEEP.yaml", help="the sweep file (format: docs/sweeps.md)")
+    s.add_argument("--executor", choices=["local", "ray"], help="override the file's executor")
+    s.add_argument("--workers", type=int, help="override the file's workers (runs at a time)")
+    s.add_argument("--dry-run", action="store_true", help="list the runs and what would be skipped or resumed")
+    s.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+    s.set_defaults(func=_cmd_sweep)
     return p
 
 
@@ -286,7 +329,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("depthlab: interrupted; the last finished epoch is checkpointed (resume with --resume)",
+        print("depthlab: interrupted at once (second Ctrl-C); the last checkpoint is kept (resume with --resume)",
               file=sys.stderr)
         return 130
     except (ValueError, KeyError, FileNotFoundError) as e:  # our errors name the field and the valid values

@@ -1,0 +1,200 @@
+"""A sweep's results: ``results.json`` (every run: grid values, seed, status, metrics, error),
+``results.md`` and a self-contained ``report.html`` with one table: a row per grid point, its grid
+values, finished / seeds, and final train accuracy, test accuracy and train loss as mean +- sd over
+the *finished* seeds. Diverged, failed and interrupted runs are counted and listed, never averaged."""
+from __future__ import annotations
+
+import html
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+from depthlab.experiments.base import fmt_mean_sd, mean_sd
+
+STATUSES = ("finished", "diverged", "failed", "interrupted")
+ACTIONS = ("trained", "resumed", "skipped", "not run")
+METRICS = (("train_acc", "train acc", 100.0, 1, "%"), ("test_acc", "test acc", 100.0, 1, "%"),
+           ("train_loss", "train loss", 1.0, 3, ""))
+
+
+def _num(v):
+    return None if v is None or not math.isfinite(v) else v
+
+
+def cell(v) -> str:
+    """A grid value as the table shows it (YAML spelling: null, true)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def aggregate(grid_keys: List[str], records: List[dict]) -> dict:
+    """``{"groups": [...], "table": {...}}`` from per-run records (in expansion order)."""
+    order: Dict[str, List[dict]] = {}
+    for r in records:
+        order.setdefault(r["point_id"], []).append(r)
+    groups, rows = [], []
+    keys = grid_keys or ["point"]
+    for pid, recs in order.items():
+        fin = [r for r in recs if r["status"] == "finished"]
+        g = {"point_id": pid, "point": recs[0]["point"], "seeds": [r["seed"] for r in recs],
+             "n_seeds": len(recs), "n_finished": len(fin),
+             "not_finished": [{"seed": r["seed"], "run_id": r["run_id"], "status": r["status"],
+                               "error": r.get("error")} for r in recs if r["status"] != "finished"]}
+        for key, *_ in METRICS:
+            values = [r.get(key) for r in fin]
+            m, sd, n = mean_sd(values)
+            g[key] = {"mean": _num(m), "sd": _num(sd), "n": n, "values": values}
+        groups.append(g)
+        values = [cell(g["point"][k]) if k in g["point"] else "-" for k in grid_keys] or [pid]
+        values.append(f"{g['n_finished']}/{g['n_seeds']}")
+        values += [fmt_mean_sd(g[key]["values"], scale=s, digits=d, unit=u) for key, _, s, d, u in METRICS]
+        values.append(_not_finished(g["not_finished"]))
+        rows.append(values)
+    columns = keys + ["finished"] + [label for _, label, *_ in METRICS] + ["not finished"]
+    note = ("Mean +- sample sd over the finished seeds (one value: a single seed) of the last epoch's metrics "
+            "(train acc: running accuracy over that epoch). Diverged, failed and interrupted runs are listed, "
+            "not averaged.")
+    if any(k not in g["point"] for g in groups for k in grid_keys):
+        note += " '-': the key is not part of that grid point (the base config's value applies)."
+    return {"groups": groups, "table": {"title": "One row per grid point", "columns": columns, "rows": rows,
+                                        "note": note}}
+
+
+def _not_finished(items: List[dict]) -> str:
+    """``failed s0,s1; diverged s2``."""
+    by: Dict[str, List[str]] = {}
+    for x in items:
+        by.setdefault(x["status"], []).append(f"s{x['seed']}")
+    return "; ".join(f"{status} {','.join(seeds)}" for status, seeds in by.items())
+
+
+def counts(records: List[dict]) -> dict:
+    return {"runs": len(records), **{s: sum(r["status"] == s for r in records) for s in STATUSES},
+            "actions": {a: sum(r.get("action") == a for r in records) for a in ACTIONS}}
+
+
+def summary_line(doc: dict) -> str:
+    c, a = doc["counts"], doc["counts"]["actions"]
+    parts = [f"{c[s]} {s}" for s in STATUSES if c[s] or s == "finished"]
+    acted = ", ".join(f"{a[k]} {k}" for k in ACTIONS if a[k])
+    runs = f"{c['runs']} run{'s' if c['runs'] != 1 else ''}"
+    return f"{runs}: {', '.join(parts)} (this invocation: {acted or 'nothing to do'})"
+
+
+def write_results(sweep_dir: Path, doc: dict) -> Dict[str, str]:
+    """results.json, results.md and report.html in ``sweep_dir``; returns their paths."""
+    from depthlab.train.checkpoint import atomic_write_text
+
+    sweep_dir = Path(sweep_dir)
+    paths = {"json": sweep_dir / "results.json", "markdown": sweep_dir / "results.md",
+             "html": sweep_dir / "report.html"}
+    doc["paths"] = {k: str(v) for k, v in paths.items()}
+    atomic_write_text(paths["json"], json.dumps(doc, indent=1, default=str))
+    atomic_write_text(paths["markdown"], markdown(doc))
+    atomic_write_text(paths["html"], report_html(doc))
+    return doc["paths"]
+
+
+def _md_row(cells) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def _problems(doc: dict) -> List[str]:
+    out = []
+    for r in doc["runs"]:
+        if r["status"] == "diverged":
+            out.append(f"{r['run_id']}: diverged at epoch {r.get('epoch')} (non-finite training loss)")
+        elif r["status"] == "failed":
+            out.append(f"{r['run_id']}: failed: {r.get('error')} (traceback: {r['run_dir']}/error.txt)")
+        elif r["status"] == "interrupted":
+            out.append(f"{r['run_id']}: interrupted at epoch {r.get('epoch') or 0}; re-run the sweep to resume it")
+    return out
+
+
+def markdown(doc: dict) -> str:
+    t = doc["table"]
+    prov = doc.get("provenance", {})
+    lines = [f"# Sweep `{doc['name']}`", ""]
+    if doc.get("description"):
+        lines += [doc["description"], ""]
+    lines += [f"Generated by `{prov.get('command')}`: {summary_line(doc)}.", "",
+              _md_row(t["columns"]), _md_row(["---"] * len(t["columns"]))]
+    lines += [_md_row(r) for r in t["rows"]]
+    lines += ["", t["note"], ""]
+    problems = _problems(doc)
+    if problems:
+        lines += ["## Runs that did not finish", ""] + [f"- {p}" for p in problems] + [""]
+    return "\n".join(lines)
+
+
+def report_html(doc: dict) -> str:
+    from depthlab.report.pages import _dl, _page, _styled, _table
+
+    prov = doc.get("provenance", {})
+    parts = []
+    if doc.get("description"):
+        parts.append(f"<p>{html.escape(doc['description'])}</p>")
+    parts.append(f"<section id=summary><p>{html.escape(summary_line(doc))}</p></section>")
+    parts.append("<section id=results><h2>Results</h2>" + _table(doc["table"]) + "</section>")
+    fig = _figure(doc)
+    if fig:
+        parts.append(f"<section id=figures><h2>Test accuracy</h2>{fig}</section>")
+    problems = _problems(doc)
+    if problems:
+        parts.append("<section id=problems><h2>Runs that did not finish</h2><ul>"
+                     + "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul></section>")
+    runs = {"title": f"{len(doc['runs'])} runs", "columns": ["run", "seed", "status", "this invocation", "epoch",
+                                                             "train acc", "test acc", "seconds", "error"],
+            "rows": [[r["run_id"], r["seed"], r["status"], r.get("action"), r.get("epoch"),
+                      _pct(r.get("train_acc")), _pct(r.get("test_acc")), r.get("seconds"), r.get("error") or ""]
+                     for r in doc["runs"]]}
+    parts.append("<section id=runs><h2>Runs</h2>" + _table(runs) + "</section>")
+    parts.append("<section id=provenance><h2>What was run</h2>" + _dl([
+        ("command", prov.get("command")), ("executor", f"{doc['executor']}, {doc['workers']} worker(s), "
+                                                       f"{doc['threads_per_worker']} thread(s) each"),
+        ("seeds", ", ".join(map(str, doc["seeds"]))), ("commit", prov.get("commit")),
+        ("depthlab", prov.get("depthlab")), ("torch", prov.get("torch")), ("python", prov.get("python")),
+        ("platform", prov.get("platform")), ("started", prov.get("started")), ("finished", prov.get("finished")),
+        ("wall time", f"{prov.get('seconds', 0):.0f} s (this invocation)")])
+        + f"<h3>sweep.yaml</h3><pre>{html.escape(doc.get('source_text', ''))}</pre></section>")
+    return _styled(_page(f"depthlab sweep {doc['name']}", "".join(parts)))
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _figure(doc: dict) -> str:
+    """A bar chart of test accuracy (mean +- sd over finished seeds) per grid point, inline SVG."""
+    groups = [g for g in doc["groups"] if g["test_acc"]["n"]]
+    if not groups:
+        return ""
+    from depthlab.experiments.base import bar_figure
+    from depthlab.report.pages import _figure as figure
+
+    spec = bar_figure("test accuracy per grid point", "test accuracy (%)", [g["point_id"] for g in groups],
+                      [100 * g["test_acc"]["mean"] for g in groups],
+                      yerr=[100 * (g["test_acc"]["sd"] or 0.0) for g in groups],
+                      caption="Mean over finished seeds; error bars: sample sd.")
+    return figure(spec, Path(doc["sweep_dir"]), 1)
+
+
+def print_table(doc: dict, file=None) -> None:
+    """The results table on the terminal (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = doc["table"]
+    table = Table(title=f"sweep {doc['name']}: {summary_line(doc)}", title_justify="left")
+    n_keys = len(t["columns"]) - 5
+    for i, col in enumerate(t["columns"]):
+        table.add_column(col, justify="left" if i < n_keys or col == "not finished" else "right")
+    for row in t["rows"]:
+        table.add_row(*[str(c) for c in row])
+    out = file or sys.stdout
+    Console(file=out, width=None if out.isatty() else 200).print(table)
