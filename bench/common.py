@@ -89,7 +89,19 @@ def train_config(**fast) -> TrainConfig:
     return resolve_train(dataclasses.replace(TrainConfig(recipe="he2015"), **fast), depth=0)
 
 
-class DepthlabRun:
+class Cycling:
+    """Batches from ``self.loader``, epoch after epoch, for as many steps as are timed."""
+    _it = iter(())
+
+    def _next(self):
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            return next(self._it)
+
+
+class DepthlabRun(Cycling):
     """The trainer's step on the device-resident loader (crop + flip on the device), timed over
     ``steps`` steps: loss and accuracy summed on the device and read once at the end, as the
     trainer does once per epoch."""
@@ -106,14 +118,6 @@ class DepthlabRun:
         self.loader = DeviceLoader(x.to(device), y.to(device), batch_size=batch, shuffle=True,
                                    drop_last=True, augment="crop-flip", crop_padding=4)
         self.batch = batch
-        self._it = iter(())
-
-    def _next(self):
-        try:
-            return next(self._it)
-        except StopIteration:
-            self._it = iter(self.loader)
-            return next(self._it)
 
     def __call__(self, steps: int) -> float:
         sync(self.device)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from common import CIFAR_MEAN, CIFAR_STD, sync
+from common import CIFAR_MEAN, CIFAR_STD, Cycling, sync
 
 
 class TransformedImages(Dataset):
@@ -39,7 +39,7 @@ class TransformedImages(Dataset):
         return x, int(self.labels[i])
 
 
-class ReferenceRun:
+class ReferenceRun(Cycling):
     """``run(steps) -> seconds`` of the hand-written loop on ``model``."""
 
     def __init__(self, model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device,
@@ -49,15 +49,7 @@ class ReferenceRun:
         self.loader = DataLoader(TransformedImages(images, labels), batch_size=batch, shuffle=True,
                                  num_workers=workers, drop_last=True, pin_memory=device.type == "cuda",
                                  persistent_workers=workers > 0)
-        self._it = iter(())
         self.running_loss = 0.0
-
-    def _next(self):
-        try:
-            return next(self._it)
-        except StopIteration:
-            self._it = iter(self.loader)
-            return next(self._it)
 
     def __call__(self, steps: int) -> float:
         sync(self.device)
