@@ -107,6 +107,8 @@ def test_divergence_names_the_layer_keeps_the_last_good_checkpoint_and_ignores_c
         assert s["status"] == "diverged"
         row = _rows(cfg)[-1]
         assert row["status"] == "diverged"
+        # a full metrics row (what reports and experiments read) plus the diagnosis
+        assert {"epoch", "step", "lr", "train_loss", "train_acc", "seconds", "elapsed"} <= set(row)
         d = row["diagnosis"]
         diagnoses.append({k: d[k] for k in ("step", "first_nonfinite_output", "first_nonfinite_grad")})
         named = d["first_nonfinite_output"] or d["first_nonfinite_grad"]

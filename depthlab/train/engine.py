@@ -114,7 +114,8 @@ class Training:
                                                                   device=device)])
                     bad_now, stop_now = dist.all_reduce(flags, op="max").tolist()  # one sync
                     if bad_now:
-                        return self._diverged(epoch, done, spe)
+                        return self._diverged(epoch, done, spe, self._epoch_row(
+                            epoch, done, lr_now, loss_sum, correct, seen, before, time.perf_counter() - t0))
                 elif not dist.active:
                     stop_now = self.stop.requested is not None  # one process: honour it at once
                 else:
@@ -125,16 +126,9 @@ class Training:
                     self.elapsed += time.perf_counter() - t0
                     self.save(epoch, done, partial)
                     return self._interrupted(epoch, done, spe)
-            totals = dist.all_reduce(torch.stack([loss_sum.double(), correct.double(),
-                                                  torch.tensor(float(seen), device=device, dtype=torch.double)]))
-            total_loss, total_correct, total_seen = totals.tolist()  # one sync per epoch
-            seconds = before + time.perf_counter() - t0
-            self.elapsed += time.perf_counter() - t0
-            row = {"kind": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * spe, "lr": lr_now,
-                   "train_loss": total_loss / total_seen, "train_acc": total_correct / total_seen,
-                   "seconds": seconds, "elapsed": self.elapsed}
+            row = self._epoch_row(epoch, spe, lr_now, loss_sum, correct, seen, before, time.perf_counter() - t0)
             if not math.isfinite(row["train_loss"]):
-                return self._diverged(epoch, spe, spe)
+                return self._diverged(epoch, spe, spe, row)
             if dist.is_main and ((epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs):
                 d = self.dataset
                 row["test_loss"], row["test_acc"] = self.evaluate(self.model, d.test_x, d.test_y,
@@ -156,6 +150,19 @@ class Training:
         self.summary["status"] = "finished"
         return self.summary
 
+    def _epoch_row(self, epoch, done, lr, loss_sum, correct, seen, before, now) -> dict:
+        """The metrics row of ``done`` steps of ``epoch`` (summed over ranks; one sync). ``before``:
+        seconds of this epoch spent by an interrupted process; ``now``: by this one."""
+        totals = self.dist.all_reduce(torch.stack([loss_sum.double(), correct.double(),
+                                                   torch.tensor(float(seen), device=loss_sum.device,
+                                                                dtype=torch.double)]))
+        total_loss, total_correct, total_seen = totals.tolist()
+        self.elapsed += now
+        n = max(total_seen, 1.0)
+        return {"kind": "epoch", "epoch": epoch + 1, "step": epoch * len(self.loader) + done, "lr": lr,
+                "train_loss": total_loss / n, "train_acc": total_correct / n, "seconds": before + now,
+                "elapsed": self.elapsed}
+
     # --------------------------------------------------------------------------- endings
     def _interrupted(self, epoch: int, step: int, spe: int) -> dict:
         where = f"epoch {epoch + 1}, step {step} of {spe}" if step else f"the end of epoch {epoch}"
@@ -163,7 +170,7 @@ class Training:
         self.summary.update(status="interrupted", signal=self.stop.name, epoch=epoch, step=epoch * spe + step)
         return self.summary
 
-    def _diverged(self, epoch: int, done: int, spe: int) -> dict:
+    def _diverged(self, epoch: int, done: int, spe: int, row: dict) -> dict:
         cfg = self.cfg
 
         def restore():
@@ -172,8 +179,8 @@ class Training:
 
         diagnosis = find_divergence(self.model, self.make_step, restore, self.loader, spe,
                                     end_step=epoch * spe + done, shard=self.dist.shard)
-        row = {"kind": "epoch", "epoch": epoch + 1, "step": diagnosis.get("step") or epoch * spe + done,
-               "train_loss": diagnosis.get("loss", float("nan")), "status": "diverged", "diagnosis": diagnosis}
+        # the epoch's metrics so far (as trained, before the replay), then where it broke
+        row.update(status="diverged", diagnosis=diagnosis)
         self.write_row(row, show=False)
         self.progress.log(diagnosis["message"])
         self.summary.update(row, status="diverged")
