@@ -334,7 +334,8 @@ def _params_of(cfg: dict) -> Optional[int]:
 def _seconds_per_epoch(run_dir: Path) -> Optional[float]:
     from depthlab.train.checkpoint import read_jsonl
 
-    secs = [r["seconds"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
+    secs = [r["seconds"] for r in read_jsonl(run_dir / "metrics.jsonl")
+            if r.get("kind") == "epoch" and r.get("seconds") is not None]
     if not secs:
         return None
     rest = secs[1:] or secs  # the first epoch carries one-off costs (allocation, warm-up)
