@@ -7,6 +7,8 @@ behind loads and the finished run equals an uninterrupted one bit for bit.
 
 Modes: ``random`` kills at a uniform time within the run's expected duration; ``write`` kills as
 soon as a checkpoint temp file appears (during ``torch.save``/fsync/rename); ``mixed`` alternates.
+``write_triggered`` counts the kills sent on seeing a temp file, ``kills_in_write`` those whose
+temp file was still there when the kill was sent (the write had not finished).
 Each kill is followed by ``--resume`` (a plain start if no config.json was written yet); a
 resumed attempt is itself killed with probability 1/2, at most ``--max-kills`` times per trial.
 The run: resnet-8 on digits, 3 epochs of 23 steps, crop + flip, deterministic mode, 1 thread.
@@ -67,7 +69,7 @@ def _wait_for_write(proc, ckpt_dir: Path, deadline: float) -> bool:
 
 def trial(out: Path, run_id: str, mode: str, duration: float, rng: random.Random, max_kills: int) -> dict:
     run_dir = out / run_id
-    stats = {"kills": 0, "kills_in_write": 0, "resumes": 0, "corrupt": 0, "attempts": 0}
+    stats = {"kills": 0, "kills_in_write": 0, "write_triggered": 0, "resumes": 0, "corrupt": 0, "attempts": 0}
     while True:
         resume = (run_dir / "config.json").exists()
         stats["resumes"] += int(resume)
@@ -77,7 +79,8 @@ def trial(out: Path, run_id: str, mode: str, duration: float, rng: random.Random
         kill = stats["kills"] < max_kills and (stats["kills"] == 0 or rng.random() < 0.5)
         if kill:
             if mode == "write":
-                _wait_for_write(proc, run_dir / "checkpoints", time.perf_counter() + 3 * duration)
+                seen = _wait_for_write(proc, run_dir / "checkpoints", time.perf_counter() + 3 * duration)
+                stats["write_triggered"] += int(seen)
             else:
                 time.sleep(rng.uniform(0.0, duration))
             if proc.poll() is None:
@@ -103,12 +106,13 @@ def run_trials(n: int, mode: str = "mixed", seed: int = 0, max_kills: int = 4, o
     tmp = Path(out or tempfile.mkdtemp(prefix="depthlab-faults-"))
     (ref_weights, ref_rows), duration = reference(tmp)
     rng = random.Random(seed)
-    totals = {"trials": n, "kills": 0, "kills_in_write": 0, "resumes": 0, "corrupt": 0, "failed": 0,
+    totals = {"trials": n, "kills": 0, "kills_in_write": 0, "write_triggered": 0, "resumes": 0, "corrupt": 0,
+              "failed": 0,
               "not_identical": 0, "seconds_per_clean_run": round(duration, 2)}
     for i in range(n):
         m = mode if mode != "mixed" else ("write" if i % 2 else "random")
         s = trial(tmp, f"t{i}", m, duration, rng, max_kills)
-        for k in ("kills", "kills_in_write", "resumes", "corrupt"):
+        for k in ("kills", "kills_in_write", "write_triggered", "resumes", "corrupt"):
             totals[k] += s[k]
         if "error" in s:
             totals["failed"] += 1

@@ -16,4 +16,4 @@ def test_sigkill_at_random_moments_and_during_checkpoint_writes_loses_nothing(tm
     assert totals["failed"] == 0, totals.get("errors")
     assert totals["corrupt"] == 0 and totals["not_identical"] == 0
     assert totals["kills"] >= 4 and totals["resumes"] >= 1  # (a kill before config.json restarts afresh)
-    assert totals["kills_in_write"] >= 1  # the write-mode trials hit torch.save / fsync / rename
+    assert totals["write_triggered"] >= 1  # the write-mode trials kill as a checkpoint write starts
