@@ -47,15 +47,9 @@ def child(args) -> None:
 
     device = torch.device(args.device)
     images, labels = cifar_like(args.batch)
-    name = args.family + str(6 * args.n + 2) if args.stage_blocks is None else args.family
-    fast = dict(checkpoint_segments=args.segments)
-    # DepthlabRun builds presets by name; a custom depth goes through build_model's overrides
-    import common
-    orig = common.build_model
-    common.build_model = lambda _n, **kw: orig(args.family, width=16, stage_blocks=args.stage_blocks
-                                                or f"{args.n},{args.n},{args.n}", **kw)
-    run = DepthlabRun(name, normalized(images), torch.from_numpy(labels), device, args.batch, **fast)
-    common.build_model = orig
+    stage_blocks = args.stage_blocks or f"{args.n},{args.n},{args.n}"
+    run = DepthlabRun(args.family, normalized(images), torch.from_numpy(labels), device, args.batch,
+                      model_options=dict(width=16, stage_blocks=stage_blocks), checkpoint_segments=args.segments)
     xb, yb = next(iter(run.loader))
     if device.type == "cuda":
         sync(device)

@@ -14,7 +14,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -107,11 +107,12 @@ class DepthlabRun(Cycling):
     trainer does once per epoch."""
 
     def __init__(self, model_name: str, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-                 batch: int, **fast):
+                 batch: int, model_options: Optional[dict] = None, **fast):
         self.device = device
         self.t = resolve_fast_path(dataclasses.replace(train_config(**fast), batch_size=batch), device)
         torch.manual_seed(0)
-        self.model = build_model(model_name, num_classes=10, in_channels=3).to(device).train()
+        self.model = build_model(model_name, num_classes=10, in_channels=3, **(model_options or {}))
+        self.model = self.model.to(device).train()
         forward = prepare_model(self.model, self.t, device)
         opt = make_optimizer(self.model, self.t, MethodConfig())
         self.step = FastStep(forward, opt, self.t, device)

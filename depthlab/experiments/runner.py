@@ -2,7 +2,6 @@
 ``experiment.json`` and a self-contained ``report.html`` into the experiment directory."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import platform
@@ -15,7 +14,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from depthlab.config import ConfigError, RunConfig
 from depthlab.experiments.base import EXPERIMENTS, Experiment, Findings, RunSpec
-from depthlab.train.loop import FAST_PATH_FIELDS
 
 SCALES = ("quick", "paper")
 # parameters every experiment understands, besides its own
@@ -274,8 +272,6 @@ def _train_one(spec: RunSpec, seed: int, p: dict, data_name: str, dataset, out_d
     return row
 
 
-# how a run was computed (device, threads, the fast path), not which run it is
-_MAY_DIFFER = {"train.threads", "train.device", "data.data_dir", "data.download", "out_dir"} | FAST_PATH_FIELDS
 
 
 def _finished(run_dir: Path, wanted: RunConfig) -> Optional[dict]:
@@ -283,24 +279,19 @@ def _finished(run_dir: Path, wanted: RunConfig) -> Optional[dict]:
     training. A run directory holding a different run (any set field or recipe value differs,
     device, threads and fast path aside) is an error that suggests ``--fresh``."""
     from depthlab.train.checkpoint import read_jsonl
-    from depthlab.train.loop import _flat
+    from depthlab.train.loop import run_differences
     from depthlab.train.recipes import resolve_train
 
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         return None
     cfg = json.loads(cfg_path.read_text())
-    want = wanted.to_dict()
-    want["train"] = dataclasses.asdict(resolve_train(wanted.train, cfg["model"].get("depth") or 0))
-    old, new = _flat(cfg), _flat(want)
-    diff = sorted(k for k, v in new.items() if v is not None and k not in _MAY_DIFFER and k != "train.epochs"
-                  and old.get(k) != v)
-    if diff:
-        details = "; ".join(f"{k}: saved {old.get(k)!r}, now {new[k]!r}" for k in diff)
+    details = run_differences(cfg, wanted)
+    if details:
         raise ConfigError(f"run directory {str(run_dir)!r} holds a different run ({details}); the experiment's "
                           f"settings changed since it was made: pass --fresh (fresh=True) to retrain, or "
                           f"choose another --out")
-    if new["train.epochs"] != old.get("train.epochs"):
+    if resolve_train(wanted.train, cfg["model"].get("depth") or 0).epochs != cfg["train"]["epochs"]:
         return None  # more (or fewer) epochs asked for: train() resumes from the last checkpoint
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
     if not rows:

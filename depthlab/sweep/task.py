@@ -4,7 +4,6 @@ boundaries; a run that raises becomes a ``failed`` record and its traceback goes
 ``<run_dir>/error.txt``."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -23,7 +22,7 @@ def existing_state(cfg: RunConfig) -> dict:
     are skipped; a run directory with a config.json and anything less is resumed. A directory that
     holds a *different* run (the sweep's base changed) is a ConfigError, raised before anything runs."""
     from depthlab.train.checkpoint import read_jsonl
-    from depthlab.train.loop import _RESUMABLE_CHANGES, _flat
+    from depthlab.train.loop import run_differences
     from depthlab.train.recipes import resolve_train
 
     run_dir = cfg.run_dir
@@ -31,15 +30,11 @@ def existing_state(cfg: RunConfig) -> dict:
     if not saved_path.exists():
         return {"action": TRAIN, "epoch": 0, "epochs": None}
     saved = json.loads(saved_path.read_text())
-    want = cfg.to_dict()
-    want["train"] = dataclasses.asdict(resolve_train(cfg.train, saved["model"].get("depth") or 0))
-    old, new = _flat(saved), _flat(want)
-    diff = sorted(k for k, v in new.items() if v is not None and k not in _RESUMABLE_CHANGES and old.get(k) != v)
-    if diff:
-        details = "; ".join(f"{k}: saved {old.get(k)!r}, now {new[k]!r}" for k in diff)
+    details = run_differences(saved, cfg)
+    if details:
         raise ConfigError(f"run directory {str(run_dir)!r} holds a different run ({details}): the sweep's settings "
                           f"changed since it ran. Delete that directory to retrain it, or give the sweep a new name")
-    epochs = new["train.epochs"]
+    epochs = resolve_train(cfg.train, saved["model"].get("depth") or 0).epochs
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
     last = rows[-1] if rows else {}
     state = {"epoch": last.get("epoch", 0), "epochs": epochs, **{k: last.get(k) for k in METRIC_KEYS if k in last}}

@@ -99,7 +99,7 @@ def prepare_model(model, t, device: torch.device):
         model.checkpoint_segments = t.checkpoint_segments
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
+    if device.type == "cuda" and not t.deterministic:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv algorithm once
     if t.compile == "off":
         return model

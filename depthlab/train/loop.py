@@ -99,6 +99,18 @@ def _flat(d, prefix=""):
     return out
 
 
+def run_differences(saved: dict, wanted: RunConfig) -> str:
+    """How a run directory's saved config (``config.json``) differs from the run ``wanted``
+    describes, as ``"field: saved X, now Y; ..."``; empty when it is that run. Fields ``wanted``
+    leaves ``None`` and the resumable ones (epochs, device, threads, fast path) do not count;
+    recipe defaults are resolved first. For callers that reuse runs (experiments, sweeps)."""
+    want = wanted.to_dict()
+    want["train"] = dataclasses.asdict(resolve_train(wanted.train, saved["model"].get("depth") or 0))
+    old, new = _flat(saved), _flat(want)
+    diff = sorted(k for k, v in new.items() if v is not None and k not in _RESUMABLE_CHANGES and old.get(k) != v)
+    return "; ".join(f"{k}: saved {old.get(k)!r}, now {new[k]!r}" for k in diff)
+
+
 def _prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[dict]:
     """Refuse to mix runs. Returns the saved config dict when resuming."""
     run_dir = cfg.run_dir
