@@ -16,9 +16,8 @@ import argparse
 import time
 
 import torch
+from common import DepthlabRun, cifar_like, header, interleaved, normalized, sync
 from torch.utils.flop_counter import FlopCounterMode
-
-from common import DepthlabRun, header, interleaved, normalized, cifar_like, sync
 
 
 def _best_rate(fn, flops: float, device: torch.device, repeats: int = 3) -> float:

@@ -42,8 +42,7 @@ def _proc_status_kib(field: str) -> int:
 def child(args) -> None:
     """One training step; prints a JSON line."""
     import torch
-
-    from common import DepthlabRun, normalized, cifar_like, sync
+    from common import DepthlabRun, cifar_like, normalized, sync
 
     device = torch.device(args.device)
     images, labels = cifar_like(args.batch)
@@ -112,7 +111,6 @@ def main(argv=None) -> None:
         return child(args)
 
     import torch
-
     from common import header
     header(torch.device(args.device), f"budget {args.budget_gib:g} GiB for one training step's peak memory, "
                                       f"batch {args.batch}, width 16, 32x32 inputs")

@@ -3,7 +3,7 @@
     python bench/bench_methods.py                      # cpu, batch 64, CIFAR-shaped synthetic data
     python bench/bench_methods.py --device cuda --steps 20 --repeats 5
 
-Every step is the trainer's (``depthlab.train.fastpath.FastStep`` with the device's default fast
+Every step is the trainer's (``depthlab.training.fastpath.FastStep`` with the device's default fast
 path). Pairs (baseline vs method, same model, same data, same optimizer):
   resnet56 / plain56: plain training step  vs  + orthonormality penalty (Xie et al. 2017)
   plain56:            plain training step  vs  + backward error modulation (Xie et al. 2017)
@@ -22,15 +22,15 @@ import statistics
 import time
 
 import torch
+from common import header as print_header  # common puts the checkout on sys.path
+from common import sync, train_config
 
-from common import header as print_header, sync, train_config  # common puts the checkout on sys.path
-
-from depthlab.diagnostics.gradient_flow import GradientFlowTracker
 from depthlab.config import MethodConfig
+from depthlab.diagnostics.gradient_flow import GradientFlowTracker
 from depthlab.methods import ErrorModulation, apply_stochastic_depth, orthonormal_weights, orthonormality_penalty
 from depthlab.models import build_model
-from depthlab.train.fastpath import FastStep, prepare_model, resolve_fast_path
-from depthlab.train.methods import make_optimizer
+from depthlab.training.fastpath import FastStep, prepare_model, resolve_fast_path
+from depthlab.training.methods import make_optimizer
 
 
 def make_step(model, x, y, device, lam=0.0, tracker=None):

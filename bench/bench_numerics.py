@@ -20,11 +20,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from common import header
 
 from depthlab.config import RunConfig
-from depthlab.train import train
+from depthlab.training import train
 
 CONFIGS = [
     ("plain path: fp32, NCHW, for-loop", ["train.bf16=false", "train.channels_last=false",

@@ -8,7 +8,7 @@
 Main table, per model, on CIFAR-shaped data (random uint8 32x32x3 images, batch 128, crop+flip):
   reference   bench/reference.py: DataLoader over per-sample transforms, fp32, NCHW, default
               SGD, loss.item() every step; with 0 and with 2 worker processes, the faster counts
-  depthlab    the trainer's step (depthlab.train.fastpath.FastStep) with the default (auto) fast
+  depthlab    the trainer's step (depthlab.training.fastpath.FastStep) with the default (auto) fast
               path of the device, on the device-resident loader (crop and flip batched on the device)
 and images/s, the ratio depthlab / reference, seconds per 50,000-image epoch (training steps
 plus a 10,000-image evaluation at the measured evaluation speed) and the projected time of the
@@ -21,7 +21,6 @@ import argparse
 import time
 
 import torch
-
 from common import DepthlabRun, cifar_like, header, interleaved, normalized, sync
 from reference import ReferenceRun
 

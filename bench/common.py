@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from depthlab.config import MethodConfig, TrainConfig  # noqa: E402
 from depthlab.data import DeviceLoader  # noqa: E402
 from depthlab.models import build_model  # noqa: E402
-from depthlab.train.fastpath import FastStep, prepare_model, resolve_fast_path  # noqa: E402
-from depthlab.train.methods import make_optimizer  # noqa: E402
-from depthlab.train.recipes import resolve_train  # noqa: E402
+from depthlab.recipes import resolve_train  # noqa: E402
+from depthlab.training.fastpath import FastStep, prepare_model, resolve_fast_path  # noqa: E402
+from depthlab.training.methods import make_optimizer  # noqa: E402
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)

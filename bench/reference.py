@@ -13,9 +13,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-
 from common import CIFAR_MEAN, CIFAR_STD, Cycling, sync
+from torch.utils.data import DataLoader, Dataset
 
 
 class TransformedImages(Dataset):

@@ -20,10 +20,10 @@ _EXPORTS = {
     "list_datasets": "depthlab.data",
     "DeviceLoader": "depthlab.data",
     "RunConfig": "depthlab.config",
-    "train": "depthlab.train",
-    "evaluate_run": "depthlab.train",
+    "train": "depthlab.training",
+    "evaluate_run": "depthlab.training",
     "run_demo": "depthlab.demo",
-    "diagnose": "depthlab.diagnostics",
+    "diagnose": "depthlab.diagnosis",
     "reproduce": "depthlab.experiments",
     "list_experiments": "depthlab.experiments",
     "write_report": "depthlab.report",
@@ -35,5 +35,11 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 def __getattr__(name):  # lazy, so `import depthlab` stays cheap and layers load on demand
     if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
     raise AttributeError(f"module 'depthlab' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

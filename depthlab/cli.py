@@ -10,7 +10,7 @@ import sys
 
 def _train_epilog() -> str:
     from depthlab.config import valid_keys
-    from depthlab.train.recipes import RECIPES
+    from depthlab.recipes import RECIPES
 
     recipes = "\n".join(f"  {n:<8} {RECIPES.get(n).description}" for n in RECIPES.names())
     keys = ", ".join(valid_keys())
@@ -60,7 +60,7 @@ def _cmd_datasets(args) -> int:
 
 def _cmd_train(args) -> int:
     from depthlab.config import RunConfig
-    from depthlab.train import train
+    from depthlab.training import train
 
     cfg = RunConfig.from_yaml(args.config) if args.config else RunConfig()
     overrides = list(args.set or [])
@@ -79,7 +79,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from depthlab.train import evaluate_run
+    from depthlab.training import evaluate_run
 
     row = evaluate_run(args.run_dir, checkpoint=args.checkpoint, split=args.split, device=args.device)
     print(json.dumps(row))
@@ -131,7 +131,8 @@ def _cmd_remedies(args) -> int:
 
 
 def _cmd_diagnose(args) -> int:
-    from depthlab.diagnostics import diagnose, resolve_quantities
+    from depthlab.diagnosis import diagnose
+    from depthlab.diagnostics import resolve_quantities
     from depthlab.report.diagnostics import plot_diagnostics
 
     names = resolve_quantities(args.quantities)

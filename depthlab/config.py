@@ -7,6 +7,7 @@ Fields left as ``None`` are filled at run time from the recipe (``train.*``) or 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import types
@@ -17,13 +18,20 @@ from typing import Any, Dict, Iterable, Optional
 
 import yaml
 
+from depthlab.data import AUGMENTS, DATASETS
+from depthlab.methods import METHODS, all_options
+from depthlab.models import FAMILIES, MODELS
+from depthlab.models.spec import model_name_hint, model_options
+from depthlab.recipes import RECIPES
+from depthlab.registry import Option
+
 
 class ConfigError(ValueError):
     """A bad config field; the message names the field (``train.lr``) and what is valid."""
 
 
 @dataclass
-class ModelConfig:
+class _ModelFields:
     name: str = "resnet20"                 # a preset or family name (``depthlab models``)
     depth: Optional[int] = None            # None: the preset's depth
     width: Optional[int] = None            # base channels; None: the preset's
@@ -32,19 +40,25 @@ class ModelConfig:
     zero_init_residual: bool = False
     num_classes: Optional[int] = None      # None: from the dataset
     in_channels: Optional[int] = None      # None: from the dataset
-    # family-specific options (None: the family's default; a family that lacks one rejects it)
-    activation: Optional[str] = None       # plain/resnet: "relu" | "crelu" (with init looks-linear) | "linear"
-    rezero: Optional[bool] = None          # resnet/preact-resnet: branch * alpha, alpha = 0 at init
-    gate_bias: Optional[float] = None      # highway: transform-gate bias at init (negative)
-    gate_weight_scale: Optional[float] = None  # highway: gate conv weights = init scheme's x this
-    growth_rate: Optional[int] = None      # densenet: k
-    bottleneck: Optional[bool] = None      # densenet: BC layers
-    compression: Optional[float] = None    # densenet: transition compression
-    stage_blocks: Optional[str] = None     # plain/resnet: blocks per stage, e.g. "5,1,1"; depth = 2*sum+2
 
 
-MODEL_OPTIONS = ("activation", "rezero", "gate_bias", "gate_weight_scale", "growth_rate", "bottleneck",
-                 "compression", "stage_blocks")
+def _option_fields(options: Dict[str, Option], optional: bool):
+    """Dataclass fields for declared options; ``optional``: every field defaults to None (a model
+    option left unset takes its family's default), else to the option's own default."""
+    out = []
+    for key, o in options.items():
+        default = None if optional else o.default
+        hint = Optional[o.type] if optional or o.default is None else o.type
+        out.append((key, hint, field(default=default)))
+    return out
+
+
+# model.<option> for every family option (``register_family(options=...)``); None: the family's
+# default; a family that lacks an option rejects it
+ModelConfig = dataclasses.make_dataclass("ModelConfig", _option_fields(model_options(), optional=True),
+                                         bases=(_ModelFields,))
+ModelConfig.__module__ = __name__
+ModelConfig.__doc__ = "The ``model`` section: common fields plus every model family's options."
 
 
 @dataclass
@@ -56,6 +70,10 @@ class DataConfig:
     augment: Optional[str] = None          # "none" | "crop" | "crop-flip"; None: the dataset's default
     crop_padding: Optional[int] = None
     download: bool = True
+
+
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")   # train.compile (torch.compile modes)
+OPTIMIZER_IMPLS = ("auto", "foreach", "fused", "for-loop")             # train.optimizer_impl
 
 
 @dataclass
@@ -72,7 +90,7 @@ class TrainConfig:
     seed: int = 0                          # model init; data order/augmentation streams derive from it
     device: str = "auto"                   # "auto" (cuda, mps, cpu) | "cpu" | "cuda" | "cuda:N" | "mps"
     threads: Optional[int] = None          # CPU intra-op threads; None: torch's default
-    # the fast path (depthlab/train/fastpath.py): how a step runs, not what it computes;
+    # the fast path (depthlab/training/fastpath.py): how a step runs, not what it computes;
     # None / "auto": the default measured fastest on that device (docs/performance.md)
     bf16: Optional[bool] = None            # bf16 autocast (weights and optimizer stay float32)
     channels_last: Optional[bool] = None   # NHWC memory format for the model and its inputs
@@ -88,15 +106,10 @@ class TrainConfig:
     keep_best: bool = False                # keep checkpoints/best.pt by validation accuracy
 
 
-@dataclass
-class MethodConfig:
-    """Methods that change how a network trains (``depthlab.methods``); all off by default."""
-    stochastic_depth: Optional[float] = None   # p_L of Huang et al. 2016 (0.5 in the paper); None: off
-    stochastic_depth_mode: str = "batch"       # "batch" (drop per mini-batch, paper) | "sample"
-    orthonormal: float = 0.0                   # lambda of Xie et al.'s orthonormality regulariser; 0: off
-    orthonormal_replaces_wd: bool = True       # no weight decay on the regularised conv weights
-    modulation: Optional[str] = None           # backward error modulation reference: "top" | "next"; None: off
-    modulation_epochs: Optional[int] = None    # modulate only during the first N epochs; None: all
+# methods.<option> for every training method's options (``depthlab.methods``); all off by default
+MethodConfig = dataclasses.make_dataclass("MethodConfig", _option_fields(all_options(), optional=False))
+MethodConfig.__module__ = __name__
+MethodConfig.__doc__ = "The ``methods`` section: every training method's options (``depthlab.methods``)."
 
 
 @dataclass
@@ -134,7 +147,10 @@ class RunConfig:
             d = yaml.safe_load(text)
         except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: e.g. a date 2020-13-45
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_one_line(e)}") from None
-        if d is not None and not isinstance(d, dict):
+        if d is None:  # an empty file would silently train the defaults
+            raise ConfigError(f"config file {str(path)!r} is empty; give at least one section, e.g. "
+                              f"'model: {{name: plain56}}' (or leave out --config to train the defaults)")
+        if not isinstance(d, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(d).__name__}")
         return cls.from_dict(d)
 
@@ -150,12 +166,12 @@ class RunConfig:
             node = d
             for p in parts[:-1]:
                 if not isinstance(node.get(p), dict):
-                    raise ConfigError(f"unknown config section {key.strip()!r}; valid keys: "
-                                      + ", ".join(valid_keys()))
+                    raise ConfigError(f"unknown config section {key.strip()!r};{_did_you_mean(key.strip(), valid_keys())}"
+                                      f" valid keys: " + ", ".join(valid_keys()))
                 node = node[p]
             if parts[-1] not in node:
-                raise ConfigError(f"unknown config key {key.strip()!r}; valid keys: "
-                                  + ", ".join(valid_keys()))
+                raise ConfigError(f"unknown config key {key.strip()!r};{_did_you_mean(key.strip(), valid_keys())}"
+                                  f" valid keys: " + ", ".join(valid_keys()))
             if isinstance(node[parts[-1]], dict):
                 raise ConfigError(f"{key.strip()!r} is a config section, not a key; valid keys: "
                                   + ", ".join(k for k in valid_keys() if k.startswith(key.strip() + ".")))
@@ -189,8 +205,6 @@ class RunConfig:
             raise ConfigError(f"train.keep_last must be a positive integer, got {t.keep_last}")
         if t.threads is not None and t.threads <= 0:
             raise ConfigError(f"train.threads must be a positive integer, got {t.threads}")
-        from depthlab.train.fastpath import COMPILE_MODES, OPTIMIZER_IMPLS
-
         if t.optimizer_impl not in OPTIMIZER_IMPLS:
             raise ConfigError(f"train.optimizer_impl {t.optimizer_impl!r} is not valid; use one of "
                               f"{', '.join(OPTIMIZER_IMPLS)}")
@@ -212,29 +226,31 @@ class RunConfig:
             raise ConfigError(f"data.augment {dt.augment!r} is not valid; use one of {', '.join(AUGMENTS)}")
         if dt.crop_padding is not None and dt.crop_padding < 0:
             raise ConfigError(f"data.crop_padding must be >= 0, got {dt.crop_padding}")
-        me = self.methods
-        if me.stochastic_depth is not None and not 0.0 < me.stochastic_depth <= 1.0:
-            raise ConfigError(f"methods.stochastic_depth (p_L) must be in (0, 1], got {me.stochastic_depth}")
-        if me.stochastic_depth_mode not in ("batch", "sample"):
-            raise ConfigError(f"methods.stochastic_depth_mode {me.stochastic_depth_mode!r} is not valid; "
-                              f"use batch or sample")
-        if me.orthonormal < 0:
-            raise ConfigError(f"methods.orthonormal (lambda) must be >= 0, got {me.orthonormal}")
-        if me.modulation is not None and me.modulation not in ("top", "next"):
-            raise ConfigError(f"methods.modulation {me.modulation!r} is not valid; use top, next or null")
-        if me.modulation_epochs is not None and me.modulation_epochs <= 0:
-            raise ConfigError(f"methods.modulation_epochs must be a positive integer, got {me.modulation_epochs}")
+        self._validate_methods()
         if self.diagnostics.quantities:
-            from depthlab.train.diag_schedule import parse_schedule
-
-            try:
-                parse_schedule(self.diagnostics.quantities)
-            except (ValueError, KeyError) as e:
-                raise ConfigError(f"diagnostics.quantities: {e}") from None
-        _check_name("model.name", m.name, "depthlab.models", "MODELS", "FAMILIES")
-        _check_name("data.name", dt.name, "depthlab.data", "DATASETS")
-        _check_name("train.recipe", t.recipe, "depthlab.train.recipes", "RECIPES")
+            parse_schedule(self.diagnostics.quantities)
+        _check_name("model.name", m.name, MODELS, FAMILIES, hint=model_name_hint(m.name))
+        _check_name("data.name", dt.name, DATASETS)
+        _check_name("train.recipe", t.recipe, RECIPES)
         return self
+
+    def _validate_methods(self) -> None:
+        """Each method's options (declared with it), its refusals, and combinations it forbids."""
+        me = self.methods
+        for key, option in all_options().items():
+            problem = option.problem(getattr(me, key))
+            if problem:
+                raise ConfigError(f"methods.{key} {problem}")
+        on = [cls for cls in (METHODS.get(n) for n in METHODS) if cls.enabled(me)]
+        names = {cls.name for cls in on}
+        for cls in on:
+            clash = sorted(set(cls.conflicts) & names)
+            if clash:
+                raise ConfigError(f"methods.{cls.switch()} cannot be combined with methods.{METHODS.get(clash[0]).switch()}")
+            try:
+                cls.validate(self)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
 
     @property
     def resolved_run_id(self) -> str:
@@ -245,7 +261,6 @@ class RunConfig:
         return Path(self.out_dir) / self.resolved_run_id
 
 
-AUGMENTS = ("none", "crop", "crop-flip")
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "methods": MethodConfig,
             "diagnostics": DiagConfig}
 
@@ -257,14 +272,35 @@ def valid_keys():
     return keys + ["out_dir", "run_id"]
 
 
-def _check_name(field_name, value, module, *registries):
-    from importlib import import_module
+def _check_name(field_name, value, *registries, hint=""):
+    if not any(value in r for r in registries):
+        valid = list(dict.fromkeys(n for r in registries for n in r.names()))
+        close = difflib.get_close_matches(str(value), valid, n=3)
+        hint += f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(f"{field_name} {value!r} is unknown.{hint} Valid names: {', '.join(valid)}")
 
-    mod = import_module(module)
-    regs = [getattr(mod, r) for r in registries]
-    if not any(value in r for r in regs):
-        valid = [n for r in regs for n in r.names()]
-        raise ConfigError(f"{field_name} {value!r} is unknown; valid names: {', '.join(valid)}")
+
+SCHEDULE_RULES = ("N (every N epochs)", "log", "last", "init")
+
+
+def parse_schedule(spec: str) -> Dict[str, str]:
+    """``diagnostics.quantities`` ``"a@2,b@log,c"`` -> ``{"a": "2", "b": "log", "c": "1"}``, rules
+    checked (the names are the diagnostics registry's, checked by the trainer)."""
+    out = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, rule = item.partition("@")
+        rule = rule or "1"
+        if not (rule in ("log", "last", "init") or (rule.isdigit() and int(rule) > 0)):
+            raise ConfigError(f"diagnostics.quantities: rule {rule!r} for {name!r} is not valid; "
+                              f"use one of {', '.join(SCHEDULE_RULES)}")
+        out[name.strip()] = rule
+    return out
+
+
+def _did_you_mean(key: str, valid) -> str:
+    """`` did you mean 'model.name'?`` (the closest valid keys first), or empty."""
+    close = difflib.get_close_matches(key, list(valid), n=2, cutoff=0.75)
+    return f" did you mean {' or '.join(map(repr, close))}?" if close else ""
 
 
 def _from_dict(cls, d, prefix):
@@ -275,7 +311,8 @@ def _from_dict(cls, d, prefix):
     unknown = [k for k in d if k not in fields]  # keys of any type (YAML allows 1: or null:)
     if unknown:
         key = unknown[0] if isinstance(unknown[0], str) else _show(unknown[0])
-        raise ConfigError(f"unknown config key {prefix + key!r}; valid keys in "
+        hint = _did_you_mean(prefix + key, [prefix + f for f in fields])
+        raise ConfigError(f"unknown config key {prefix + key!r};{hint} valid keys in "
                           f"{prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
     kwargs = {}
     for name, value in d.items():

@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Sequence
 
 from depthlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from depthlab.train.checkpoint import atomic_write_text
+from depthlab.data import load_dataset
+from depthlab.fileio import atomic_write_text
+from depthlab.report import write_demo_report
+from depthlab.training.loop import train_or_stop as train
 
 EXPECTATION = ("the deepest plain net reaches a clearly lower training accuracy than the resnet of the "
                "same depth (gap >= {gap:.0%})")
@@ -35,10 +38,6 @@ def run_demo(out: str = "runs/demo", depths: Sequence[int] = (8, 20, 56), famili
              epochs=None, seed: int = 0, device: str = "cpu", threads=None, quiet: bool = False,
              dataset: str = "digits") -> dict:
     """Train every (family, depth), write results.json, curves.png and report.html under ``out``."""
-    from depthlab.data import load_dataset
-    from depthlab.report import write_demo_report
-    from depthlab.train.loop import train_or_stop as train
-
     out = Path(out)
     data = load_dataset(dataset, seed=0)
     results = []

@@ -5,7 +5,9 @@ Duplicates fail loudly; an unknown name raises an error that lists every valid n
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Dict, Iterator, List, Optional
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -60,3 +62,37 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A declared option (a model family's ``model.<key>``, a training method's ``methods.<key>``):
+    its type, default and one-line help, and what makes a value valid. The config is built from
+    these declarations, so an option is written down once, next to the code that uses it.
+
+    ``choices``: the valid values; ``check(value)`` returns why a value is invalid (``None`` when it
+    is valid), e.g. ``"must be > 0"``. ``None`` is always valid: it means off or the default.
+    """
+
+    type: type
+    default: Any = None
+    help: str = ""
+    choices: Tuple[Any, ...] = ()
+    check: Optional[Callable[[Any], Optional[str]]] = None
+
+    def problem(self, value: Any) -> Optional[str]:
+        """Why ``value`` is not valid for this option (to follow the option's name), or None."""
+        if value is None:
+            return None
+        if self.choices and value not in self.choices:
+            valid = [str(c) for c in self.choices] + (["null"] if self.default is None else [])
+            return f"{value!r} is not valid; use {', '.join(valid[:-1])} or {valid[-1]}"
+        return self.check(value) if self.check is not None else None
+
+
+def plugin_modules(path, skip: Tuple[str, ...] = ()) -> List[str]:
+    """Names of the modules in a package directory (``__path__``), except ``skip`` and private ones,
+    sorted: the files a package imports so that each registers itself. Nothing is kept by hand, and
+    the caller imports each without catching errors: a plug-in that fails to import is an error."""
+    return sorted(m.name for m in pkgutil.iter_modules(path)
+                  if m.name not in skip and not m.name.startswith("_"))

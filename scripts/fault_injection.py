@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from depthlab.train.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint  # noqa: E402
+from depthlab.training.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint  # noqa: E402
 
 RUN = ["model.name=resnet", "model.depth=8", "data.name=digits", "train.epochs=3", "train.batch_size=64",
        "train.device=cpu", "train.threads=1", "train.deterministic=true", "data.augment=crop-flip",

@@ -306,13 +306,13 @@ HARMLESS = st.lists(st.sampled_from(["train.seed=3", "run_id=fuzz", "model.width
 @example("train.lr=.nan", [])
 @example("train.epochs=-1", ["run_id=x"])
 def test_cli_invalid_override_exits_2_with_one_line_and_writes_nothing(capsys, monkeypatch, bad, harmless):
-    import depthlab.train
+    import depthlab.training
 
     def no_training(cfg, **kwargs):  # train() validates first; an input it accepts is a bug in this test
         cfg.validate()
         raise AssertionError(f"{bad!r} is valid: it would train")
 
-    monkeypatch.setattr(depthlab.train, "train", no_training)
+    monkeypatch.setattr(depthlab.training, "train", no_training)
     capsys.readouterr()
     with tempfile.TemporaryDirectory() as tmp:
         rc = main(["train", "--set", *harmless, bad, "--out-dir", tmp, "--data-dir", tmp, "--quiet"])

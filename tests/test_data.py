@@ -11,9 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from depthlab.data import (DATASETS, DeviceLoader, default_data_dir, list_datasets, load_dataset,
-                           stratified_split)
-from depthlab.data import bundled, files
+from depthlab.data import (
+    DATASETS,
+    DeviceLoader,
+    bundled,
+    default_data_dir,
+    files,
+    list_datasets,
+    load_dataset,
+    stratified_split,
+)
 from depthlab.registry import UnknownNameError
 
 IDX = files.IDX_FILES

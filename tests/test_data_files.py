@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from depthlab.data import (DataFileError, load_dataset)
-from depthlab.data import files
+from depthlab.data import DataFileError, files, load_dataset
 
 IDX = files.IDX_FILES
 

@@ -1,5 +1,5 @@
 """gradient_flow, responses, jacobian, orthonormality: each against a brute-force reference on a
-tiny model (STYLE.md item 9)."""
+tiny model (as every diagnostic is)."""
 from collections import OrderedDict
 from types import SimpleNamespace
 

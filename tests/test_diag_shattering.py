@@ -1,5 +1,5 @@
 """Shattered gradients (Balduzzi et al. 2017) and paths of length k (Veit et al. 2016), each
-against a brute-force reference on a toy problem (STYLE.md item 9)."""
+against a brute-force reference on a toy problem."""
 import copy
 import types
 
@@ -11,9 +11,17 @@ import torch.nn.functional as F
 from depthlab.diagnostics.paths import compute as paths_compute
 from depthlab.diagnostics.paths import input_gradients, path_gradients, residual_blocks
 from depthlab.diagnostics.registry import DIAGNOSTICS
-from depthlab.diagnostics.shattering import (autocorrelation, brown_noise, compute, gradient_correlation,
-                                             line_shattering, scalar_mlp, scalar_gradients,
-                                             scalar_shattering, white_noise)
+from depthlab.diagnostics.shattering import (
+    autocorrelation,
+    brown_noise,
+    compute,
+    gradient_correlation,
+    line_shattering,
+    scalar_gradients,
+    scalar_mlp,
+    scalar_shattering,
+    white_noise,
+)
 from depthlab.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

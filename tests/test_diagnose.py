@@ -5,10 +5,10 @@ import pytest
 
 from depthlab.cli import main
 from depthlab.config import RunConfig
-from depthlab.diagnostics import DIAGNOSTICS, diagnose, resolve_quantities
-from depthlab.diagnostics.runner import read_diagnostics
+from depthlab.diagnosis import diagnose, read_diagnostics
+from depthlab.diagnostics import DIAGNOSTICS, resolve_quantities
 from depthlab.report.diagnostics import plot_quantity
-from depthlab.train import train
+from depthlab.training import train
 
 ALL = ("gradient_flow", "responses", "jacobian", "orthonormality", "shattering", "paths", "discriminability",
        "lesion")
@@ -72,9 +72,12 @@ def test_plot_kinds_from_records(tmp_path):
         plot_quantity({"a": recs}, "other", tmp_path / "o.png")
 
 
-def test_all_skips_what_a_model_cannot_support_but_a_named_quantity_raises(run_dirs):
-    with pytest.warns(UserWarning, match="'paths' skipped"):
+def test_all_skips_what_a_model_cannot_support_but_a_named_quantity_raises(run_dirs, caplog, recwarn):
+    with caplog.at_level("WARNING", logger="depthlab"):
         records = diagnose(run_dirs[0], "all", device="cpu", write=False)  # plain net: no paths
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "'paths' skipped" in skipped[0] and "\n" not in skipped[0]  # one clean line
+    assert not [w for w in recwarn if "skipped" in str(w.message)]  # not a Python warning with a source line
     assert "paths" not in {r["quantity"] for r in records} and "lesion" in {r["quantity"] for r in records}
     with pytest.raises(ValueError, match="residual"):
         diagnose(run_dirs[0], ["paths"], device="cpu", write=False)

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from depthlab.train.checkpoint import latest_checkpoint, load_checkpoint
+from depthlab.training.checkpoint import latest_checkpoint, load_checkpoint
 
 COMMON = ["data.name=digits", "train.epochs=2", "train.device=cpu", "train.threads=1"]
 

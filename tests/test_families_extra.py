@@ -12,7 +12,6 @@ from depthlab.models.densenet import DenseLayer, Transition
 from depthlab.models.highway import GateConv, HighwayBlock
 from depthlab.models.init import INITS
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

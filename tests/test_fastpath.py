@@ -13,9 +13,9 @@ from depthlab.config import ConfigError, RunConfig, TrainConfig
 from depthlab.methods import apply_stochastic_depth
 from depthlab.models import build_model
 from depthlab.models.checkpointing import frozen_batchnorm_stats, segment_bounds
-from depthlab.train import train
-from depthlab.train.fastpath import AUTO_DEFAULTS, FastStep, bf16_native, prepare_model, resolve_fast_path
-from depthlab.train.recipes import resolve_train
+from depthlab.recipes import resolve_train
+from depthlab.training import train
+from depthlab.training.fastpath import AUTO_DEFAULTS, FastStep, bf16_native, prepare_model, resolve_fast_path
 
 CPU = torch.device("cpu")
 
@@ -212,7 +212,7 @@ def test_stochastic_depth_trains_with_every_sgd_implementation(tmp_path):
 
 
 def test_zero_momentum_buffers_change_nothing():
-    from depthlab.train.methods import fill_momentum_buffers
+    from depthlab.training.methods import fill_momentum_buffers
 
     def run(fill):
         torch.manual_seed(0)

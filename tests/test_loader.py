@@ -8,9 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from depthlab.data import (DeviceLoader, crop_at, draw_crop_offsets, draw_flip_mask, random_crop,
-                           random_hflip)
-
+from depthlab.data import DeviceLoader, crop_at, draw_crop_offsets, draw_flip_mask, random_crop, random_hflip
 
 # ---- DeviceLoader and augmentation ------------------------------------------------------------
 

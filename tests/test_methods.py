@@ -1,5 +1,5 @@
 """depthlab.methods: stochastic depth, orthonormality regulariser, backward error modulation.
-Each property is checked exactly or against a brute-force reference (DESIGN.md Sec. 6)."""
+Each property is checked exactly or against a brute-force reference (docs/methods.md)."""
 import copy
 import math
 
@@ -8,9 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthlab.methods import (ErrorModulation, apply_stochastic_depth, expected_active_blocks,
-                              orthonormal_weights, orthonormality_penalty, orthonormality_per_layer,
-                              survival_probs)
+from depthlab.methods import (
+    ErrorModulation,
+    apply_stochastic_depth,
+    expected_active_blocks,
+    orthonormal_weights,
+    orthonormality_penalty,
+    orthonormality_per_layer,
+    survival_probs,
+)
 from depthlab.models import build_model
 
 

@@ -6,12 +6,22 @@ import pytest
 import torch
 from torch import nn
 
-from depthlab.models import (FAMILIES, INITS, MODELS, DepthNet, ModelSpec, ShortcutA, build_model,
-                             count_params, list_models, model_summary, resolve_spec)
+from depthlab.models import (
+    FAMILIES,
+    INITS,
+    MODELS,
+    DepthNet,
+    ModelSpec,
+    ShortcutA,
+    build_model,
+    count_params,
+    list_models,
+    model_summary,
+    resolve_spec,
+)
 from depthlab.models.init import kaiming_normal_fan_in_, kaiming_normal_fan_out_, orthogonal_, xavier_uniform_
 from depthlab.models.layers import conv1x1, conv3x3
 from depthlab.registry import UnknownNameError
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -364,7 +374,7 @@ def test_stage_blocks_places_blocks_and_derives_depth(family):
 
 def test_stage_blocks_from_config():
     from depthlab.config import RunConfig
-    from depthlab.train.loop import build_from_config
+    from depthlab.training.loop import build_from_config
 
     class Shape:
         num_classes, in_channels = 10, 1

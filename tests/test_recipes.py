@@ -1,7 +1,7 @@
 import pytest
 
 from depthlab.config import TrainConfig
-from depthlab.train.recipes import RECIPES, resolve_train
+from depthlab.recipes import RECIPES, resolve_train
 
 
 def test_he2015_schedule_steps_at_half_and_three_quarters():

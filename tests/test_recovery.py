@@ -11,11 +11,12 @@ import time
 import pytest
 import torch
 
-import depthlab.train.safety as safety
+import depthlab.training.loop as loop
+import depthlab.training.safety as safety
 from depthlab.config import ConfigError, RunConfig
-from depthlab.train import train
-from depthlab.train.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint)
-from depthlab.train.safety import RunLock
+from depthlab.training import train
+from depthlab.training.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
+from depthlab.training.safety import RunLock
 
 
 def _cfg(tmp_path, run_id, *overrides):
@@ -58,7 +59,7 @@ def test_stop_mid_epoch_saves_the_exact_position_and_resumes_bit_for_bit(tmp_pat
     train(straight, quiet=True)
 
     stopped = _cfg(tmp_path, "stopped", *extra)
-    monkeypatch.setattr(safety, "StopSignals", _StopAfter)
+    monkeypatch.setattr(loop, "StopSignals", _StopAfter)
     s = train(stopped, quiet=True)
     monkeypatch.undo()
     assert s["status"] == "interrupted" and s["signal"] == "SIGTERM"
@@ -112,7 +113,7 @@ def test_divergence_names_the_layer_keeps_the_last_good_checkpoint_and_ignores_c
         d = row["diagnosis"]
         diagnoses.append({k: d[k] for k in ("step", "first_nonfinite_output", "first_nonfinite_grad")})
         named = d["first_nonfinite_output"] or d["first_nonfinite_grad"]
-        from depthlab.train.rundir import load_run
+        from depthlab.training.rundir import load_run
         model, *_ = load_run(cfg.run_dir)  # the last good checkpoint loads, with finite weights
         assert all(torch.isfinite(p).all() for p in model.parameters())
         names = {n for n, _ in model.named_modules()} | {n for n, _ in model.named_parameters()}
@@ -160,9 +161,9 @@ def test_checkpoints_with_a_pickle_payload_or_truncated_are_refused_by_name(tmp_
 def test_callers_running_many_runs_stop_when_one_is_interrupted(tmp_path, monkeypatch):
     """demo / reproduce / remedies train through train_or_stop: SIGTERM saves the run, then stops
     the caller instead of starting the next run."""
-    from depthlab.train.loop import train_or_stop
+    from depthlab.training.loop import train_or_stop
 
-    monkeypatch.setattr(safety, "StopSignals", _StopAfter)
+    monkeypatch.setattr(loop, "StopSignals", _StopAfter)
     cfg = _cfg(tmp_path, "many")
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
         train_or_stop(cfg, quiet=True)

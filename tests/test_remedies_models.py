@@ -1,5 +1,5 @@
 """Depth remedies in the models layer: delta-orthogonal init, SkipInit/ReZero, Fixup, CReLU +
-looks-linear, per-sample stochastic depth. Each checks the exact property of DESIGN.md Sec. 6."""
+looks-linear, per-sample stochastic depth. Each checks the exact property docs/methods.md states."""
 import math
 
 import pytest
@@ -13,12 +13,11 @@ from depthlab.models.crelu import CReLUBlock, crelu
 from depthlab.models.fixup import FixupBlock
 from depthlab.models.init import delta_orthogonal_, looks_linear_
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def contract(model, x):
-    """DESIGN.md Sec. 4 contract, without the BN-specific checks of test_models.py."""
+    """The model contract (docs/design.md), without the BN-specific checks of test_models.py."""
     taps = model.taps()
     names = ["stem.conv"] + [f"{b}.{t}" for b in model.block_names for t in ("conv1", "conv2", "sum")]
     assert list(taps) == names

@@ -8,7 +8,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-
 from browser import Chromium, find_chromium, group_members
 
 EXPERIMENT_SECTIONS = ["summary", "verdicts", "results", "figures", "provenance"]
@@ -56,7 +55,7 @@ def site(chromium_path, tmp_path_factory):
     from depthlab.demo import run_demo
     from depthlab.experiments.runner import reproduce
     from depthlab.report import write_report
-    from depthlab.train import train
+    from depthlab.training import train
 
     root = tmp_path_factory.mktemp("site")
     reproduce("degradation", params={"depths": [8, 14], "epochs": 1}, out=str(root / "degradation"), device="cpu",

@@ -182,7 +182,7 @@ def test_local_sweep_records_failure_and_divergence_aggregates_and_skips_on_reru
 
 
 def test_interrupted_run_is_resumed_not_restarted_and_the_cli_reports(tmp_path, capsys):
-    from depthlab.train import train
+    from depthlab.training import train
 
     d = sweep_dict(tmp_path, grid={"train.lr": [0.05]}, seeds=1)
     d["base"]["train"]["epochs"] = 2

@@ -5,10 +5,10 @@ import sys
 import numpy as np
 import pytest
 
-import depthlab.train.loop as loop
+import depthlab.training.loop as loop
 from depthlab.config import RunConfig
-from depthlab.train import train
-from depthlab.train.tensorboard import METRICS, TensorBoardLog, available, diagnostic_tag
+from depthlab.training import train
+from depthlab.training.tensorboard import METRICS, TensorBoardLog, available, diagnostic_tag
 
 needs_tensorboard = pytest.mark.skipif(not available(), reason="the tensorboard extra is not installed "
                                                               "(pip install -e '.[tensorboard]')")
@@ -92,14 +92,14 @@ def test_resume_purges_what_the_interrupted_process_logged_past_the_checkpoint(t
 
 
 def test_without_tensorboard_nothing_is_written(tmp_path, monkeypatch):
-    monkeypatch.setattr("depthlab.train.tensorboard.available", lambda: False)
+    monkeypatch.setattr("depthlab.training.tensorboard.available", lambda: False)
     cfg = _cfg(tmp_path, "train.epochs=1")
     assert train(cfg, quiet=True)["status"] == "finished"
     assert not (cfg.run_dir / "tensorboard").exists()
 
 
 def test_a_tensorboard_that_cannot_be_imported_turns_the_log_off(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("depthlab.train.tensorboard.available", lambda: True)
+    monkeypatch.setattr("depthlab.training.tensorboard.available", lambda: True)
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # importing it raises ImportError
     log = TensorBoardLog(tmp_path / "tb")
     log.epoch({"step": 1, "train_loss": 1.0})

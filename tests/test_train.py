@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-import depthlab.train.loop as loop
+import depthlab.training.loop as loop
 from depthlab.config import ConfigError, RunConfig
-from depthlab.train import evaluate_run, train
-from depthlab.train.checkpoint import latest_checkpoint, load_checkpoint
+from depthlab.training import evaluate_run, train
+from depthlab.training.checkpoint import latest_checkpoint, load_checkpoint
 
 
 def _cfg(tmp_path, *overrides, run_id="r"):

@@ -6,8 +6,8 @@ import torch
 
 from depthlab.config import RunConfig
 from depthlab.data import load_dataset
-from depthlab.train import build_from_config, evaluate_run, train
-from depthlab.train.methods import TrainingMethods, make_optimizer
+from depthlab.training import build_from_config, evaluate_run, train, validate_run
+from depthlab.training.methods import TrainingMethods, make_optimizer
 
 pytest.importorskip("depthlab.methods")
 
@@ -40,17 +40,19 @@ def test_orthonormal_regulariser_replaces_weight_decay_on_conv_weights(tmp_path)
     model = build_from_config(cfg, data)
     t = cfg.train.__class__(**{**cfg.train.__dict__, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
                                "nesterov": False})
-    opt = make_optimizer(model, t, cfg.methods)
+    methods = TrainingMethods(cfg.methods)
+    methods.setup(model)
+    opt = make_optimizer(model, t, methods)
     conv_ids = {id(w) for _, w in orthonormal_weights(model)}
     assert {id(p) for p in opt.param_groups[1]["params"]} == conv_ids and opt.param_groups[1]["weight_decay"] == 0
     assert all(id(p) not in conv_ids for p in opt.param_groups[0]["params"])
     assert opt.param_groups[0]["weight_decay"] == 5e-4
-    pen = TrainingMethods(model, cfg.methods).penalty()
+    pen = methods.penalty(model)
     assert torch.allclose(pen, orthonormality_penalty(model, 0.01)) and pen > 0
     before = float(orthonormality_penalty(model, 1.0).detach())
     train(cfg, quiet=True, dataset=data)
     trained = build_from_config(cfg, data)
-    from depthlab.train.checkpoint import latest_checkpoint, load_checkpoint
+    from depthlab.training.checkpoint import latest_checkpoint, load_checkpoint
 
     trained.load_state_dict(load_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"))["model"])
     assert float(orthonormality_penalty(trained, 1.0).detach()) < before  # the regulariser pulls towards orthonormal
@@ -59,11 +61,13 @@ def test_orthonormal_regulariser_replaces_weight_decay_on_conv_weights(tmp_path)
 def test_modulation_switches_off_after_its_epochs(tmp_path):
     cfg = _cfg(tmp_path, "model.name=plain", "methods.modulation=top", "methods.modulation_epochs=1")
     model = build_from_config(cfg, load_dataset("digits"))
-    tm = TrainingMethods(model, cfg.methods)
+    tm = TrainingMethods(cfg.methods)
+    tm.setup(model)
+    modulation = tm.get("modulation").modulation
     tm.start_epoch(0)
-    assert tm.modulation.active
+    assert modulation.active
     tm.start_epoch(1)
-    assert not tm.modulation.active
+    assert not modulation.active
     tm.close()
     assert train(cfg, quiet=True)["status"] == "finished"
 
@@ -96,4 +100,7 @@ def test_bad_diagnostics_schedule_names_the_field(tmp_path):
     with pytest.raises(ConfigError, match="diagnostics.quantities.*rule 'often'"):
         _cfg(tmp_path, "diagnostics.quantities=lesion@often").validate()
     with pytest.raises(ConfigError, match="diagnostics.quantities.*unknown diagnostic 'lesions'"):
-        _cfg(tmp_path, "diagnostics.quantities=lesions").validate()
+        validate_run(_cfg(tmp_path, "diagnostics.quantities=lesions"))  # the names: the diagnostics registry's
+    with pytest.raises(ConfigError, match="diagnostics.quantities.*unknown diagnostic 'lesions'"):
+        train(_cfg(tmp_path, "diagnostics.quantities=lesions"), quiet=True)
+    assert not (tmp_path / "m").exists()

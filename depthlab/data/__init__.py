@@ -20,8 +20,15 @@ import torch
 from depthlab.data import bundled, files
 from depthlab.data.bundled import VAL_SPLIT_STREAM, RawData, stratified_split
 from depthlab.data.files import CHECKSUMS, DataFileError
-from depthlab.data.loader import (AUGMENTS, DeviceLoader, crop_at, draw_crop_offsets,
-                                  draw_flip_mask, random_crop, random_hflip)
+from depthlab.data.loader import (
+    AUGMENTS,
+    DeviceLoader,
+    crop_at,
+    draw_crop_offsets,
+    draw_flip_mask,
+    random_crop,
+    random_hflip,
+)
 from depthlab.registry import Registry
 
 __all__ = ["Dataset", "load_dataset", "list_datasets", "dataset_options", "DATASETS",

@@ -2,25 +2,24 @@
 
     import depthlab
     records = depthlab.diagnose(model, ["gradient_flow", "lesion"], data=depthlab.load_dataset("digits"))
-    records = depthlab.diagnose("runs/demo/runs/plain56", "all")   # also appends to diagnostics.jsonl
+    records = depthlab.diagnose("runs/demo/runs/plain56", "all")   # also writes diagnostics.jsonl
 
-Each record: ``{"quantity", "layer", "name", "value"}`` (+ ``"step"`` when read from a run).
+Each record: ``{"quantity", "layer", "name", "value"}`` (+ ``"step"`` when read from a run). Every
+module of this package except the helpers registers one quantity in ``DIAGNOSTICS``; none is listed
+by hand, and a module that fails to import is an error.
 """
 from __future__ import annotations
 
 from importlib import import_module
 
-from depthlab.diagnostics.registry import DIAGNOSTICS, record
+from depthlab.diagnostics.registry import DIAGNOSTICS, describe, record
+from depthlab.registry import plugin_modules
 
-_MODULES = ("gradient_flow", "responses", "jacobian", "orthonormality", "shattering", "paths",
-            "discriminability", "lesion")
-for _m in _MODULES:  # each registers its quantity; a module still being written is skipped
-    try:
-        import_module(f"depthlab.diagnostics.{_m}")
-    except ModuleNotFoundError as e:
-        if e.name != f"depthlab.diagnostics.{_m}":
-            raise
+HELPERS = ("common", "registry", "runner")  # modules of this package that register no quantity
 
-from depthlab.diagnostics.runner import diagnose, resolve_quantities  # noqa: E402
+for _name in plugin_modules(__path__, skip=HELPERS):
+    import_module(f"depthlab.diagnostics.{_name}")
 
-__all__ = ["DIAGNOSTICS", "record", "diagnose", "resolve_quantities"]
+from depthlab.diagnostics.runner import resolve_quantities, run_quantities  # noqa: E402
+
+__all__ = ["DIAGNOSTICS", "record", "describe", "resolve_quantities", "run_quantities"]

@@ -2,7 +2,7 @@
 
 Gao & McDonnell measure how linearly separable the features are at every intermediate layer
 (residual-sum outputs become more discriminable with depth, conv outputs do not) and use it to
-ask whether added layers help. Their read-out is *unverified* (PAPERS.md: "the authors' usual
+ask whether added layers help. Their read-out is *unverified* (docs/methods.md: "the authors' usual
 tool"); this module implements a least-squares (ridge) read-out fitted in closed form on pooled
 feature maps, whose test accuracy is the discriminability.
 
@@ -343,7 +343,8 @@ def depth_where_probe_stops_rising(records: Sequence[dict], tol: float = 0.005,
     return None  # unreachable: the last tap always qualifies
 
 
-@DIAGNOSTICS.register("discriminability")
+@DIAGNOSTICS.register("discriminability",
+                      description="linear-probe (closed-form ridge) test accuracy of the pooled features at every tap (Gao & McDonnell 2017)")
 def compute(model: nn.Module, data, **options) -> List[dict]:
     """Records per tap (layer = tap name): ``probe_accuracy`` (test), ``val_accuracy``,
     ``lambda`` (penalty used), ``fisher_ratio``, ``dim``; plus one record ``probe_stops_rising``

@@ -1,4 +1,4 @@
-"""gradient_flow: how the gradient travels down the network (DESIGN.md Sec. 7).
+"""gradient_flow: how the gradient travels down the network (docs/diagnostics.md).
 
 On one batch of ``data.train_x / train_y`` (the first ``batch_size`` rows; cross-entropy loss):
 
@@ -123,7 +123,7 @@ def model_taps(model: nn.Module) -> "Dict[str, nn.Module]":
     taps = getattr(model, "taps", None)
     if not callable(taps):
         raise ValueError(f"{type(model).__name__} has no taps(); gradient_flow needs the model "
-                         "contract of DESIGN.md Sec. 4 (build it with depthlab.models.build_model)")
+                         "depthlab model contract (docs/design.md; build it with depthlab.models.build_model)")
     taps = taps()
     if not taps:
         raise ValueError(f"{type(model).__name__}.taps() is empty")
@@ -224,7 +224,8 @@ def gradient_flow(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Gradien
                         error_norm=both[nl:nl + nt], error_numel=[numels[n] for n in taps])
 
 
-@DIAGNOSTICS.register(QUANTITY)
+@DIAGNOSTICS.register(QUANTITY,
+                      description="per-layer weight-gradient norms and backward-error norms at every tap, first/last ratio")
 def compute(model: nn.Module, data, batch_size: int = 128) -> List[dict]:
     """Records on the first ``batch_size`` training examples: per layer ``weight_grad_norm`` and
     ``weight_grad_rms``; per tap ``error_norm`` and ``error_rms``; ``loss``,

@@ -129,7 +129,8 @@ def jacobian_spectrum(model: nn.Module, x: torch.Tensor, exact_max: int = 4096, 
     return JacobianSpectrum("exact" if exact else "randomized", svals, msq, conds)
 
 
-@DIAGNOSTICS.register(QUANTITY)
+@DIAGNOSTICS.register(QUANTITY,
+                      description="singular values of the input-output Jacobian (exact on small inputs, randomised otherwise)")
 def compute(model: nn.Module, data, num_inputs: int = 4, exact_max: int = 4096, rank: int = 10,
             oversample: int = 5, power_iters: int = 2, seed: int = 0) -> List[dict]:
     """Records ``singular_values``, ``mean_squared_singular_value``, ``condition_number`` (one

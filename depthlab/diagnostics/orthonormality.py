@@ -25,7 +25,8 @@ def orthonormality(model: nn.Module, include_linear: bool = False) -> "OrderedDi
                        for name, v in per_param.items())
 
 
-@DIAGNOSTICS.register(QUANTITY)
+@DIAGNOSTICS.register(QUANTITY,
+                      description="||W W^T - I||_F of every conv weight (Xie et al. 2017)")
 def compute(model: nn.Module, data=None, include_linear: bool = False) -> List[dict]:
     """One ``wwt_minus_identity_fro`` record per conv layer (layer = module path, e.g.
     ``stage1.block1.branch.conv1``)."""

@@ -24,3 +24,8 @@ def record(quantity: str, name: str, value, layer=None) -> dict:
     elif hasattr(value, "tolist"):  # numpy
         value = value.tolist()
     return {"quantity": quantity, "layer": layer, "name": name, "value": value}
+
+
+def describe(name: str) -> str:
+    """The one-line description quantity ``name`` was registered with."""
+    return DIAGNOSTICS.meta(name).get("description", "")

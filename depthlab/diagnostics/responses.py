@@ -36,7 +36,7 @@ def branch_norms(model: nn.Module) -> "List[Tuple[str, str, nn.Module]]":
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise ValueError(f"{type(model).__name__} has no .blocks; responses needs the model contract "
-                         "(DESIGN.md Sec. 4)")
+                         "(a depthlab model: build_model)")
     names = list(getattr(model, "block_names", [f"block{i}" for i in range(len(blocks))]))
     found = []
     for name, block in zip(names, blocks):
@@ -94,7 +94,8 @@ def responses(model: nn.Module, x: torch.Tensor) -> Responses:
     return Responses(blocks=[b for b, _, _ in found], bn=[p for _, p, _ in found], std=values)
 
 
-@DIAGNOSTICS.register(QUANTITY)
+@DIAGNOSTICS.register(QUANTITY,
+                      description="std of each block's last BN output, the layer responses of He et al. 2015 Fig. 7")
 def compute(model: nn.Module, data, batch_size: int = 256) -> List[dict]:
     """One ``std`` record per BN-bearing block (layer = block name, e.g. ``stage1.block2``), on
     the first ``batch_size`` rows of ``data.test_x``."""

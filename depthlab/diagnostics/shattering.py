@@ -273,7 +273,8 @@ def line_shattering(model: nn.Module, x0: torch.Tensor, v: Optional[torch.Tensor
             "lag1": float(acf[1]), "logit": logit, "v": v.detach().cpu()}
 
 
-@DIAGNOSTICS.register(QUANTITY)
+@DIAGNOSTICS.register(QUANTITY,
+                      description="autocorrelation of the input gradient along a line of inputs (Balduzzi et al. 2017)")
 def compute(model: nn.Module, data, num_directions: int = 4, n_points: int = 256,
             scale: Optional[float] = None, index: int = 0, seed: int = 0, **unknown) -> list:
     """Line shattering on ``data.test_x[index]`` along ``num_directions`` random unit directions

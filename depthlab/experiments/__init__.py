@@ -1,9 +1,16 @@
 """Experiments: one module per published finding, each a grid of runs, measurements, an honest
 verdict and a report (``depthlab reproduce NAME``); ``remedies`` is the side-by-side table of
-remedies at one depth."""
+remedies at one depth. Every module of this package except the helpers registers one experiment
+(none is listed by hand), and a module that fails to import is an error."""
+from importlib import import_module
+
 from depthlab.experiments.base import EXPERIMENTS, Experiment, Findings, RunSpec
 from depthlab.experiments.runner import list_experiments, parse_params, reproduce
+from depthlab.registry import plugin_modules
+
+HELPERS = ("base", "runner", "remedies")  # modules of this package that register no experiment
+
+for _name in plugin_modules(__path__, skip=HELPERS):
+    import_module(f"depthlab.experiments.{_name}")
 
 __all__ = ["EXPERIMENTS", "Experiment", "Findings", "RunSpec", "list_experiments", "parse_params", "reproduce"]
-
-from depthlab.experiments import catalog  # noqa: E402,F401  (last: registers every experiment)

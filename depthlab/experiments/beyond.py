@@ -24,10 +24,28 @@ from __future__ import annotations
 
 import math
 
-from depthlab.experiments.base import (Experiment, Findings, RunSpec, compare, curves_figure, fmt_mean_sd,
-                                       line_figure, mean_sd, register, series, table, verdict)
+import torch
+from torch.nn import functional as F
+
+from depthlab.config import RunConfig
+from depthlab.diagnostics.gradient_flow import gradient_flow, take_batch
+from depthlab.experiments.base import (
+    Experiment,
+    Findings,
+    RunSpec,
+    compare,
+    curves_figure,
+    fmt_mean_sd,
+    line_figure,
+    mean_sd,
+    register,
+    series,
+    table,
+    verdict,
+)
 from depthlab.experiments.highway import train_acc
 from depthlab.experiments.remedies import VARIANTS
+from depthlab.training.loop import build_from_config
 
 BASELINE = "plain"
 REMEDIES = ("fixup-resnet", "resnet+rezero", "plain+delta-orthogonal")
@@ -167,12 +185,6 @@ def _init_signal(ctx) -> dict:
     """Per variant, depth and seed: initial loss and gradient_flow error-RMS ratio (first tap / last
     tap) of a freshly initialised net (inf when the backward error overflows float32); where no error
     reaches the body (Fixup's zero classifier) it is read again after one plain SGD step on the same batch."""
-    import torch
-    from torch.nn import functional as F
-
-    from depthlab.config import RunConfig
-    from depthlab.diagnostics.gradient_flow import gradient_flow, take_batch
-    from depthlab.train.loop import build_from_config
 
     out = {}
     for d in ctx.p["depths"]:

@@ -3,8 +3,21 @@ arXiv 1512.03385, Fig. 1 and 6), and residual branches respond more weakly than 
 (Fig. 7)."""
 from __future__ import annotations
 
-from depthlab.experiments.base import (Experiment, Findings, RunSpec, compare, curves_figure, fmt_mean_sd,
-                                       line_figure, mean_sd, register, series, table, verdict)
+from depthlab.diagnosis import diagnose
+from depthlab.experiments.base import (
+    Experiment,
+    Findings,
+    RunSpec,
+    compare,
+    curves_figure,
+    fmt_mean_sd,
+    line_figure,
+    mean_sd,
+    register,
+    series,
+    table,
+    verdict,
+)
 
 FAMILIES = ("plain", "resnet")
 
@@ -105,8 +118,6 @@ class Degradation(Experiment):
 
 def _responses(ctx) -> dict:
     """Per finished run: the std of each block's last BN output, and their mean."""
-    from depthlab.diagnostics import diagnose
-
     out = {}
     for r in ctx.results:
         if r.get("status") != "finished":

@@ -10,20 +10,34 @@ read-out on globally average-pooled features of every tap, test accuracy = discr
 (c) conv placement: nets of equal depth with the extra blocks in the first stage (``stage_blocks``
     ``"k,1,1"``) or in the last (``"1,1,k"``).
 
-Adaptations (the paper's constants are not verified, PAPERS.md): the read-out is our ridge probe
+Adaptations (the paper's constants could not be verified, docs/methods.md): the read-out is our ridge probe
 (pool 1, relative lambda grid chosen on a held-out part of the training set); depths are CIFAR
 6n+2 depths (56 at both scales) and the placement nets have 2k+6 layers; "conv outputs" are the
 taps ``stage*.block*.conv2`` (the second conv of each block, before its BN), "residual sums"
 the taps ``*.sum`` (in a plain block: its BN output, the same point without the addition).
-PAPERS.md states no direction for training duration and placement, so (b) and (c) are measured
+The paper's text available to us states no direction for training duration and placement, so (b) and (c) are measured
 notes, not verdicts.
 """
 from __future__ import annotations
 
 import math
 
-from depthlab.experiments.base import (Experiment, Findings, RunSpec, compare, fmt_mean_sd, line_figure, mean_sd,
-                                       panels_figure, register, series, table, verdict)
+from depthlab.diagnosis import read_diagnostics
+from depthlab.diagnostics.discriminability import depth_where_probe_stops_rising, probe_taps
+from depthlab.experiments.base import (
+    Experiment,
+    Findings,
+    RunSpec,
+    compare,
+    fmt_mean_sd,
+    line_figure,
+    mean_sd,
+    panels_figure,
+    register,
+    series,
+    table,
+    verdict,
+)
 
 FAMILIES = ("plain", "resnet")
 PLACEMENTS = ("early", "late")
@@ -42,8 +56,6 @@ def profile(records, suffix: str = ".sum"):
 
 def stop_position(records, tol: float):
     """Where the block-sum profile stops rising, as a fraction of the way to the last block (0..1)."""
-    from depthlab.diagnostics.discriminability import depth_where_probe_stops_rising
-
     stop = depth_where_probe_stops_rising(records, tol)
     if stop is None or stop["num_taps"] < 2:
         return math.nan
@@ -124,7 +136,7 @@ class Discriminability(Experiment):
         self._placement(f, ctx, probes)
         f.notes.append("Discriminability = test accuracy of a closed-form ridge read-out on globally average-"
                        "pooled tap outputs (lambda chosen on 20% of the training set); the paper's read-out is "
-                       "unverified (PAPERS.md). Conv outputs are the taps *.conv2 (before BN); sums the taps *.sum.")
+                       "unverified (docs/methods.md). Conv outputs are the taps *.conv2 (before BN); sums the taps *.sum.")
         if ctx.data_note:
             f.notes.append(ctx.data_note)
         return f
@@ -203,7 +215,7 @@ class Discriminability(Experiment):
                                         [100 * a for a in prof], style="--" if fam == "plain" else "-"))
             if all(not math.isnan(v) for pl in PLACEMENTS for v in res[pl]):
                 better = lambda i: max(PLACEMENTS, key=lambda pl: res[pl][i])  # noqa: E731
-                f.notes.append(f"Conv placement ({fam}, measured; PAPERS.md gives no direction): early "
+                f.notes.append(f"Conv placement ({fam}, measured; the paper as available to us gives no direction): early "
                                f"{stage_blocks('early', k)} test {100 * res['early'][0]:.1f}% / last-block probe "
                                f"{100 * res['early'][1]:.1f}%, late {stage_blocks('late', k)} test "
                                f"{100 * res['late'][0]:.1f}% / probe {100 * res['late'][1]:.1f}%: better test "
@@ -224,8 +236,6 @@ def _slim(results):
 
 def _final_probes(ctx) -> dict:
     """Per finished run: the ridge probe at every tap of the trained model."""
-    from depthlab.diagnostics.discriminability import probe_taps
-
     out = {}
     for r in ctx.results:
         if r.get("status") == "finished":
@@ -237,8 +247,6 @@ def _final_probes(ctx) -> dict:
 
 def _training_probes(ctx) -> dict:
     """Per depth run: {epoch: probe records} from its diagnostics.jsonl (written during training)."""
-    from depthlab.diagnostics.runner import read_diagnostics
-
     out = {}
     for r in ctx.rows(part="depth"):
         by_epoch: dict = {}

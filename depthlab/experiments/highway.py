@@ -20,8 +20,23 @@ Adaptations, said in the report's notes:
 """
 from __future__ import annotations
 
-from depthlab.experiments.base import (Experiment, Findings, RunSpec, compare, curves_figure, fmt_mean_sd,
-                                       line_figure, mean_sd, register, series, table, verdict)
+import torch
+
+from depthlab.experiments.base import (
+    Experiment,
+    Findings,
+    RunSpec,
+    compare,
+    curves_figure,
+    fmt_mean_sd,
+    line_figure,
+    mean_sd,
+    register,
+    series,
+    table,
+    verdict,
+)
+from depthlab.models.highway import GateConv
 
 FAMILIES = ("plain", "highway")
 
@@ -150,9 +165,6 @@ def _num(v) -> float:
 def _gate_activity(ctx) -> dict:
     """Per finished highway run: mean sigmoid gate output T(x) per highway layer (test images, eval
     mode, forward hooks on each layer's gate conv) and the mean gate bias b_T per layer."""
-    import torch
-
-    from depthlab.models.highway import GateConv
 
     out = {}
     for r in ctx.results:

@@ -11,11 +11,11 @@ length k and its total contribution C(n, k) x magnitude (Fig. 6), with the effec
 
 Adaptations: the paper's ResNet-110 on CIFAR-10 is the paper scale (he2015 recipe); quick scale is
 56 layers on digits. Veit et al.'s plain net is a well-trained VGG-like net, shallower than the
-ResNet (its depth is not in PAPERS.md); here the plain net is ``plain_depth`` = 20 layers (He et
+ResNet (its depth is not given in the sources available to us); here the plain net is ``plain_depth`` = 20 layers (He et
 al.'s plain-20, which trains well; a plain-56 is degraded, so deleting its blocks would test little).
 Veit et al. delete one *layer*; depthlab deletes one plain *block* (two conv layers; a downsampling
 block becomes its zero-pad/subsample shortcut), the unit that matches a residual block. The number
-of draws per k (``samples``) and the path-gradient batch and draws are not given in PAPERS.md: they
+of draws per k (``samples``) and the path-gradient batch and draws are not given in the sources available to us: they
 are parameters. Thresholds of the verdicts are ours and stated in each verdict.
 """
 from __future__ import annotations
@@ -25,8 +25,22 @@ import statistics
 
 import numpy as np
 
-from depthlab.experiments.base import (Experiment, Findings, RunSpec, compare, fmt_mean_sd, line_figure, mean_sd,
-                                       panels_figure, register, series, table, verdict)
+from depthlab.diagnosis import diagnose
+from depthlab.diagnostics.lesion import lesion_study
+from depthlab.experiments.base import (
+    Experiment,
+    Findings,
+    RunSpec,
+    compare,
+    fmt_mean_sd,
+    line_figure,
+    mean_sd,
+    panels_figure,
+    register,
+    series,
+    table,
+    verdict,
+)
 
 FAMILIES = ("plain", "resnet")
 
@@ -238,8 +252,6 @@ class Lesion(Experiment):
 
 
 def _lesion_studies(ctx) -> dict:
-    from depthlab.diagnostics.lesion import lesion_study
-
     out, p = {}, ctx.p
     for r in ctx.results:
         if r.get("status") == "finished":
@@ -253,8 +265,6 @@ def _lesion_studies(ctx) -> dict:
 
 
 def _path_gradients(ctx) -> dict:
-    from depthlab.diagnostics import diagnose
-
     out, p = {}, ctx.p
     for r in ctx.rows(family="resnet"):
         if r.get("status") == "finished":

@@ -20,8 +20,21 @@ Adaptations (all parameters):
 """
 from __future__ import annotations
 
-from depthlab.experiments.base import (Experiment, Findings, RunSpec, compare, curves_figure, fmt_mean_sd,
-                                       line_figure, mean_sd, panels_figure, register, series, table, verdict)
+from depthlab.experiments.base import (
+    Experiment,
+    Findings,
+    RunSpec,
+    compare,
+    curves_figure,
+    fmt_mean_sd,
+    line_figure,
+    mean_sd,
+    panels_figure,
+    register,
+    series,
+    table,
+    verdict,
+)
 
 # name -> (legend label, overrides, uses the CReLU width)
 VARIANTS = {

@@ -25,9 +25,23 @@ from __future__ import annotations
 
 import math
 
-from depthlab.experiments.base import (Experiment, Findings, RunSpec, compare, curves_figure, fmt_mean_sd,
-                                       line_figure, mean_sd, register, series, table, verdict)
+from depthlab.diagnosis import diagnose
+from depthlab.experiments.base import (
+    Experiment,
+    Findings,
+    RunSpec,
+    compare,
+    curves_figure,
+    fmt_mean_sd,
+    line_figure,
+    mean_sd,
+    register,
+    series,
+    table,
+    verdict,
+)
 from depthlab.experiments.remedies import VARIANTS as REMEDIES
+from depthlab.methods import orthonormality_per_layer
 
 VARIANTS = ("plain", "plain+orthonormal", "plain+orthonormal+modulation", "resnet")
 REMEDIED = VARIANTS[1:3]
@@ -115,7 +129,7 @@ class Orthonormal(Experiment):
             "et al.; the same layers as He et al.'s plain nets. The resnet baseline is He et al.'s resnet.",
             f"The regulariser's constant (lambda = {p['lam']:g}, replacing weight decay on conv weights) and the "
             f"modulation rule (reference '{p['modulation']}', applied in every epoch) are unverified readings of the "
-            "paper (PAPERS.md); both are parameters (lam, modulation, set=methods.modulation_epochs=N).",
+            "paper (docs/methods.md); both are parameters (lam, modulation, set=methods.modulation_epochs=N).",
             "A diverged run is a result: its status says so and it counts as not trained (chance accuracy) in the "
             "verdicts, the table and the depth plot.",
             "Earlier single-seed result at depth 56 on digits (docs/remedies.md, plain He et al. net, width 16): "
@@ -145,7 +159,7 @@ class Orthonormal(Experiment):
                 "|W|^2 exceeds ~2, so it runs away within a few steps (a separate step-by-step investigation on "
                 "xie-plain110 found NaN at step 4, for lambda 1e-3 and 1e-5 alike). Modulation rescales the "
                 "initial errors but the same runaway starts at the peak learning rate. Xie et al. trained on "
-                "CIFAR-10 with their own schedule, which PAPERS.md does not give.")
+                "CIFAR-10 with their own schedule, which is not available to us.")
         if p.get("width"):
             f.notes.append(f"Width {p['width']} (channels {p['width']}/{2 * p['width']}/{4 * p['width']}) instead of "
                            "the paper's 16/32/64.")
@@ -155,8 +169,6 @@ class Orthonormal(Experiment):
 def _init_gradients(ctx) -> dict:
     """Per depth: weight-grad norms of the first and last parametric layer of the plain variant at
     initialisation (its run's config, initial weights)."""
-    from depthlab.diagnostics import diagnose
-
     out = {}
     for r in ctx.results:
         if r["variant"] != "plain" or r["seed"] != ctx.seeds[0] or str(r["depth"]) in out:
@@ -200,8 +212,6 @@ def _flag(ctx, variant: str, depth: int) -> str:
 
 def _orthonormality(ctx) -> dict:
     """Per finished run: the mean over conv layers of ||W W^T - I||_F of the trained filters."""
-    from depthlab.methods import orthonormality_per_layer
-
     out = {}
     for r in ctx.results:
         if r.get("status") == "finished":

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 from depthlab.config import RunConfig
+from depthlab.data import load_dataset
+from depthlab.training.loop import train_or_stop as train
 
 # name -> (what it is, overrides); {depth} is filled in. Each is a config option, never a copied file.
 VARIANTS = {
@@ -37,9 +39,6 @@ VARIANTS = {
 
 def run_remedies(depth: int = 56, epochs=None, seed: int = 0, out: str = "runs/remedies", variants=None,
                  device: str = "cpu", quiet: bool = False) -> list:
-    from depthlab.data import load_dataset
-    from depthlab.train.loop import train_or_stop as train
-
     data = load_dataset("digits")
     rows = []
     for name in variants or list(VARIANTS):

@@ -12,8 +12,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import torch
+import yaml
+
+from depthlab import __version__
 from depthlab.config import ConfigError, RunConfig
+from depthlab.data import DataFileError, load_dataset
 from depthlab.experiments.base import EXPERIMENTS, Experiment, Findings, RunSpec
+from depthlab.fileio import atomic_write_text, read_jsonl
+from depthlab.models import count_params
+from depthlab.recipes import resolve_train
+from depthlab.training import load_run
+from depthlab.training.loop import build_from_config, resolve_device, run_differences
+from depthlab.training.loop import train_or_stop as train
 
 SCALES = ("quick", "paper")
 # parameters every experiment understands, besides its own
@@ -22,17 +33,12 @@ COMMON_PARAMS = {"dataset": None, "recipe": None, "epochs": None, "set": ()}
 
 def list_experiments() -> List[dict]:
     """Name, title, source and expectation of every registered experiment."""
-    _load_all()
     out = []
     for name in EXPERIMENTS.names():
         e = EXPERIMENTS.get(name)
         out.append({"name": name, "title": e.title, "source": e.source, "expected": e.expected,
                     "scales": sorted(e.scales)})
     return out
-
-
-def _load_all() -> None:
-    import depthlab.experiments.catalog  # noqa: F401  (registers every experiment module)
 
 
 def resolve_params(exp: Experiment, scale: str, params: Optional[Dict[str, Any]] = None) -> dict:
@@ -52,8 +58,6 @@ def resolve_params(exp: Experiment, scale: str, params: Optional[Dict[str, Any]]
 
 def parse_params(items: Sequence[str]) -> Dict[str, Any]:
     """``["depths=[8,20]", "epochs=3"]`` -> dict; values parsed as YAML (``8,20`` becomes a list)."""
-    import yaml
-
     out = {}
     for item in items or ():
         if "=" not in item:
@@ -92,8 +96,6 @@ class Context:
 
     def load(self, row: dict, checkpoint: str = "last"):
         """``(model in eval mode, dataset)`` of a finished run, on the experiment's device."""
-        from depthlab.train import load_run
-
         model, data, *_ = load_run(self.run_dir(row), checkpoint=checkpoint, device=self.device)
         return model, data
 
@@ -112,8 +114,6 @@ class Context:
                 pass  # a damaged cache is recomputed
         t0 = time.perf_counter()
         value = fn()
-        from depthlab.train.checkpoint import atomic_write_text
-
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"stamp": stamp, "value": value, "seconds": time.perf_counter() - t0},
                                            default=_jsonable))
@@ -148,8 +148,6 @@ def _jsonable(o):
 def load_experiment_data(name: str, quiet: bool = True):
     """``(dataset, config name, note)``; CIFAR files that are absent (and cannot be downloaded here)
     fall back to CIFAR-shaped synthetic data, and the note says so."""
-    from depthlab.data import DataFileError, load_dataset
-
     try:
         return load_dataset(name), name, ""
     except DataFileError as e:
@@ -171,7 +169,6 @@ def reproduce(name: str, scale: str = "quick", seeds: int = 1, out: Optional[str
     """Run experiment ``name`` at ``scale`` over ``seeds`` seeds (0..seeds-1) into ``out``
     (default ``runs/reproduce/<name>[-paper]``). Finished runs are reused, interrupted ones resumed,
     ``fresh=True`` retrains everything. Returns the content of ``experiment.json`` (plus ``report``)."""
-    _load_all()
     exp: Experiment = EXPERIMENTS.get(name)()
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"seeds must be an int >= 1, got {seeds!r}")
@@ -210,8 +207,6 @@ def reproduce(name: str, scale: str = "quick", seeds: int = 1, out: Optional[str
            "data": {"name": data_name, "note": note}, "provenance": provenance(command, device, started, t0),
            "runs": ctx.results, "verdicts": findings.verdicts, "tables": findings.tables,
            "figures": findings.figures, "notes": findings.notes}
-    from depthlab.train.checkpoint import atomic_write_text
-
     atomic_write_text(out_dir / "experiment.json", json.dumps(doc, indent=1, default=_jsonable))
     if report:
         from depthlab.report import write_report
@@ -228,8 +223,6 @@ def _param_text(v) -> str:
 
 def _train_one(spec: RunSpec, seed: int, p: dict, data_name: str, dataset, out_dir: Path, device: str,
                fresh: bool, quiet: bool) -> dict:
-    from depthlab.train.loop import train_or_stop as train
-
     run_id = f"{spec.id}-s{seed}"
     base = [f"data.name={data_name}", f"train.seed={seed}", f"train.device={device}",
             f"out_dir={out_dir / 'runs'}", f"run_id={run_id}"]
@@ -278,10 +271,6 @@ def _finished(run_dir: Path, wanted: RunConfig) -> Optional[dict]:
     """The summary of a run that finished (or diverged), from its files; None if it needs (more)
     training. A run directory holding a different run (any set field or recipe value differs,
     device, threads and fast path aside) is an error that suggests ``--fresh``."""
-    from depthlab.train.checkpoint import read_jsonl
-    from depthlab.train.loop import run_differences
-    from depthlab.train.recipes import resolve_train
-
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         return None
@@ -306,10 +295,6 @@ def _finished(run_dir: Path, wanted: RunConfig) -> Optional[dict]:
 
 def _params_of(cfg: dict) -> Optional[int]:
     """Trainable parameters of a saved config's model, built on the meta device (no memory)."""
-    import torch
-
-    from depthlab.models import count_params
-    from depthlab.train.loop import build_from_config
 
     class _Shape:  # what build_from_config reads of a dataset
         num_classes = cfg["model"]["num_classes"]
@@ -323,8 +308,6 @@ def _params_of(cfg: dict) -> Optional[int]:
 
 
 def _seconds_per_epoch(run_dir: Path) -> Optional[float]:
-    from depthlab.train.checkpoint import read_jsonl
-
     secs = [r["seconds"] for r in read_jsonl(run_dir / "metrics.jsonl")
             if r.get("kind") == "epoch" and r.get("seconds") is not None]
     if not secs:
@@ -335,10 +318,6 @@ def _seconds_per_epoch(run_dir: Path) -> Optional[float]:
 
 def provenance(command: Optional[str], device: str, started: datetime, t0: float) -> dict:
     """What was run, where and when: command, commit, versions, device, time."""
-    import torch
-
-    from depthlab import __version__
-    from depthlab.train.loop import resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cuda":

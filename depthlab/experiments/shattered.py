@@ -23,8 +23,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from depthlab.experiments.base import (Experiment, Findings, compare, fmt_mean_sd, heatmap_figure, line_figure,
-                                       mean_sd, panels_figure, register, series, table, verdict)
+from depthlab.diagnostics.shattering import brown_noise, scalar_shattering, white_noise
+from depthlab.experiments.base import (
+    Experiment,
+    Findings,
+    compare,
+    fmt_mean_sd,
+    heatmap_figure,
+    line_figure,
+    mean_sd,
+    panels_figure,
+    register,
+    series,
+    table,
+    verdict,
+)
 
 NETS = ("shallow", "feedforward", "resnet", "brown", "white")
 
@@ -131,8 +144,6 @@ def measure_shattering(p: dict) -> dict:
     """Per sequence (NETS): gradients of init 0, lag-1 and mean ACF over lags 1..max_lag per init,
     ACF mean and sd up to max_lag, and the lag-1 sweep over depth; correlation matrices of the deep
     nets over ``corr_inits`` inits (every ``corr_stride``-th input)."""
-    from depthlab.diagnostics.shattering import brown_noise, scalar_shattering, white_noise
-
     n, inits, L = p["n_points"], p["num_inits"], p["max_lag"]
     common = dict(n_points=n, width=p["width"])
     nets = {"shallow": (1, False, p["shallow_batchnorm"]), "feedforward": (p["ff_depth"], False, p["batchnorm"]),

@@ -19,8 +19,23 @@ machine.
 """
 from __future__ import annotations
 
-from depthlab.experiments.base import (Experiment, Findings, RunSpec, bar_figure, compare, curves_figure,
-                                       fmt_mean_sd, mean_sd, register, table, verdict)
+import torch
+
+from depthlab.experiments.base import (
+    Experiment,
+    Findings,
+    RunSpec,
+    bar_figure,
+    compare,
+    curves_figure,
+    fmt_mean_sd,
+    mean_sd,
+    register,
+    table,
+    verdict,
+)
+from depthlab.methods import apply_stochastic_depth, expected_active_blocks
+from depthlab.models import build_model
 
 VARIANTS = ("constant", "stochastic")  # constant depth; stochastic depth with p_L = p["p_last"]
 
@@ -157,10 +172,6 @@ def _ratios(ctx, depth: int) -> list:
 
 def _active_blocks(depths, p_last: float) -> dict:
     """Per depth: residual blocks, expected active blocks (sum of p_l) and their fraction."""
-    import torch
-
-    from depthlab.methods import apply_stochastic_depth, expected_active_blocks
-    from depthlab.models import build_model
 
     out = {}
     for d in depths:

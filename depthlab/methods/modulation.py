@@ -1,6 +1,6 @@
 """Backward error modulation (Xie, Xiong, Pu 2017, "All You Need is Beyond a Good Init",
-arXiv 1703.01827; the exact rule and schedule are unverified, this is the rule as described in
-PAPERS.md and kept configurable).
+arXiv 1703.01827). The paper's exact rule and schedule were not available to us: this is a reading
+of its description (docs/methods.md), kept configurable.
 
 Motivated by a quasi-isometry assumption between consecutive parametric layers, the error that
 back-propagation delivers to each parametric layer (the gradient w.r.t. its output, ``delta_l``)
@@ -33,6 +33,9 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
+
+from depthlab.methods.base import TrainingMethod, positive, register
+from depthlab.registry import Option
 
 REFERENCES = ("top", "next")
 PARAMETRIC = (nn.modules.conv._ConvNd, nn.Linear)
@@ -178,3 +181,29 @@ def _rms(t: torch.Tensor) -> torch.Tensor:
     """RMS as a 0-dim tensor, accumulated in at least float32 (half-precision errors)."""
     dtype = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
     return torch.linalg.vector_norm(t, dtype=dtype) / math.sqrt(max(t.numel(), 1))
+
+
+@register
+class BackwardErrorModulation(TrainingMethod):
+    """Xie et al. 2017 (rule unverified): each parametric layer's backward error rescaled to the RMS
+    of a reference layer's, for the first ``modulation_epochs`` epochs (all when unset)."""
+
+    name = "modulation"
+    title = "backward error modulation: each layer's error rescaled to a reference RMS (rule is a reading)"
+    source = "Xie, Xiong, Pu 2017, arXiv 1703.01827"
+    options = {
+        "modulation": Option(str, None, "the reference layer; None: off", choices=REFERENCES),
+        "modulation_epochs": Option(int, None, "modulate only during the first N epochs; None: all",
+                                    check=positive),
+    }
+
+    def setup(self, model) -> None:
+        # record=False: nothing reads the per-layer profile during training
+        self.modulation = ErrorModulation(model, reference=self.cfg.modulation, record=False).attach()
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.cfg.modulation_epochs is not None:
+            self.modulation.active = epoch < self.cfg.modulation_epochs
+
+    def close(self) -> None:
+        self.modulation.detach()

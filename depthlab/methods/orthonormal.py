@@ -20,6 +20,9 @@ from typing import Dict, Iterable, List, Tuple, Union
 import torch
 from torch import nn
 
+from depthlab.methods.base import TrainingMethod, register
+from depthlab.registry import Option
+
 NamedWeights = List[Tuple[str, torch.Tensor]]
 
 
@@ -98,3 +101,32 @@ def _squared_residuals(weights: List[torch.Tensor]):
             gram = mats.transpose(-1, -2) @ mats  # (n, C_in k k, C_in k k)
         eye = torch.eye(gram.shape[-1], dtype=dtype, device=device)
         yield idx, (gram - eye).pow(2).sum(dim=(-2, -1))  # (n,)
+
+
+@register
+class Orthonormality(TrainingMethod):
+    """Xie et al. 2017: ``lambda/2 sum ||W W^T - I||_F^2`` over the conv weights, added to the loss."""
+
+    name = "orthonormal"
+    title = "orthonormality regulariser among conv filters (replaces weight decay on them)"
+    source = "Xie, Xiong, Pu 2017, arXiv 1703.01827"
+    options = {
+        "orthonormal": Option(float, 0.0, "lambda of the regulariser; 0: off",
+                              check=lambda v: None if v >= 0 else f"(lambda) must be >= 0, got {v}"),
+        "orthonormal_replaces_wd": Option(bool, True, "no weight decay on the regularised conv weights"),
+    }
+
+    def setup(self, model) -> None:
+        self.weights = orthonormal_weights(model)  # found once, not re-walked every step
+
+    def param_groups(self, model, groups: List[dict]) -> List[dict]:
+        """The paper uses the regulariser in place of weight decay: the regularised weights move to
+        a group of their own with ``weight_decay=0``."""
+        if not self.cfg.orthonormal_replaces_wd:
+            return groups
+        reg = {id(w) for _, w in self.weights}
+        out = [{**g, "params": [p for p in g["params"] if id(p) not in reg]} for g in groups]
+        return out + [{"params": [p for g in groups for p in g["params"] if id(p) in reg], "weight_decay": 0.0}]
+
+    def penalty(self, model):
+        return orthonormality_penalty(self.weights, self.cfg.orthonormal)

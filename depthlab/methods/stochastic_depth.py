@@ -16,11 +16,13 @@ module only computes and assigns the ``survival_prob`` of every block.
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import List, Optional
 
 from torch import nn
 
-DROP_MODES = ("batch", "sample")
+from depthlab.methods.base import TrainingMethod, register
+from depthlab.models.blocks import DROP_MODES
+from depthlab.registry import Option
 
 
 def survival_probs(num_blocks: int, p_last: float = 0.5) -> List[float]:
@@ -92,5 +94,28 @@ def _blocks(model: nn.Module) -> List[nn.Module]:
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
         raise ValueError(f"{type(model).__name__} has no non-empty 'blocks' ModuleList "
-                         f"(the depthlab model contract, DESIGN.md Sec. 4)")
+                         f"(the depthlab model contract, docs/design.md)")
     return list(blocks)
+
+
+def _p_last_problem(p) -> Optional[str]:
+    return None if 0.0 < p <= 1.0 else f"(p_L) must be in (0, 1], got {p}"
+
+
+@register
+class StochasticDepth(TrainingMethod):
+    """Huang et al. 2016: each residual block's branch survives with ``p_l`` (linear decay to p_L)."""
+
+    name = "stochastic_depth"
+    title = "stochastic depth: drop whole residual branches, survival linear in depth down to p_L"
+    source = "Huang, Sun, Liu, Sedra, Weinberger 2016, arXiv 1603.09382"
+    options = {
+        "stochastic_depth": Option(float, None, "p_L, the last block's survival probability (0.5 in the paper)",
+                                   check=_p_last_problem),
+        "stochastic_depth_mode": Option(str, "batch", "drop per mini-batch (the paper) or per sample",
+                                        choices=DROP_MODES),
+    }
+    skips_parameters = True  # a dropped branch's parameters get no gradient in that step
+
+    def configure(self, model) -> None:
+        apply_stochastic_depth(model, self.cfg.stochastic_depth, mode=self.cfg.stochastic_depth_mode)

@@ -4,7 +4,7 @@
     model = build_model("resnet56")                         # a preset
     model = build_model("plain", depth=110, num_classes=100)  # a family (default depth 20)
 
-Every model follows the contract of DESIGN.md Sec. 4 (``DepthNet``): ``stem``, ``blocks``,
+Every model follows the model contract of docs/design.md (``DepthNet``): ``stem``, ``blocks``,
 ``head``, ``forward_features``, ``taps()``, ``spec``, ``depth``; every block has ``branch``,
 ``shortcut``, ``enabled``, ``survival_prob`` and ``has_shortcut``.
 """
@@ -15,14 +15,21 @@ from typing import List
 import torch
 from torch import nn
 
-from depthlab.models.init import INITS, init_model_
-from depthlab.models.spec import (FAMILIES, MODELS, DepthRule, ModelSpec, UnknownOverrideError,
-                                  register_family, register_preset, resolve_spec)
+from depthlab.models import cifar, crelu, densenet, fixup, highway, imagenet, mnist, xie  # noqa: F401  (register families and presets)  # noqa: F401  (CReLU blocks; fixup-resnet family and presets)
 from depthlab.models.blocks import BasicBlock, Block, PreActBlock
+from depthlab.models.init import INITS, init_model_
 from depthlab.models.layers import ShortcutA, ShortcutB, shortcut_a
 from depthlab.models.net import DepthNet
-from depthlab.models import cifar, densenet, highway, imagenet, mnist, xie  # noqa: F401  (register families and presets)
-from depthlab.models import crelu, fixup  # noqa: F401  (CReLU blocks; fixup-resnet family and presets)
+from depthlab.models.spec import (
+    FAMILIES,
+    MODELS,
+    DepthRule,
+    ModelSpec,
+    UnknownOverrideError,
+    register_family,
+    register_preset,
+    resolve_spec,
+)
 
 __all__ = [
     "build_model", "list_models", "count_params", "model_summary", "resolve_spec",

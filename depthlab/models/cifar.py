@@ -30,9 +30,13 @@ from depthlab.models.crelu import CReLU, CReLUBlock, mark_after_crelu
 from depthlab.models.layers import conv3x3
 from depthlab.models.net import DepthNet
 from depthlab.models.spec import DepthRule, ModelSpec, register_family, register_preset
+from depthlab.registry import Option
 
 CIFAR_DEPTHS = DepthRule(step=6, offset=2)
 ACTIVATIONS = ("relu", "crelu", "linear")
+ACTIVATION = Option(str, "relu", "relu | crelu (with init looks-linear) | linear", choices=ACTIVATIONS)
+REZERO = Option(bool, False, "SkipInit/ReZero: branch * alpha, alpha = 0 at init")
+STAGE_BLOCKS = Option(str, None, "blocks per stage, e.g. '5,1,1' (depth = 2*sum+2)")
 
 
 def parse_stage_blocks(value) -> Optional[Tuple[int, int, int]]:
@@ -115,7 +119,7 @@ def cifar_stem(spec: ModelSpec, norm: bool = True, act=nn.ReLU) -> nn.Sequential
 
 @register_family("resnet", layout="cifar", residual=True, depths=CIFAR_DEPTHS, depth=20, width=16,
                  description="He et al. 2015 CIFAR ResNet, post-activation basic blocks",
-                 options=dict(activation="relu", rezero=False, stage_blocks=None), validate=validate_options,
+                 options=dict(activation=ACTIVATION, rezero=REZERO, stage_blocks=STAGE_BLOCKS), validate=validate_options,
                  depth_from_options=stage_blocks_depth)
 def cifar_resnet(spec: ModelSpec) -> DepthNet:
     if spec.options["activation"] == "crelu":
@@ -128,7 +132,7 @@ def cifar_resnet(spec: ModelSpec) -> DepthNet:
 
 @register_family("plain", layout="cifar", residual=False, depths=CIFAR_DEPTHS, depth=20, width=16,
                  description="He et al. 2015 CIFAR plain net: the ResNet without shortcut additions",
-                 options=dict(activation="relu", stage_blocks=None), validate=validate_options,
+                 options=dict(activation=ACTIVATION, stage_blocks=STAGE_BLOCKS), validate=validate_options,
                  depth_from_options=stage_blocks_depth)
 def cifar_plain(spec: ModelSpec) -> DepthNet:
     if spec.options["activation"] == "crelu":
@@ -140,7 +144,7 @@ def cifar_plain(spec: ModelSpec) -> DepthNet:
 
 @register_family("preact-resnet", layout="cifar", residual=True, depths=CIFAR_DEPTHS, depth=20, width=16,
                  description="He et al. 2016 pre-activation (identity-mapping) CIFAR ResNet",
-                 options=dict(rezero=False), validate=validate_options)
+                 options=dict(rezero=REZERO), validate=validate_options)
 def cifar_preact_resnet(spec: ModelSpec) -> DepthNet:
     stages = cifar_stages(spec, lambda c_in, c_out, s: _rezero(PreActBlock(c_in, c_out, s, spec.shortcut), spec))
     c = 4 * spec.width

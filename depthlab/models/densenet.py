@@ -37,6 +37,7 @@ from depthlab.models.blocks import Block
 from depthlab.models.layers import ShortcutA, conv1x1, conv3x3
 from depthlab.models.net import DepthNet
 from depthlab.models.spec import DepthRule, ModelSpec, register_family, register_preset
+from depthlab.registry import Option
 
 DENSENET_DEPTHS = DepthRule(step=3, offset=4)   # basic; BC additionally needs (depth - 4) % 6 == 0
 BC_DEPTHS = DepthRule(step=6, offset=4)
@@ -146,7 +147,9 @@ def validate_densenet(spec: ModelSpec) -> None:
 
 
 @register_family("densenet", layout="cifar", residual=True, depths=DENSENET_DEPTHS, depth=40, width=16,
-                 options=dict(growth_rate=12, bottleneck=False, compression=1.0), validate=validate_densenet,
+                 options=dict(growth_rate=Option(int, 12, "k, channels each dense layer adds"),
+                              bottleneck=Option(bool, False, "DenseNet-BC: 1x1 bottleneck layers"),
+                              compression=Option(float, 1.0, "transition compression (0.5 for BC)")), validate=validate_densenet,
                  description="Huang et al. 2017 CIFAR DenseNet / DenseNet-BC")
 def cifar_densenet(spec: ModelSpec) -> DepthNet:
     c = 2 * spec.options["growth_rate"] if spec.options["bottleneck"] else spec.width

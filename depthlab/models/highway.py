@@ -10,7 +10,7 @@ One highway layer (a depth unit in ``model.blocks``)::
     C(x) = shortcut(x)                               the carry path
     y    = T * H(x) + (1 - T) * C(x)                 computed as torch.lerp(C, H, T)
 
-Choices (DESIGN.md Sec. 6, "highway gate"):
+Choices (docs/methods.md, "highway gate"):
 - the gate conv is 3x3 with the layer's stride, the same receptive field and output size as H, so
   T can gate each output position on the same evidence H sees (Srivastava et al.'s convolutional
   highway layers use the same filter size for H and T); it adds a second conv per layer.
@@ -43,6 +43,7 @@ from depthlab.models.cifar import cifar_stem
 from depthlab.models.layers import conv3x3, make_shortcut
 from depthlab.models.net import DepthNet
 from depthlab.models.spec import DepthRule, ModelSpec, register_family, register_preset
+from depthlab.registry import Option
 
 HIGHWAY_DEPTHS = DepthRule(step=3, offset=2)
 DEFAULT_GATE_BIAS = -2.0
@@ -149,7 +150,9 @@ def validate_highway(spec: ModelSpec) -> None:
 
 
 @register_family("highway", layout="cifar", residual=True, depths=HIGHWAY_DEPTHS, depth=20, width=16,
-                 options=dict(gate_bias=DEFAULT_GATE_BIAS, gate_weight_scale=DEFAULT_GATE_WEIGHT_SCALE),
+                 options=dict(gate_bias=Option(float, DEFAULT_GATE_BIAS, "transform-gate bias at init (negative)"),
+                              gate_weight_scale=Option(float, DEFAULT_GATE_WEIGHT_SCALE,
+                                                       "gate conv weights = the init scheme's x this")),
                  validate=validate_highway,
                  description="Srivastava et al. 2015 convolutional highway network, CIFAR layout")
 def cifar_highway(spec: ModelSpec) -> DepthNet:

@@ -1,4 +1,4 @@
-"""``DepthNet``: the one network shell every family builds (the model contract, DESIGN.md Sec. 4).
+"""``DepthNet``: the one network shell every family builds (the model contract, docs/design.md).
 
     x -> stem -> blocks[0] -> ... -> blocks[-1] -> final -> forward_features(x) -> head -> logits
 

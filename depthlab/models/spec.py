@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from depthlab.models.init import INITS
-from depthlab.registry import Registry, UnknownNameError
+from depthlab.registry import Option, Registry, UnknownNameError
 
 FAMILIES = Registry("model family")
 MODELS = Registry("model")
@@ -98,8 +99,9 @@ def register_family(name: str, *, layout: str, residual: bool, depths: DepthRule
                     depth_from_options: Optional[Callable] = None, **defaults) -> Callable:
     """Decorator: register ``builder(spec) -> DepthNet`` as family ``name`` with its defaults.
 
-    ``options`` are family-specific override keys with their defaults (e.g. ``gate_bias=-2.0``);
-    they land in ``spec.options``. ``validate(spec)`` may raise ValueError for bad option values or
+    ``options`` are family-specific override keys: an ``Option`` (type, default, help) or a plain
+    default whose type is the option's (e.g. ``gate_bias=-2.0``); they land in ``spec.options`` and
+    become the config keys ``model.<key>`` (``model_options``). ``validate(spec)`` may raise ValueError for bad option values or
     combinations, naming the field and why. ``depth_from_options(options) -> int | None``: a depth
     the options fix (e.g. CIFAR ``stage_blocks``), which then replaces the depth rule: an unset depth
     is derived, a given one must agree (see ``resolve_spec``)."""
@@ -113,9 +115,38 @@ def register_family(name: str, *, layout: str, residual: bool, depths: DepthRule
     clash = set(options or {}) & set(OVERRIDES)
     if clash:
         raise ValueError(f"family {name!r}: options {sorted(clash)} shadow common overrides")
+    specs = {k: _as_option(name, k, v) for k, v in (options or {}).items()}
+    known = model_options()
+    for k, o in specs.items():
+        if k in known and known[k].type is not o.type:
+            raise ValueError(f"family {name!r}: option {k!r} is a {o.type.__name__} here but a "
+                             f"{known[k].type.__name__} in another family (one config key, one type)")
     return FAMILIES.register(name, layout=layout, residual=residual, depths=depths, defaults=merged,
-                             description=description, options=dict(options or {}), validate=validate,
-                           depth_from_options=depth_from_options)
+                             description=description, options={k: o.default for k, o in specs.items()},
+                             option_specs=specs, validate=validate, depth_from_options=depth_from_options)
+
+
+def _as_option(family: str, key: str, value: Any) -> Option:
+    if isinstance(value, Option):
+        return value
+    if value is None:
+        raise ValueError(f"family {family!r}: option {key!r} defaults to None; declare it as Option(type, None, help)")
+    return Option(type(value), value)
+
+
+def model_options() -> Dict[str, Option]:
+    """``{key: Option}`` of every family option, in registration order: the config keys
+    ``model.<key>`` beyond the common ones (each family rejects the options it does not have)."""
+    out: Dict[str, Option] = {}
+    for family in FAMILIES:
+        for k, o in FAMILIES.meta(family)["option_specs"].items():
+            out.setdefault(k, o)
+    return out
+
+
+def families_with(option: str) -> list:
+    """The families that take ``model.<option>``."""
+    return [f for f in FAMILIES if option in FAMILIES.meta(f)["options"]]
 
 
 def register_preset(name: str, family: str, description: str = "", **overrides) -> Preset:
@@ -130,9 +161,21 @@ def register_preset(name: str, family: str, description: str = "", **overrides) 
 def unknown_model_message(name: Any) -> str:
     valid = MODELS.names() + [f for f in FAMILIES.names() if f not in MODELS]
     close = difflib.get_close_matches(str(name), valid, n=3)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    hint = model_name_hint(name) + (f" Did you mean {', '.join(map(repr, close))}?" if close else "")
     return (f"unknown model {name!r}.{hint} Valid presets: {', '.join(MODELS.names())}. "
             f"Valid families: {', '.join(FAMILIES.names())}")
+
+
+def model_name_hint(name: Any) -> str:
+    """`` For family 'plain' at depth 8, set model.name=plain model.depth=8.`` for a name that is a
+    family and a depth without a preset (``plain8``), else empty."""
+    found = re.fullmatch(r"(.*?)-?(\d+)", str(name))
+    if not found or found.group(1) not in FAMILIES:
+        return ""
+    family, depth = found.group(1), int(found.group(2))
+    rule = FAMILIES.meta(family)["depths"]
+    valid = "" if rule.is_valid(depth) else f" ({rule.describe()})"
+    return f" For family {family!r} at depth {depth}, set model.name={family} model.depth={depth}{valid}."
 
 
 def resolve_spec(name: str, **overrides) -> ModelSpec:

@@ -11,6 +11,7 @@ parameter-free option-A shortcut (identity; subsample + zero-pad where the shape
 from __future__ import annotations
 
 from collections import OrderedDict
+
 from torch import nn
 
 from depthlab.models.blocks import Block

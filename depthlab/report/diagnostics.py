@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from depthlab.diagnosis import read_diagnostics
 from depthlab.report.plots import save_figure  # noqa: E402
 
 MAX_PANELS = 6
@@ -104,8 +105,6 @@ def _panel(ax, name: str, per_run: Dict[str, List[dict]]) -> None:
 
 def plot_diagnostics(run_dirs: List[str], out_dir, quantities=None) -> List[Path]:
     """One ``diagnostics_<quantity>.png`` per quantity found in the runs' diagnostics.jsonl."""
-    from depthlab.diagnostics.runner import read_diagnostics
-
     runs = {Path(d).name: read_diagnostics(d) for d in run_dirs}
     found = sorted({r["quantity"] for rs in runs.values() for r in rs})
     out_dir = Path(out_dir)

@@ -10,7 +10,9 @@ import json
 from pathlib import Path
 from typing import List
 
+from depthlab.report.diagnostics import plot_diagnostics
 from depthlab.report.figures import render
+from depthlab.report.figures import render as _render
 from depthlab.report.html import _page, _pct
 from depthlab.report.plots import read_metrics
 
@@ -140,9 +142,6 @@ def write_experiment_report(exp_dir) -> Path:
 def write_run_page(run_dir) -> Path:
     """``report.html`` for one run: config, training curves, metrics, and the diagnostics found in
     its diagnostics.jsonl (one figure per quantity)."""
-    from depthlab.report.diagnostics import plot_diagnostics
-    from depthlab.report.figures import render as _render
-
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
     rows = read_metrics(run_dir)

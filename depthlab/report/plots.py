@@ -9,11 +9,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from depthlab.fileio import read_jsonl
+
 
 def read_metrics(run_dir) -> List[dict]:
     """The per-epoch rows of a run's metrics.jsonl."""
-    from depthlab.train.checkpoint import read_jsonl
-
     return [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if r.get("kind") == "epoch"]
 
 

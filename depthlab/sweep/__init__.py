@@ -9,8 +9,8 @@ table (mean +- sd over seeds). See ``depthlab.sweep.spec`` for the file format a
 With the ``local`` executor, a script that calls ``run_sweep`` must guard it with
 ``if __name__ == "__main__":`` (workers are spawned, and re-import the main module).
 """
-from depthlab.sweep.run import Plan, plan_sweep, run_sweep
 from depthlab.sweep.ids import grid_points, point_id, point_ids, run_id
+from depthlab.sweep.run import Plan, plan_sweep, run_sweep
 from depthlab.sweep.spec import PlannedRun, SweepSpec, expand, load_spec
 
 __all__ = ["run_sweep", "plan_sweep", "Plan", "load_spec", "expand", "grid_points", "point_id", "point_ids", "run_id",

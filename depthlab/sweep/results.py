@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from depthlab.experiments.base import fmt_mean_sd, mean_sd
+from depthlab.experiments.base import bar_figure, fmt_mean_sd, mean_sd
+from depthlab.fileio import atomic_write_text
+from depthlab.report.pages import _dl, _page, _styled, _table
+from depthlab.report.pages import _figure as figure
 
 STATUSES = ("finished", "diverged", "failed", "interrupted")
 ACTIONS = ("trained", "resumed", "skipped", "not run")
@@ -88,8 +91,6 @@ def summary_line(doc: dict) -> str:
 
 def write_results(sweep_dir: Path, doc: dict) -> Dict[str, str]:
     """results.json, results.md and report.html in ``sweep_dir``; returns their paths."""
-    from depthlab.train.checkpoint import atomic_write_text
-
     sweep_dir = Path(sweep_dir)
     paths = {"json": sweep_dir / "results.json", "markdown": sweep_dir / "results.md",
              "html": sweep_dir / "report.html"}
@@ -133,8 +134,6 @@ def markdown(doc: dict) -> str:
 
 
 def report_html(doc: dict) -> str:
-    from depthlab.report.pages import _dl, _page, _styled, _table
-
     prov = doc.get("provenance", {})
     parts = []
     if doc.get("description"):
@@ -174,9 +173,6 @@ def _figure(doc: dict) -> str:
     groups = [g for g in doc["groups"] if g["test_acc"]["n"]]
     if not groups:
         return ""
-    from depthlab.experiments.base import bar_figure
-    from depthlab.report.pages import _figure as figure
-
     spec = bar_figure("test accuracy per grid point", "test accuracy (%)", [g["point_id"] for g in groups],
                       [100 * g["test_acc"]["mean"] for g in groups],
                       yerr=[100 * (g["test_acc"]["sd"] or 0.0) for g in groups],

@@ -10,6 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import List, Optional
 
+import torch
+
+from depthlab import __version__
+from depthlab.experiments.runner import _params_of, git_commit
+from depthlab.fileio import atomic_write_text, read_jsonl
 from depthlab.sweep.executors import execute, import_ray
 from depthlab.sweep.results import METRICS, aggregate, cell, counts, summary_line, write_results
 from depthlab.sweep.spec import PlannedRun, SweepSpec, expand, load_spec
@@ -65,8 +70,6 @@ def run_sweep(path_or_dict, executor: Optional[str] = None, workers: Optional[in
     """Run the sweep a YAML file (or dict) describes; returns what ``results.json`` holds, plus
     ``paths`` of results.json / results.md / report.html. Failed and diverged runs are recorded and
     the sweep goes on; finished runs are skipped, interrupted ones resumed."""
-    from depthlab.train.checkpoint import atomic_write_text
-
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     plan = plan_sweep(path_or_dict, executor=executor, workers=workers)
     spec = plan.spec
@@ -140,16 +143,12 @@ def _metrics_text(r: dict) -> str:
 
 
 def _epochs_done(run: PlannedRun) -> int:
-    from depthlab.train.checkpoint import read_jsonl
-
     rows = [r for r in read_jsonl(run.config.run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
     return rows[-1]["epoch"] if rows else 0
 
 
 def _params(run: PlannedRun, cache: dict) -> Optional[int]:
     """Parameter count of a skipped run (its saved config's model, built on the meta device)."""
-    from depthlab.experiments.runner import _params_of
-
     saved = json.loads((run.config.run_dir / "config.json").read_text())
     key = json.dumps([saved["model"], saved.get("methods")], sort_keys=True)
     if key not in cache:
@@ -158,10 +157,6 @@ def _params(run: PlannedRun, cache: dict) -> Optional[int]:
 
 
 def _document(spec: SweepSpec, plan: Plan, records: List[dict], command, started, t0) -> dict:
-    import torch
-
-    from depthlab import __version__
-    from depthlab.experiments.runner import git_commit
 
     if command is None:
         command = (f"depthlab sweep {spec.source_path}" if spec.source_path else "depthlab.sweep.run_sweep(<dict>)")

@@ -41,10 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import torch
 import yaml
 
 from depthlab.config import ConfigError, RunConfig, valid_keys
-from depthlab.sweep.ids import grid_points, point_ids, show as _show
+from depthlab.sweep.ids import grid_points, point_ids
+from depthlab.sweep.ids import show as _show
+from depthlab.training import build_from_config, validate_run
 
 EXECUTORS = ("local", "ray")
 TOP_KEYS = ("name", "description", "out_dir", "base_config", "base", "grid", "seeds", "executor", "workers",
@@ -245,7 +248,7 @@ def expand(spec: SweepSpec) -> List[PlannedRun]:
             d["train"] = {**(d["train"] or {}), "seed": seed, "threads": spec.threads_per_worker}
             d["out_dir"], d["run_id"] = str(runs_dir), rid
             try:
-                cfg = RunConfig.from_dict(d).validate()
+                cfg = validate_run(RunConfig.from_dict(d))
                 sig = json.dumps([cfg.to_dict()["model"], cfg.to_dict()["methods"]], sort_keys=True)
                 if sig not in checked:
                     _dry_build(cfg)
@@ -258,9 +261,6 @@ def expand(spec: SweepSpec) -> List[PlannedRun]:
 
 def _dry_build(cfg: RunConfig) -> None:
     """Build the model on the meta device (no memory, no data): catches bad depths and options."""
-    import torch
-
-    from depthlab.train.loop import build_from_config
 
     class _Shape:
         num_classes = cfg.model.num_classes or 10

@@ -11,6 +11,9 @@ import traceback
 from pathlib import Path
 
 from depthlab.config import ConfigError, RunConfig
+from depthlab.fileio import read_jsonl
+from depthlab.recipes import resolve_train
+from depthlab.training.loop import run_differences
 
 SKIP, RESUME, TRAIN = "skip", "resume", "train"
 METRIC_KEYS = ("epoch", "train_acc", "test_acc", "train_loss", "test_loss", "elapsed")
@@ -21,10 +24,6 @@ def existing_state(cfg: RunConfig) -> dict:
     run ``cfg`` describes. Finished runs (last epoch row == the configured epochs) and diverged runs
     are skipped; a run directory with a config.json and anything less is resumed. A directory that
     holds a *different* run (the sweep's base changed) is a ConfigError, raised before anything runs."""
-    from depthlab.train.checkpoint import read_jsonl
-    from depthlab.train.loop import run_differences
-    from depthlab.train.recipes import resolve_train
-
     run_dir = cfg.run_dir
     saved_path = run_dir / "config.json"
     if not saved_path.exists():
@@ -75,7 +74,7 @@ def run_task(task: dict) -> dict:
                 run_dir.rmdir()
         import torch
 
-        from depthlab.train import train
+        from depthlab.training import train
 
         torch.set_num_threads(task["threads"])
         summary = train(RunConfig.from_dict(task["config"]), resume=task["resume"], quiet=True)

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 from typing import Optional, Tuple
 
+import depthlab.training.checkpoint as ckpt
+from depthlab import fileio
 from depthlab.config import ConfigError, RunConfig
-from depthlab.train import checkpoint as ckpt
-from depthlab.train.loop import build_from_config, evaluate, resolve_device
+from depthlab.data import load_dataset
+from depthlab.training.loop import build_from_config, evaluate, resolve_device
 
 
 def checkpoint_path(run_dir: Path, checkpoint: str) -> Optional[Path]:
@@ -30,8 +32,6 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Optional[Path]:
 def load_run(run_dir, checkpoint: str = "last", device: str = "auto") -> Tuple:
     """``(model in eval mode, dataset on the device, config, epoch, checkpoint path)`` for a run
     directory; ``checkpoint="init"`` gives the model at initialisation (epoch 0, path None)."""
-    from depthlab.data import load_dataset
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
@@ -62,5 +62,5 @@ def evaluate_run(run_dir, checkpoint: str = "last", split: str = "test", device:
     loss, acc = evaluate(model, x, y)
     row = {"kind": "eval", "checkpoint": str(path), "epoch": epoch, "split": split,
            f"{split}_loss": loss, f"{split}_acc": acc}
-    ckpt.append_jsonl(Path(run_dir) / "metrics.jsonl", [row])
+    fileio.append_jsonl(Path(run_dir) / "metrics.jsonl", [row])
     return row

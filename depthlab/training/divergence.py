@@ -27,14 +27,14 @@ def _leaf_modules(model):
 def find_divergence(model, make_step: Callable, restore: Callable[[], tuple], loader, steps_per_epoch: int,
                     end_step: int, shard: Callable) -> dict:
     """Replay from the checkpoint ``restore()`` loads (it returns its ``(epoch, step)``) up to
-    global step ``end_step``; ``make_step(after_backward)`` builds the training step."""
+    global step ``end_step``; ``make_step(observer)`` builds the training step, with ``observer(step)`` called after backward."""
     epoch, step = restore()
     start = epoch * steps_per_epoch + step
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     names = [n for n, _ in named]
     record: dict = {}
 
-    def after_backward():
+    def after_backward(step):
         grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for _, p in named]
         record["norms"] = torch.stack([g.float().norm() for g in grads]).cpu()
 
@@ -62,7 +62,7 @@ def find_divergence(model, make_step: Callable, restore: Callable[[], tuple], lo
                 continue
             first_bad_output.clear()
             xb, yb, n = shard(xb, yb)
-            loss, _ = step_fn(xb, yb, n_global=n)
+            loss, _ = step_fn(xb, yb, n_global=n, step=g)
             g += 1
             loss_v, norms = float(loss), record["norms"]
             if baseline is None:

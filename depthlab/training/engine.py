@@ -1,4 +1,4 @@
-"""The epoch loop of ``depthlab.train``: steps without host syncs, a check for a non-finite loss
+"""The epoch loop of ``depthlab.training``: steps without host syncs, a check for a non-finite loss
 every ``train.check_every`` steps, per-epoch metrics, evaluation and atomic checkpoints, a clean
 stop on SIGINT/SIGTERM (a checkpoint of the exact position), divergence diagnosis, and rank-0-only
 writing in data-parallel runs. ``loop.train`` sets up a ``Training`` and calls ``run``."""
@@ -11,16 +11,17 @@ from typing import Any, Optional
 
 import torch
 
-from depthlab.train import checkpoint as ckpt
-from depthlab.train.divergence import find_divergence
-from depthlab.train.methods import fill_momentum_buffers
+import depthlab.training.checkpoint as ckpt
+from depthlab import fileio
+from depthlab.training.divergence import find_divergence
+from depthlab.training.methods import fill_momentum_buffers
 
 
 class NoDiagnostics:
     """Ranks other than 0 run no diagnostics (rank 0 writes them)."""
 
     def run(self, epoch): pass
-    def after_step(self): pass
+    def after_step(self, step): pass
     def end_epoch(self, epoch): pass
     def state(self): return None
     def load_state(self, state): pass
@@ -31,7 +32,7 @@ class NoDiagnostics:
 class Training:
     cfg: Any
     model: Any            # the module (unwrapped): state dicts, diagnostics, evaluation
-    make_step: Any        # after_backward -> step(x, y, n_global)
+    make_step: Any        # observer -> step(x, y, n_global, step)
     opt: Any
     sched: Any
     loader: Any
@@ -54,6 +55,9 @@ class Training:
         s = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
              "scheduler": self.sched.state_dict(), "rng": ckpt.rng_state(), "epoch": epoch, "step": step,
              "best_val": self.best_val, "elapsed": self.elapsed}
+        methods = self.methods.state_dict()
+        if methods:
+            s["methods"] = methods
         if partial is not None:
             s["partial"] = partial
             s["diagnostics"] = self.diags.state()
@@ -67,6 +71,7 @@ class Training:
         ckpt.set_rng_state(state["rng"])
         self.best_val, self.elapsed = state.get("best_val", -1.0), state.get("elapsed", 0.0)
         self.partial = state.get("partial")
+        self.methods.load_state_dict(state.get("methods", {}))
         if state.get("diagnostics") is not None:
             self.diags.load_state(state["diagnostics"])
         return int(state["epoch"]), int(state.get("step", 0))
@@ -79,7 +84,7 @@ class Training:
 
     def write_row(self, row: dict, show: bool = True) -> None:
         if self.dist.is_main:
-            ckpt.append_jsonl(self.cfg.run_dir / "metrics.jsonl", [row])
+            fileio.append_jsonl(self.cfg.run_dir / "metrics.jsonl", [row])
             self.tb.epoch(row)
         if show:
             self.progress.epoch_done(row)
@@ -102,7 +107,7 @@ class Training:
             done = first
             for xb, yb in self.loader.batches(epoch, start=first):
                 xb, yb, n = dist.shard(xb, yb)
-                loss, out = step(xb, yb, n_global=n)
+                loss, out = step(xb, yb, n_global=n, step=epoch * spe + done)
                 loss_sum += loss * len(yb)
                 correct += (out.argmax(1) == yb).sum()
                 seen += len(yb)
@@ -140,7 +145,7 @@ class Training:
             if dist.is_main and t.keep_best and row.get("val_acc", -1.0) > self.best_val:
                 self.best_val = row["val_acc"]
                 state = self.state(epoch + 1)
-                ckpt.atomic_write_bytes(self.cfg.run_dir / "checkpoints" / "best.pt", lambda f: torch.save(state, f))
+                fileio.atomic_write_bytes(self.cfg.run_dir / "checkpoints" / "best.pt", lambda f: torch.save(state, f))
             self.save(epoch + 1)
             self.diags.end_epoch(epoch + 1)
             self.diags.run(epoch + 1)  # after the checkpoint: a diagnostic's cost never risks the epoch's work

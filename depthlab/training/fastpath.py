@@ -19,15 +19,12 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from contextlib import nullcontext
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from depthlab.config import ConfigError
-
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
-OPTIMIZER_IMPLS = ("auto", "foreach", "fused", "for-loop")
 
 # What None / "auto" resolve to. cpu: measured (docs/performance.md, "Fast-path ablation"); bf16
 # is opt-in there although it is faster on CPUs with native bf16, so that one command gives the
@@ -110,21 +107,28 @@ def prepare_model(model, t, device: torch.device):
 
 class FastStep:
     """``step(x, y) -> (loss, logits)``, both detached device tensors: forward under autocast,
-    cross-entropy in float32 plus an optional penalty, zero_grad, backward, an optional hook
-    after backward (gradient tracking), optimizer step, scheduler step. No host sync."""
+    cross-entropy in float32 plus the methods' penalty, zero_grad, backward, the after-backward
+    hooks, optimizer step, scheduler step. No host sync. The hook points, in order:
+
+    ``penalty()``: a loss term (the training methods'), or None;
+    ``after_backward``: callables ``hook(step)`` with the 0-based global step, called in order
+    after ``backward`` and before ``optimizer.step()`` (observers such as the gradient tracker
+    first, then the methods that change gradients, such as clipping)."""
 
     def __init__(self, forward, opt, t, device: torch.device, sched=None,
                  penalty: Optional[Callable[[], Optional[torch.Tensor]]] = None,
-                 after_backward: Optional[Callable[[], None]] = None):
+                 after_backward: Sequence[Callable[[int], None]] = ()):
         self.forward, self.opt, self.sched = forward, opt, sched
-        self.penalty, self.after_backward = penalty, after_backward
+        self.penalty, self.after_backward = penalty, [h for h in after_backward if h is not None]
         self.channels_last = bool(t.channels_last)
         self.autocast = autocast_factory(device, bool(t.bf16))
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, n_global: Optional[int] = None, world: int = 1):
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, n_global: Optional[int] = None, world: int = 1,
+                 step: int = 0):
         """``n_global``, ``world``: in data-parallel training ``(x, y)`` is this rank's shard of a
         global batch of ``n_global``; its loss is scaled so that DDP's gradient average is the
-        global batch's mean gradient. The returned loss is the shard's mean either way."""
+        global batch's mean gradient. The returned loss is the shard's mean either way. ``step``:
+        the global step, for the hooks."""
         x = to_layout(x, self.channels_last)
         with self.autocast():
             out = self.forward(x)
@@ -136,8 +140,8 @@ class FastStep:
         penalty = self.penalty() if self.penalty is not None else None
         self.opt.zero_grad(set_to_none=True)
         (objective if penalty is None else objective + penalty).backward()
-        if self.after_backward is not None:
-            self.after_backward()
+        for hook in self.after_backward:
+            hook(step)
         self.opt.step()
         if self.sched is not None:
             self.sched.step()

@@ -9,27 +9,25 @@ or ``init`` (before step 0 only); e.g. ``gradient_flow@1,discriminability@log,le
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import torch
 
-RULES = ("N (every N epochs)", "log", "last", "init")
+from depthlab.config import ConfigError, RunConfig, parse_schedule
+from depthlab.diagnostics import DIAGNOSTICS
+from depthlab.diagnostics.gradient_flow import GradientFlowTracker
+from depthlab.fileio import append_jsonl
+from depthlab.training.checkpoint import rng_state, set_rng_state
 
 
-def parse_schedule(spec: str) -> Dict[str, str]:
-    """``"a@2,b@log,c"`` -> ``{"a": "2", "b": "log", "c": "1"}``; names and rules validated."""
-    from depthlab.diagnostics import resolve_quantities
-
-    out = {}
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        name, _, rule = item.partition("@")
-        rule = rule or "1"
-        if not (rule in ("log", "last", "init") or (rule.isdigit() and int(rule) > 0)):
-            raise ValueError(f"diagnostics.quantities: rule {rule!r} for {name!r} is not valid; "
-                             f"use one of {', '.join(RULES)}")
-        resolve_quantities([name])
-        out[name] = rule
-    return out
+def validate_run(cfg: RunConfig) -> RunConfig:
+    """``cfg.validate()`` plus the names in ``diagnostics.quantities`` (the diagnostics registry sits
+    beside the config, not below it): everything a run needs checked before anything is written."""
+    cfg.validate()
+    for name in parse_schedule(cfg.diagnostics.quantities or ""):
+        if name not in DIAGNOSTICS:
+            raise ConfigError(f"diagnostics.quantities: {DIAGNOSTICS.unknown_message(name)}")
+    return cfg
 
 
 def due(rule: str, epoch: int, last_epoch: int) -> bool:
@@ -56,8 +54,6 @@ class TrainingDiagnostics:
         self.schedule = parse_schedule(self.cfg.quantities or "")
         self.tracker, self._history = None, []
         if self.cfg.track_gradients:
-            from depthlab.diagnostics.gradient_flow import GradientFlowTracker
-
             self.tracker = GradientFlowTracker(model)
             self.tracker.attach()
 
@@ -67,9 +63,6 @@ class TrainingDiagnostics:
                  if due(rule, epoch, self.last_epoch) or (epoch == 0 and self.cfg.at_init)]
         if not names:
             return
-        from depthlab.diagnostics import DIAGNOSTICS
-        from depthlab.train.checkpoint import rng_state, set_rng_state
-
         was_training, rng = self.model.training, rng_state()
         rows = []
         try:
@@ -81,7 +74,7 @@ class TrainingDiagnostics:
             set_rng_state(rng)
         self._write(rows)
 
-    def after_step(self) -> None:
+    def after_step(self, step: int) -> None:
         if self.tracker is not None:
             self._history.append(self.tracker.read())  # on device; no sync
 
@@ -110,8 +103,6 @@ class TrainingDiagnostics:
             self.tracker.detach()
 
     def _write(self, rows: List[dict]) -> None:
-        from depthlab.train.checkpoint import append_jsonl
-
         append_jsonl(self.path, rows)
         if self.tensorboard is not None:
             self.tensorboard.diagnostics(rows)

@@ -14,16 +14,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from depthlab.config import MODEL_OPTIONS, ConfigError, RunConfig
-from depthlab.train import checkpoint as ckpt
-from depthlab.train.diag_schedule import TrainingDiagnostics
-from depthlab.train.engine import NoDiagnostics, Training
-from depthlab.train.fastpath import (FastStep, autocast_factory, prepare_model,
-                                     resolve_fast_path)
-from depthlab.train.methods import TrainingMethods, make_optimizer
-from depthlab.train.progress import Progress
-from depthlab.train.recipes import RECIPES, resolve_train
-from depthlab.train.tensorboard import TensorBoardLog
+import depthlab.training.checkpoint as ckpt
+from depthlab import fileio
+from depthlab.config import ConfigError, RunConfig
+from depthlab.data import DeviceLoader, load_dataset
+from depthlab.models import build_model, count_params
+from depthlab.models.spec import OVERRIDES, model_options
+from depthlab.recipes import RECIPES, resolve_train
+from depthlab.training.diag_schedule import TrainingDiagnostics, validate_run
+from depthlab.training.distributed import Dist
+from depthlab.training.engine import NoDiagnostics, Training
+from depthlab.training.fastpath import FastStep, autocast_factory, prepare_model, resolve_fast_path
+from depthlab.training.methods import TrainingMethods, make_optimizer
+from depthlab.training.progress import Progress
+from depthlab.training.safety import RunLock, StopSignals
+from depthlab.training.tensorboard import TensorBoardLog
 
 # Fields that may change when a run is resumed (everything else must match the saved config).
 # The fast-path fields change how a step runs, not the run (bf16 only within rounding).
@@ -55,21 +60,17 @@ def seed_everything(seed: int) -> None:
 
 
 def build_from_config(cfg: RunConfig, dataset):
-    """Build the model a (partly unresolved) config describes, for ``dataset``, with the methods
-    that change the model itself (stochastic depth's survival probabilities) applied."""
-    from depthlab.models import build_model
-
+    """Build the model a (partly unresolved) config describes, for ``dataset``, with what the
+    training methods change in the model itself applied (stochastic depth's survival
+    probabilities): wherever a run's model is built (training, eval, diagnose) it is this one."""
     m = cfg.model
-    keys = ("depth", "width", "shortcut", "init") + MODEL_OPTIONS
+    keys = [k for k in OVERRIDES if k not in ("num_classes", "in_channels")] + list(model_options())
     overrides = {k: getattr(m, k) for k in keys if getattr(m, k) is not None}
-    if m.zero_init_residual:
-        overrides["zero_init_residual"] = True
+    if not m.zero_init_residual:
+        overrides.pop("zero_init_residual", None)
     model = build_model(m.name, num_classes=m.num_classes or dataset.num_classes,
                         in_channels=m.in_channels or dataset.in_channels, **overrides)
-    if cfg.methods.stochastic_depth is not None:
-        from depthlab.methods import apply_stochastic_depth
-
-        apply_stochastic_depth(model, cfg.methods.stochastic_depth, mode=cfg.methods.stochastic_depth_mode)
+    TrainingMethods(cfg.methods).configure(model)
     return model
 
 
@@ -79,7 +80,7 @@ def resolve_config(cfg: RunConfig, model, dataset) -> RunConfig:
     depth = getattr(model, "depth", None) or getattr(spec, "depth", 0)
     options = dict(getattr(spec, "options", {}) or {})
     model_cfg = dataclasses.replace(
-        cfg.model, depth=depth, **{k: options[k] for k in MODEL_OPTIONS if k in options},
+        cfg.model, depth=depth, **{k: options[k] for k in model_options() if k in options},
         width=cfg.model.width if cfg.model.width is not None else getattr(spec, "width", None),
         shortcut=cfg.model.shortcut if cfg.model.shortcut is not None else getattr(spec, "shortcut", None),
         init=cfg.model.init if cfg.model.init is not None else getattr(spec, "init", None),
@@ -162,10 +163,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quie
     """Train the run ``cfg`` describes; returns a summary dict (also the last line of metrics) with
     ``status`` finished, diverged or interrupted (SIGINT/SIGTERM: a checkpoint of the exact
     position was saved; ``resume=True`` continues from it)."""
-    from depthlab.train.distributed import Dist
-    from depthlab.train.safety import RunLock, StopSignals
-
-    cfg.validate()
+    validate_run(cfg)
     dist = Dist()
     device = dist.start(resolve_device(cfg.train.device))
     lock = RunLock(cfg.run_dir) if dist.is_main else None
@@ -191,9 +189,6 @@ def train_or_stop(cfg: RunConfig, **kwargs) -> dict:
 
 
 def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
-    from depthlab.data import DeviceLoader, load_dataset
-    from depthlab.models import count_params
-
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.deterministic:
@@ -215,7 +210,7 @@ def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         for stale in (run_dir / "checkpoints").glob(".*.tmp"):  # a write cut short by a crash
             stale.unlink()
-        ckpt.atomic_write_text(run_dir / "config.json", cfg.to_json())  # before step 0
+        fileio.atomic_write_text(run_dir / "config.json", cfg.to_json())  # before step 0
     saved = dist.broadcast_object(saved is not None)
 
     forward = prepare_model(model, t, device)
@@ -224,24 +219,28 @@ def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
                           augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, seed=t.seed)
     spe = len(loader)
     total_steps = t.epochs * spe
-    forward = dist.wrap(forward, t.sync_bn, find_unused=cfg.methods.stochastic_depth is not None, device=device)
-    opt = make_optimizer(model, t, cfg.methods)
+    methods = TrainingMethods(cfg.methods)
+    methods.setup(model)
+    forward = dist.wrap(forward, t.sync_bn, find_unused=methods.skips_parameters, device=device)
+    opt = make_optimizer(model, t, methods)
     factor = RECIPES.get(t.recipe).lr_factor(total_steps, t.warmup_iters, t.warmup_lr, t.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
     n_params = count_params(model)
     summary = {"run_dir": str(run_dir), "model": cfg.model.name, "depth": cfg.model.depth,
                "params": n_params, "status": "running", "epoch": 0}
-    methods = TrainingMethods(model, cfg.methods)
     tb = TensorBoardLog(run_dir / "tensorboard", purge_step=0)
     diags = TrainingDiagnostics(cfg, model, dataset, run_dir, spe, tensorboard=tb) if dist.is_main else NoDiagnostics()
     progress = Progress(total=total_steps, done=0, quiet=quiet,
                         title=f"{cfg.resolved_run_id} ({n_params:,} params, {device}"
                               + (f", {dist.world} processes)" if dist.active else ")"))
 
-    def make_step(after_backward):
-        fs = FastStep(forward, opt, t, device, sched=sched, penalty=methods.penalty, after_backward=after_backward)
-        return lambda x, y, n_global: fs(x, y, n_global=n_global, world=dist.world)
+    def make_step(observer):
+        """The training step, with ``observer(step)`` (gradient tracking, a divergence replay's
+        recorder) reading the gradients after backward, before the methods change them."""
+        fs = FastStep(forward, opt, t, device, sched=sched, penalty=lambda: methods.penalty(model),
+                      after_backward=[observer, lambda step: methods.after_backward(model, step)])
+        return lambda x, y, n_global, step: fs(x, y, n_global=n_global, world=dist.world, step=step)
 
     run = Training(cfg=cfg, model=model, make_step=make_step, opt=opt, sched=sched, loader=loader, dataset=dataset,
                    methods=methods, diags=diags, progress=progress, tb=tb, autocast=autocast, dist=dist, stop=stop,
@@ -280,10 +279,10 @@ def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
 def _truncate_metrics(path: Path, epoch: int) -> None:
     """Drop epoch lines (metrics, or diagnostics written during training) past the checkpoint we
     resume from, so the logs match the weights."""
-    rows = [r for r in ckpt.read_jsonl(path) if not (r.get("kind", "epoch") == "epoch" and r.get("epoch", 0) > epoch)]
-    ckpt.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    rows = [r for r in fileio.read_jsonl(path) if not (r.get("kind", "epoch") == "epoch" and r.get("epoch", 0) > epoch)]
+    fileio.write_jsonl(path, rows)
 
 
 def _last_metrics(path: Path) -> dict:
-    rows = [r for r in ckpt.read_jsonl(path) if r.get("kind") == "epoch"]
+    rows = [r for r in fileio.read_jsonl(path) if r.get("kind") == "epoch"]
     return rows[-1] if rows else {}

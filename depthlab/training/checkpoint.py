@@ -8,61 +8,22 @@ interrupted run's checkpoint). The latest is the furthest position.
 """
 from __future__ import annotations
 
-import json
-import os
 import pickle
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from depthlab.fileio import atomic_write_bytes
+
 _NAME = re.compile(r"epoch_(\d{4,})(?:_step_(\d+))?\.pt$")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be trusted or read; the message names the file."""
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)  # the rename itself survives a power loss
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # platforms without directory handles (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def rng_state() -> dict:
@@ -137,24 +98,3 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         first = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0]
         raise CheckpointError(f"checkpoint {str(path)!r} is unreadable (truncated or not a torch file): "
                               f"{first}") from None
-
-
-def append_jsonl(path: Path, rows) -> None:
-    """Append one JSON line per row (metrics.jsonl, diagnostics.jsonl)."""
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
-        f.flush()
-
-
-def read_jsonl(path: Path) -> list:
-    """Every row of a JSON-lines file; a line cut by a crash mid-write is skipped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
