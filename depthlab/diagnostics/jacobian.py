@@ -45,9 +45,12 @@ class JacobianSpectrum:
     condition_number: List[float]
 
     def records(self) -> List[dict]:
-        return [record(QUANTITY, "singular_values", self.singular_values),
-                record(QUANTITY, "mean_squared_singular_value", self.mean_squared_singular_value),
-                record(QUANTITY, "condition_number", self.condition_number)]
+        ranks = len(self.singular_values[0]) if self.singular_values else 0
+        inputs = {"x": list(range(len(self.condition_number))), "x_label": "input (row of data.test_x)"}
+        return [record(QUANTITY, "singular_values", self.singular_values, x=list(range(1, ranks + 1)),
+                       x_label="rank of the singular value (1 = largest)", x_axis=1),  # one curve per input
+                record(QUANTITY, "mean_squared_singular_value", self.mean_squared_singular_value, **inputs),
+                record(QUANTITY, "condition_number", self.condition_number, **inputs)]
 
 
 def _single(model: nn.Module, x: torch.Tensor):

@@ -40,6 +40,8 @@ from depthlab.diagnostics.common import eval_mode as _eval_mode
 from depthlab.diagnostics.registry import DIAGNOSTICS, record
 
 QUANTITY = "lesion"
+DELETE_K = "k (blocks deleted)"                       # the axis of the *_delete_k records
+SWAP_K = "k (pairs of same-shape blocks swapped)"     # the axis of the *_swap_k records
 
 __all__ = ["compute", "lesion_study", "error_rate", "blocks_disabled", "blocks_permuted",
            "block_shapes", "kendall_tau", "swap_order", "restored_blocks"]
@@ -240,7 +242,8 @@ def compute(model: nn.Module, data, **options) -> List[dict]:
     deleted alone), ``downsampling`` (bool) and ``same_shape`` (bool); layer None:
     ``error_delete_k`` (list over k = 1.. of the per-sample errors), ``error_delete_k_mean``
     (list over k), ``error_swap_k``, ``kendall_tau_swap_k`` (lists over k of per-sample values)
-    and ``error_swap_k_mean``. Options: those of ``lesion_study``."""
+    and ``error_swap_k_mean``; each of those carries its k values as ``x``. Options: those of
+    ``lesion_study``."""
     r = lesion_study(model, data, **options)
     records = [record(QUANTITY, "intact_error", r["intact_error"])]
     for b in r["blocks"]:
@@ -248,10 +251,12 @@ def compute(model: nn.Module, data, **options) -> List[dict]:
         records.append(record(QUANTITY, "downsampling", bool(b["downsampling"]), b["name"]))
         records.append(record(QUANTITY, "same_shape", bool(b["same_shape"]), b["name"]))
     if r["delete_k"]:
-        records.append(record(QUANTITY, "error_delete_k", [d["errors"] for d in r["delete_k"]]))
-        records.append(record(QUANTITY, "error_delete_k_mean", [d["mean_error"] for d in r["delete_k"]]))
+        axis = {"x": [d["k"] for d in r["delete_k"]], "x_label": DELETE_K}
+        records.append(record(QUANTITY, "error_delete_k", [d["errors"] for d in r["delete_k"]], **axis))
+        records.append(record(QUANTITY, "error_delete_k_mean", [d["mean_error"] for d in r["delete_k"]], **axis))
     if r["swap_k"]:
-        records.append(record(QUANTITY, "error_swap_k", [d["errors"] for d in r["swap_k"]]))
-        records.append(record(QUANTITY, "kendall_tau_swap_k", [d["kendall_tau"] for d in r["swap_k"]]))
-        records.append(record(QUANTITY, "error_swap_k_mean", [d["mean_error"] for d in r["swap_k"]]))
+        axis = {"x": [d["k"] for d in r["swap_k"]], "x_label": SWAP_K}
+        records.append(record(QUANTITY, "error_swap_k", [d["errors"] for d in r["swap_k"]], **axis))
+        records.append(record(QUANTITY, "kendall_tau_swap_k", [d["kendall_tau"] for d in r["swap_k"]], **axis))
+        records.append(record(QUANTITY, "error_swap_k_mean", [d["mean_error"] for d in r["swap_k"]], **axis))
     return records

@@ -183,7 +183,8 @@ def compute(model: nn.Module, data, batch_size: int = 32, ks: Optional[Sequence[
             mass: float = 0.9, **unknown) -> list:
     """``path_gradients`` on the first ``batch_size`` test examples (``data.test_x/test_y``).
     Records (layer None): ``ks``, ``magnitude``, ``magnitude_sd``, ``counts``, ``contribution``,
-    ``distribution``, ``effective_range`` ([k_lo, k_hi]), ``num_blocks``."""
+    ``distribution``, ``effective_range`` ([k_lo, k_hi]), ``num_blocks``; the per-k lists carry
+    ``ks`` as ``x``."""
     if unknown:
         raise TypeError(f"paths: unknown options {sorted(unknown)}; valid: batch_size, ks, num_samples, "
                         "seed, mode, target, mass")
@@ -192,8 +193,11 @@ def compute(model: nn.Module, data, batch_size: int = 32, ks: Optional[Sequence[
         raise ValueError("paths needs data.test_x")
     x, y = x[:batch_size], (None if y is None else y[:batch_size])
     r = path_gradients(model, x, y, ks, num_samples, seed, mode, target, mass)
+    axis = {"x": r["ks"], "x_label": "k (path length: residual branches on the path)"}
     return [record(QUANTITY, "num_blocks", float(r["n"])), record(QUANTITY, "ks", r["ks"]),
-            record(QUANTITY, "magnitude", r["magnitude"]), record(QUANTITY, "magnitude_sd", r["magnitude_sd"]),
-            record(QUANTITY, "counts", r["counts"]), record(QUANTITY, "contribution", r["contribution"]),
-            record(QUANTITY, "distribution", r["distribution"]),
-            record(QUANTITY, "effective_range", list(r["effective_range"]))]
+            record(QUANTITY, "magnitude", r["magnitude"], **axis),
+            record(QUANTITY, "magnitude_sd", r["magnitude_sd"], **axis),
+            record(QUANTITY, "counts", r["counts"], **axis), record(QUANTITY, "contribution", r["contribution"], **axis),
+            record(QUANTITY, "distribution", r["distribution"], **axis),
+            record(QUANTITY, "effective_range", list(r["effective_range"]), x=["k_lo", "k_hi"],
+                   x_label=f"ends of the shortest k range holding {mass:.0%} of the contribution")]

@@ -291,6 +291,8 @@ def compute(model: nn.Module, data, num_directions: int = 4, n_points: int = 256
     runs = [line_shattering(model, test_x[index], n_points=n_points, scale=scale, seed=seed + r)
             for r in range(int(num_directions))]
     s = summarise(np.stack([r["gradients"] for r in runs]))
-    return [record(QUANTITY, "lag1", s["lag1"]), record(QUANTITY, "lag1_mean", s["lag1_mean"]),
-            record(QUANTITY, "lag1_sd", s["lag1_sd"]), record(QUANTITY, "acf_mean", s["acf_mean"]),
-            record(QUANTITY, "acf_sd", s["acf_sd"])]
+    directions = {"x": list(range(int(num_directions))), "x_label": "direction (random unit vector)"}
+    lags = {"x": list(range(len(s["acf_mean"]))), "x_label": "lag (steps between points on the line)"}
+    return [record(QUANTITY, "lag1", s["lag1"], **directions), record(QUANTITY, "lag1_mean", s["lag1_mean"]),
+            record(QUANTITY, "lag1_sd", s["lag1_sd"]), record(QUANTITY, "acf_mean", s["acf_mean"], **lags),
+            record(QUANTITY, "acf_sd", s["acf_sd"], **lags)]

@@ -1,13 +1,20 @@
 """One PNG per diagnostic quantity, drawn from ``diagnostics.jsonl`` files only (never recomputed).
 
-Records are grouped by ``name``; per-layer scalars become a line over the layers (one line per run),
-unlabelled sequences a line over their index, unlabelled scalars a bar per run, matrices an image.
+Records are grouped by ``name``; per-layer scalars become a line over the layers (one line per run,
+the layer names as tick labels), sequences a line over their ``x`` (with the record's ``x_label``;
+records without one, e.g. from older files, over their index), per-sample lists along ``x`` a mean
+with sd bars, one curve per input (``x_axis: 1``) a mean with a min-max band, unlabelled scalars a
+bar per run, square matrices an image. A spread record shares its mean's panel as sd bars
+(``X_mean`` with the per-sample ``X`` or with ``X_sd``; ``X`` with ``X_sd``), and a record that is
+only the ``x`` of others (paths' ``ks``) gets no panel; records without ``x`` (older files) are
+drawn as they always were.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import matplotlib
 
@@ -15,10 +22,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from depthlab.diagnosis import read_diagnostics
+from depthlab.diagnosis import read_diagnostics  # noqa: E402
 from depthlab.report.plots import save_figure  # noqa: E402
 
 MAX_PANELS = 6
+MAX_TICK_LABELS = 28  # layer names beyond this are thinned (every 2nd, 3rd, ... name shown)
 
 
 def _latest(records: List[dict]) -> List[dict]:
@@ -35,12 +43,23 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _numbers(v) -> bool:
+    """A non-empty list of numbers; ``None`` (a non-finite value in strict JSON) counts as a gap."""
+    return isinstance(v, list) and any(_is_num(x) for x in v) and all(_is_num(x) or x is None for x in v)
+
+
 def _kind(rs: List[dict]) -> str:
-    v = rs[0]["value"]
+    r0 = rs[0]
+    v, x = r0["value"], r0.get("x")
     if any(r.get("layer") is not None for r in rs) and all(_is_num(r["value"]) for r in rs):
         return "per-layer"
-    if isinstance(v, list) and v and all(_is_num(x) for x in v):
+    if _numbers(v):
         return "sequence"
+    if x is not None and isinstance(v, list) and v and all(_numbers(row) for row in v):
+        if r0.get("x_axis", 0) == 0 and len(v) == len(x):
+            return "samples"  # v[i]: the samples at x[i]
+        if r0.get("x_axis", 0) == 1 and all(len(row) == len(x) for row in v):
+            return "curves"  # v[j]: one curve over x
     if isinstance(v, list) and v and all(isinstance(row, list) and len(row) == len(v) for row in v):
         return "matrix"  # square: a correlation matrix (ragged per-sample lists have *_mean records)
     if _is_num(v):
@@ -48,42 +67,139 @@ def _kind(rs: List[dict]) -> str:
     return "skip"
 
 
-def plot_quantity(runs: Dict[str, List[dict]], quantity: str, path) -> Path:
-    """``runs``: label -> records (from read_diagnostics). Writes and returns ``path``."""
+def _f(v) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _mean_sd(row: List) -> tuple:
+    vals = [float(v) for v in row if _is_num(v) and math.isfinite(v)]
+    if not vals:
+        return math.nan, 0.0
+    m = sum(vals) / len(vals)
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals))
+
+
+def _axis(r: dict, n: int):
+    """The x values and label of a sequence of length ``n``: the record's own, else its index."""
+    x = r.get("x")
+    if isinstance(x, list) and len(x) == n:
+        return x, r.get("x_label") or "index"
+    return list(range(n)), "index"
+
+
+def axis_labels(ax) -> dict:
+    """What a panel tells the reader about its x axis: ``{"xlabel", "xticklabels"}`` (for tests)."""
+    return {"xlabel": ax.get_xlabel(), "xticklabels": [t.get_text() for t in ax.get_xticklabels()]}
+
+
+def draw_quantity(runs: Dict[str, List[dict]], quantity: str):
+    """The figure for ``quantity`` (``runs``: label -> records); the caller saves or closes it."""
     by_name: Dict[str, Dict[str, List[dict]]] = {}
     for label, records in runs.items():
         for r in _latest([r for r in records if r["quantity"] == quantity]):
             by_name.setdefault(r["name"], {}).setdefault(label, []).append(r)
+    spreads = _fold_spreads(by_name)
+    axes_only = {json.dumps(r.get("x")) for d in by_name.values() for rs in d.values() for r in rs if r.get("x")}
+    for name in [n for n, d in by_name.items() if all("x" not in r and json.dumps(r["value"]) in axes_only
+                                                     for rs in d.values() for r in rs)]:
+        del by_name[name]  # e.g. paths' "ks": the axis of the other records, not a measurement
     panels = [(n, d) for n, d in by_name.items() if _kind(next(iter(d.values()))) != "skip"][:MAX_PANELS]
     if not panels:
         raise ValueError(f"no plottable records for quantity {quantity!r}")
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    tall = any(_kind(next(iter(d.values()))) == "per-layer" for _, d in panels)  # room for layer names
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, (4.8 if tall else 3.8) * rows), squeeze=False)
     for ax, (name, per_run) in zip(axes.flat, panels):
-        _panel(ax, name, per_run)
+        _panel(ax, name, per_run, spreads.get(name))
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(quantity)
-    return save_figure(fig, path)
+    return fig
 
 
-def _panel(ax, name: str, per_run: Dict[str, List[dict]]) -> None:
+def _fold_spreads(by_name: Dict[str, Dict[str, List[dict]]]) -> dict:
+    """Take the spread records out of ``by_name``: for a sequence "X_mean" with an ``x``, its
+    per-sample "X" or "X_sd"; for "X", "X_sd". Returns ``{mean name: {run: sd list}}``."""
+    spreads = {}
+    for name in list(by_name):
+        first = next(iter(by_name[name].values()))[0] if name in by_name else {}
+        if "x" not in first or _kind([first]) != "sequence":  # older records without x: as they were
+            continue
+        stem = name[:-len("_mean")] if name.endswith("_mean") else name
+        for sib in (stem, f"{stem}_sd", f"{name}_sd"):
+            if sib == name or sib not in by_name:
+                continue
+            kind = _kind(next(iter(by_name[sib].values())))
+            if kind == "samples":
+                spreads[name] = {k: [_mean_sd(row)[1] for row in rs[0]["value"]] for k, rs in by_name.pop(sib).items()}
+            elif kind == "sequence" and sib != stem:
+                spreads[name] = {k: [_f(v) for v in rs[0]["value"]] for k, rs in by_name.pop(sib).items()}
+            else:
+                continue
+            break
+    return spreads
+
+
+def plot_quantity(runs: Dict[str, List[dict]], quantity: str, path) -> Path:
+    """``runs``: label -> records (from read_diagnostics). Writes and returns ``path``."""
+    return save_figure(draw_quantity(runs, quantity), path)
+
+
+def _layer_ticks(ax, names: List[str]) -> None:
+    step = max(1, math.ceil(len(names) / MAX_TICK_LABELS))
+    ticks = list(range(0, len(names), step))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([names[i] for i in ticks], rotation=90, fontsize=6)
+
+
+def _panel(ax, name: str, per_run: Dict[str, List[dict]], spread: Optional[Dict[str, List[dict]]] = None) -> None:
     kind = _kind(next(iter(per_run.values())))
-    values = []
+    values, xs = [], []
     if kind == "per-layer":
+        layers = list(dict.fromkeys(r["layer"] for rs in per_run.values() for r in rs))  # runs may differ
+        where = {layer: i for i, layer in enumerate(layers)}
         for label, rs in per_run.items():
             ys = [r["value"] for r in rs]
-            ax.plot(range(len(ys)), ys, marker=".", lw=1.2, label=label)
+            ax.plot([where[r["layer"]] for r in rs], ys, marker=".", lw=1.2, label=label)
             values += ys
         ax.set_xlabel("layer (forward order)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _layer_ticks(ax, layers)
     elif kind == "sequence":
         for label, rs in per_run.items():
-            ys = rs[0]["value"]
-            ax.plot(range(len(ys)), ys, lw=1.2, label=label)
+            ys = [_f(v) for v in rs[0]["value"]]
+            xs, xlabel = _axis(rs[0], len(ys))
+            sd = (spread or {}).get(label)
+            if sd and len(sd) == len(ys):
+                ax.errorbar(xs, ys, yerr=sd, marker="." if len(ys) <= 30 else None, capsize=2, lw=1.2, label=label)
+            else:
+                ax.plot(xs, ys, lw=1.2, marker="." if len(ys) <= 30 else None, label=label)
             values += ys
-        ax.set_xlabel("index")
+        ax.set_xlabel(xlabel)
+        if spread:
+            name = f"{name} (+- sd)"
+    elif kind == "samples":
+        for label, rs in per_run.items():
+            ms = [_mean_sd(row) for row in rs[0]["value"]]
+            xs, xlabel = _axis(rs[0], len(ms))
+            ax.errorbar(xs, [m for m, _ in ms], yerr=[s for _, s in ms], marker=".", capsize=2, lw=1.2, label=label)
+            values += [m for m, _ in ms]
+        ax.set_xlabel(xlabel)
+        name = f"{name} (mean +- sd over samples)"
+    elif kind == "curves":
+        for label, rs in per_run.items():
+            curves = [[_f(v) for v in row] for row in rs[0]["value"]]
+            xs, xlabel = _axis(rs[0], len(curves[0]))
+            cols = list(zip(*curves))
+            mean = [_mean_sd(list(c))[0] for c in cols]
+            line, = ax.plot(xs, mean, lw=1.2, marker="." if len(xs) <= 30 else None, label=label)
+            if len(curves) > 1:
+                lo = [min((v for v in c if math.isfinite(v)), default=math.nan) for c in cols]
+                hi = [max((v for v in c if math.isfinite(v)), default=math.nan) for c in cols]
+                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+            values += [v for c in curves for v in c]
+        ax.set_xlabel(xlabel)
+        name = f"{name} (mean, band: min-max over {len(curves)})"
     elif kind == "scalar":
         labels = list(per_run)
         ys = [per_run[k][0]["value"] for k in labels]
@@ -94,12 +210,17 @@ def _panel(ax, name: str, per_run: Dict[str, List[dict]]) -> None:
         im = ax.imshow(rs[0]["value"], cmap="RdBu_r", vmin=-1, vmax=1)
         ax.figure.colorbar(im, ax=ax, fraction=0.046)
         name = f"{name} ({label})"
+    if kind in ("sequence", "samples", "curves") and all(_is_num(v) for v in xs):
+        if len(set(xs)) <= 12:  # few k values: a tick at each (one k alone would get 0.95 ... 1.05)
+            ax.set_xticks(sorted(set(xs)))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # lags, ranks: whole numbers
     finite = [v for v in values if _is_num(v) and math.isfinite(v)]
     if finite and min(finite) > 0 and max(finite) / min(finite) > 100:
         ax.set_yscale("log")
     ax.set_title(name, fontsize=10)
     ax.grid(alpha=0.3)
-    if kind in ("per-layer", "sequence") and len(per_run) > 1:
+    if kind in ("per-layer", "sequence", "samples", "curves") and len(per_run) > 1:
         ax.legend(fontsize=8)
 
 
