@@ -7,6 +7,7 @@ Every step is the trainer's (``depthlab.training.fastpath.FastStep`` with the de
 path). Pairs (baseline vs method, same model, same data, same optimizer):
   resnet56 / plain56: plain training step  vs  + orthonormality penalty (Xie et al. 2017)
   plain56:            plain training step  vs  + backward error modulation (Xie et al. 2017)
+  resnet56:           plain training step  vs  + gradient clipping by global norm (Pascanu et al. 2013)
   resnet56:           plain training step  vs  + per-layer gradient-norm tracking every step
   resnet110:          no stochastic depth  vs  stochastic depth p_L = 0.5 (Huang et al. 2016
                       report ~25% less training time; expected active blocks 40.25 / 54)
@@ -27,23 +28,25 @@ from common import sync, train_config
 
 from depthlab.config import MethodConfig
 from depthlab.diagnostics.gradient_flow import GradientFlowTracker
-from depthlab.methods import ErrorModulation, apply_stochastic_depth, orthonormal_weights, orthonormality_penalty
+from depthlab.methods import ErrorModulation, apply_stochastic_depth
 from depthlab.models import build_model
 from depthlab.training.fastpath import FastStep, prepare_model, resolve_fast_path
-from depthlab.training.methods import make_optimizer
+from depthlab.training.methods import TrainingMethods, make_optimizer
 
 
-def make_step(model, x, y, device, lam=0.0, tracker=None):
-    """The trainer's step (FastStep, the device's default fast path) with the method switched on."""
+def make_step(model, x, y, device, lam=0.0, tracker=None, clip=None):
+    """The trainer's step (FastStep, the device's default fast path) with the method switched on,
+    its hooks called as the trainer calls them (``TrainingMethods``)."""
     t = resolve_fast_path(train_config(lr=0.01, weight_decay=0.0 if lam else 1e-4), device)
     forward = prepare_model(model, t, device)
-    opt = make_optimizer(model, t, MethodConfig(orthonormal=lam))
-    weights = orthonormal_weights(model) if lam else []
+    methods = TrainingMethods(MethodConfig(orthonormal=lam, clip_grad_norm=clip))
+    methods.setup(model)
+    opt = make_optimizer(model, t, methods)
     history = []
-    step = FastStep(forward, opt, t, device,
-                    penalty=(lambda: orthonormality_penalty(weights, lam)) if lam else None,
-                    # as the trainer does: per-layer norms stay on the device
-                    after_backward=(lambda: history.append(tracker.read())) if tracker is not None else None)
+    # as the trainer does: per-layer norms stay on the device; observers first, then the methods
+    observer = (lambda step: history.append(tracker.read())) if tracker is not None else None
+    step = FastStep(forward, opt, t, device, penalty=lambda: methods.penalty(model),
+                    after_backward=[observer, lambda step: methods.after_backward(model, step)])
     return lambda: step(x, y)
 
 
@@ -74,6 +77,8 @@ def build_pairs(args, device):
     ErrorModulation(mod_model, reference="top").attach()
     pairs.append(("plain56", "plain step", "+ error modulation (top)",
                   make_step(model("plain56"), x, y, device), make_step(mod_model, x, y, device)))
+    pairs.append(("resnet56", "plain step", "+ gradient clipping (max norm 1)",
+                  make_step(model("resnet56"), x, y, device), make_step(model("resnet56"), x, y, device, clip=1.0)))
     tracked = model("resnet56")
     tracker = GradientFlowTracker(tracked).attach()
     pairs.append(("resnet56", "plain step", "+ gradient-norm tracking",

@@ -10,7 +10,7 @@ Public API (mirrors the CLI)::
 """
 from importlib import import_module
 
-__version__ = "0.1.0"
+from depthlab.version import __version__
 
 _EXPORTS = {
     "build_model": "depthlab.models",

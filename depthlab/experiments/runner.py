@@ -15,7 +15,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import yaml
 
-from depthlab import __version__
 from depthlab.config import ConfigError, RunConfig
 from depthlab.data import DataFileError, load_dataset
 from depthlab.experiments.base import EXPERIMENTS, Experiment, Findings, RunSpec
@@ -25,6 +24,7 @@ from depthlab.recipes import resolve_train
 from depthlab.training import load_run
 from depthlab.training.loop import build_from_config, resolve_device, run_differences
 from depthlab.training.loop import train_or_stop as train
+from depthlab.version import __version__
 
 SCALES = ("quick", "paper")
 # parameters every experiment understands, besides its own

@@ -27,7 +27,8 @@ Its options become config keys ``methods.<key>`` (the first one switches it on: 
   checkpoint, for an exact resume;
 - ``close()``: training ends (remove hooks).
 
-Class attributes: ``conflicts`` (method names it cannot be combined with), ``skips_parameters``
+Class attributes: ``example`` (option values that switch it on, for help and smoke tests),
+``conflicts`` (method names it cannot be combined with), ``skips_parameters``
 (some parameters may get no gradient in a step, as with stochastic depth: data-parallel training
 must look for unused parameters). ``validate(cfg, family)`` may refuse a combination with a
 ``ValueError`` that names the field.
@@ -48,6 +49,7 @@ class TrainingMethod:
     title: str = ""                       # one line for ``depthlab train --help`` and the docs
     source: str = ""                      # the paper
     options: Dict[str, Option] = {}       # config keys methods.<key>; the first switches it on
+    example: Dict[str, Any] = {}          # option values that switch it on (help text, smoke tests)
     conflicts: Tuple[str, ...] = ()       # names of methods it cannot be combined with
     skips_parameters: bool = False        # some parameters may get no gradient in a step
 

@@ -19,6 +19,7 @@ class ClipGradNorm(TrainingMethod):
     title = "gradient clipping: scale all gradients down when their global 2-norm exceeds a maximum"
     source = "Pascanu, Mikolov, Bengio 2013, arXiv 1211.5063"
     options = {"clip_grad_norm": Option(float, None, "the maximum global gradient norm; None: off", check=positive)}
+    example = {"clip_grad_norm": 0.1}
 
     def setup(self, model) -> None:
         self.params = [p for p in model.parameters() if p.requires_grad]

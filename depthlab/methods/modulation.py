@@ -197,6 +197,8 @@ class BackwardErrorModulation(TrainingMethod):
                                     check=positive),
     }
 
+    example = {"modulation": "top", "modulation_epochs": 1}
+
     def setup(self, model) -> None:
         # record=False: nothing reads the per-layer profile during training
         self.modulation = ErrorModulation(model, reference=self.cfg.modulation, record=False).attach()

@@ -116,6 +116,8 @@ class Orthonormality(TrainingMethod):
         "orthonormal_replaces_wd": Option(bool, True, "no weight decay on the regularised conv weights"),
     }
 
+    example = {"orthonormal": 1e-3}
+
     def setup(self, model) -> None:
         self.weights = orthonormal_weights(model)  # found once, not re-walked every step
 

@@ -115,6 +115,7 @@ class StochasticDepth(TrainingMethod):
         "stochastic_depth_mode": Option(str, "batch", "drop per mini-batch (the paper) or per sample",
                                         choices=DROP_MODES),
     }
+    example = {"stochastic_depth": 0.5}
     skips_parameters = True  # a dropped branch's parameters get no gradient in that step
 
     def configure(self, model) -> None:

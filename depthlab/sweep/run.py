@@ -12,13 +12,13 @@ from typing import List, Optional
 
 import torch
 
-from depthlab import __version__
 from depthlab.experiments.runner import _params_of, git_commit
 from depthlab.fileio import atomic_write_text, read_jsonl
 from depthlab.sweep.executors import execute, import_ray
 from depthlab.sweep.results import METRICS, aggregate, cell, counts, summary_line, write_results
 from depthlab.sweep.spec import PlannedRun, SweepSpec, expand, load_spec
 from depthlab.sweep.task import METRIC_KEYS, RESUME, SKIP, TRAIN, existing_state, make_task
+from depthlab.version import __version__
 
 
 @dataclass

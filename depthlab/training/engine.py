@@ -11,8 +11,8 @@ from typing import Any, Optional
 
 import torch
 
+import depthlab.fileio as fileio
 import depthlab.training.checkpoint as ckpt
-from depthlab import fileio
 from depthlab.training.divergence import find_divergence
 from depthlab.training.methods import fill_momentum_buffers
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import depthlab.fileio as fileio
 import depthlab.training.checkpoint as ckpt
-from depthlab import fileio
 from depthlab.config import ConfigError, RunConfig
 from depthlab.data import DeviceLoader, load_dataset
 from depthlab.models import build_model, count_params

@@ -1,0 +1,48 @@
+"""Gradient clipping by global norm, the training method added as one file
+(depthlab/methods/clip_grad_norm.py): its exact property, its config key and its validation."""
+import math
+
+import pytest
+import torch
+
+from depthlab.config import ConfigError, RunConfig
+from depthlab.methods import METHODS
+from depthlab.models import build_model
+from depthlab.training.methods import TrainingMethods
+
+
+def _grads_after(max_norm):
+    torch.manual_seed(0)
+    model = build_model("resnet", depth=8, width=4, in_channels=1)
+    model(torch.randn(8, 1, 8, 8)).square().mean().backward()
+    raw = [p.grad.clone() for p in model.parameters()]
+    methods = TrainingMethods(RunConfig().with_overrides([f"methods.clip_grad_norm={max_norm}"]).methods)
+    methods.setup(model)
+    methods.after_backward(model, step=0)
+    return raw, [p.grad for p in model.parameters()]
+
+
+def _global_norm(grads):
+    return math.sqrt(sum(float(g.double().square().sum()) for g in grads))
+
+
+def test_gradients_above_the_maximum_are_scaled_to_it_keeping_their_direction():
+    raw, clipped = _grads_after(1e-3)
+    norm = _global_norm(raw)
+    assert norm > 1e-3
+    assert _global_norm(clipped) == pytest.approx(1e-3, rel=1e-5)
+    scale = 1e-3 / (norm + 1e-6)  # torch's clip_grad_norm_ divides by norm + 1e-6
+    assert all(torch.allclose(c, r * scale, rtol=1e-5, atol=0) for r, c in zip(raw, clipped))
+
+
+def test_gradients_below_the_maximum_are_unchanged():
+    raw, clipped = _grads_after(1e6)
+    assert all(torch.equal(r, c) for r, c in zip(raw, clipped))
+
+
+def test_config_key_default_off_and_validation():
+    assert RunConfig().methods.clip_grad_norm is None and not METHODS.get("clip_grad_norm").enabled(RunConfig().methods)
+    assert RunConfig().with_overrides(["methods.clip_grad_norm=2.5"]).validate().methods.clip_grad_norm == 2.5
+    for bad in ("0", "-1"):
+        with pytest.raises(ConfigError, match=r"methods\.clip_grad_norm must be > 0"):
+            RunConfig().with_overrides([f"methods.clip_grad_norm={bad}"]).validate()
