@@ -42,7 +42,7 @@ def measured_peaks(device: torch.device, dtype: torch.dtype, n: int) -> dict:
         for size in (n // 2, n, 2 * n):
             a = torch.randn(size, size, device=device, dtype=dtype)
             b = torch.randn(size, size, device=device, dtype=dtype)
-            peaks[f"matmul {size}"] = _best_rate(lambda: a @ b, 2 * size ** 3, device)
+            peaks[f"matmul {size}"] = _best_rate(lambda a=a, b=b: a @ b, 2 * size ** 3, device)
         batch, c, hw = (16, 256, 32) if device.type == "cpu" else (256, 256, 32)
         x = torch.randn(batch, c, hw, hw, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
         conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(device, dtype).to(memory_format=torch.channels_last)

@@ -166,8 +166,9 @@ class RunConfig:
             node = d
             for p in parts[:-1]:
                 if not isinstance(node.get(p), dict):
-                    raise ConfigError(f"unknown config section {key.strip()!r};{_did_you_mean(key.strip(), valid_keys())}"
-                                      f" valid keys: " + ", ".join(valid_keys()))
+                    hint = _did_you_mean(key.strip(), valid_keys())
+                    raise ConfigError(f"unknown config section {key.strip()!r};{hint} valid keys: "
+                                      + ", ".join(valid_keys()))
                 node = node[p]
             if parts[-1] not in node:
                 raise ConfigError(f"unknown config key {key.strip()!r};{_did_you_mean(key.strip(), valid_keys())}"
@@ -246,7 +247,8 @@ class RunConfig:
         for cls in on:
             clash = sorted(set(cls.conflicts) & names)
             if clash:
-                raise ConfigError(f"methods.{cls.switch()} cannot be combined with methods.{METHODS.get(clash[0]).switch()}")
+                other = METHODS.get(clash[0]).switch()
+                raise ConfigError(f"methods.{cls.switch()} cannot be combined with methods.{other}")
             try:
                 cls.validate(self)
             except ValueError as e:

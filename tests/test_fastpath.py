@@ -119,16 +119,16 @@ PLAIN = dict(bf16=False, channels_last=False, optimizer_impl="for-loop")
                                   dict(channels_last=True, optimizer_impl="fused"), dict(checkpoint_segments=2)])
 def test_fast_path_matches_the_plain_path_to_rounding(fast):
     base_l, base_w = _steps(PLAIN)
-    l, w = _steps({**PLAIN, **fast})
-    assert l == pytest.approx(base_l, rel=1e-4, abs=1e-5)
+    loss, w = _steps({**PLAIN, **fast})
+    assert loss == pytest.approx(base_l, rel=1e-4, abs=1e-5)
     for a, b in zip(base_w, w):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_matches_fp32_to_bf16_precision():
     base_l, base_w = _steps(PLAIN)
-    l, w = _steps({**PLAIN, "bf16": True})
-    assert l == pytest.approx(base_l, rel=0.03)   # bf16 has an 8-bit mantissa (relative step 2^-8)
+    loss, w = _steps({**PLAIN, "bf16": True})
+    assert loss == pytest.approx(base_l, rel=0.03)   # bf16 has an 8-bit mantissa (relative step 2^-8)
     a, b = torch.cat([p.flatten() for p in base_w]), torch.cat([p.flatten() for p in w])
     assert ((a - b).norm() / a.norm()).item() < 0.01
 

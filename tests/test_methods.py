@@ -209,8 +209,8 @@ def test_penalty_on_a_model_and_per_layer_diagnostics():
         for name, w in named:
             m = w.reshape(w.shape[0], -1)
             gram = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
-            assert per_layer[name] == pytest.approx(torch.linalg.norm(gram - torch.eye(len(gram), dtype=m.dtype)).item(),
-                                                    rel=1e-10)
+            expected = torch.linalg.norm(gram - torch.eye(len(gram), dtype=m.dtype)).item()
+            assert per_layer[name] == pytest.approx(expected, rel=1e-10)
     with pytest.raises(ValueError, match="lam"):
         orthonormality_penalty(model, -1.0)
 

@@ -1,6 +1,7 @@
 """Every registered model family, training method and experiment gets a smoke test without a test
 file being edited (diagnostics: tests/test_diagnose.py, parametrised over DIAGNOSTICS), and the
 registries cannot drift: a plug-in module that fails to import is an error, not a skip."""
+import dataclasses
 import json
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from depthlab.experiments.base import INCONCLUSIVE, NOT_OBSERVED, OBSERVED
 from depthlab.experiments.runner import resolve_params
 from depthlab.methods import METHODS
 from depthlab.models import FAMILIES, build_model
-from depthlab.training import build_from_config, train, validate_run
+from depthlab.training import build_from_config, load_run, train, validate_run
 from depthlab.training.checkpoint import latest_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +139,7 @@ PLUGIN = textwrap.dedent('''
 
     import depthlab.training.loop as loop
     from depthlab.config import RunConfig
-    from depthlab.training import build_from_config, train, validate_run
+    from depthlab.training import build_from_config, load_run, train, validate_run
 
     class Stop(loop.StopSignals):
         reads = 0
@@ -224,3 +225,17 @@ def test_every_experiment_runs_end_to_end_with_its_smoke_parameters(name, tmp_pa
     assert doc["verdicts"] and all(v["status"].startswith(statuses) and v["claim"] and v["detail"]
                                    for v in doc["verdicts"])
     assert (tmp_path / "experiment.json").exists() and (tmp_path / "report.html").stat().st_size > 1000
+
+
+def test_run_directories_from_before_a_method_was_added_still_load_and_resume(tmp_path):
+    """A run made before ``methods.clip_grad_norm`` existed has no such key in its config.json."""
+    cfg = _cfg(tmp_path, "old", "methods.stochastic_depth=0.5")
+    train(cfg, quiet=True)
+    saved = json.loads((cfg.run_dir / "config.json").read_text())
+    del saved["methods"]["clip_grad_norm"]
+    (cfg.run_dir / "config.json").write_text(json.dumps(saved))
+    model, _, loaded, epoch, _ = load_run(cfg.run_dir, device="cpu")
+    assert loaded.methods.clip_grad_norm is None and loaded.methods.stochastic_depth == 0.5 and epoch == 1
+    assert [b.survival_prob for b in model.blocks][-1] == 0.5  # the method's configure hook ran
+    resumed = train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2)), resume=True, quiet=True)
+    assert resumed["status"] == "finished" and resumed["epoch"] == 2

@@ -97,7 +97,7 @@ def test_rezero_blocks_are_identity_at_init(name, post, shortcut):
 
 def test_rezero_off_keeps_presets_and_validates():
     for name in ("resnet56", "preact-resnet110", "plain20"):
-        assert all(getattr(b, "alpha") is None for b in build_model(name).blocks)
+        assert all(b.alpha is None for b in build_model(name).blocks)
     assert model_summary("resnet56")["params"] == 853_018
     assert model_summary("resnet56", rezero=True)["params"] == 853_018 + 27
     for scheme in ("kaiming", "orthogonal", "torch-default", "delta-orthogonal"):

@@ -24,7 +24,7 @@ def test_stochastic_depth_from_config_reaches_the_model_and_eval(tmp_path):
     model = build_from_config(cfg, data)
     probs = [b.survival_prob for b in model.blocks]
     L = len(probs)
-    assert probs == pytest.approx([1 - (l / L) * 0.5 for l in range(1, L + 1)])
+    assert probs == pytest.approx([1 - (k / L) * 0.5 for k in range(1, L + 1)])
     s = train(cfg, quiet=True, dataset=data)
     # eval rebuilds the model from config.json: the survival probabilities must be applied again
     assert evaluate_run(cfg.run_dir, device="cpu")["test_acc"] == pytest.approx(s["test_acc"])

@@ -49,7 +49,8 @@ class Degradation(Experiment):
     def analyse(self, ctx) -> Findings:
         p, depths = ctx.p, ctx.p["depths"]
         err = {(f, d): [1 - a for a in ctx.values("train_acc", family=f, depth=d)] for f in FAMILIES for d in depths}
-        test_err = {(f, d): [1 - a for a in ctx.values("test_acc", family=f, depth=d)] for f in FAMILIES for d in depths}
+        test_err = {(f, d): [1 - a for a in ctx.values("test_acc", family=f, depth=d)]
+                    for f in FAMILIES for d in depths}
         f = Findings()
         n = len(ctx.seeds)
         # 1. plain: training error rises from the 20-ish net to the 56-ish net (the deepest pair if absent)

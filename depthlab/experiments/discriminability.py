@@ -136,7 +136,8 @@ class Discriminability(Experiment):
         self._placement(f, ctx, probes)
         f.notes.append("Discriminability = test accuracy of a closed-form ridge read-out on globally average-"
                        "pooled tap outputs (lambda chosen on 20% of the training set); the paper's read-out is "
-                       "unverified (docs/methods.md). Conv outputs are the taps *.conv2 (before BN); sums the taps *.sum.")
+                       "unverified (docs/methods.md). Conv outputs are the taps *.conv2 (before BN); sums the taps "
+                       "*.sum.")
         if ctx.data_note:
             f.notes.append(ctx.data_note)
         return f
@@ -214,8 +215,9 @@ class Discriminability(Experiment):
                     lines.append(series(f"{fam} {pl} ({stage_blocks(pl, k)})", range(1, len(prof) + 1),
                                         [100 * a for a in prof], style="--" if fam == "plain" else "-"))
             if all(not math.isnan(v) for pl in PLACEMENTS for v in res[pl]):
-                better = lambda i: max(PLACEMENTS, key=lambda pl: res[pl][i])  # noqa: E731
-                f.notes.append(f"Conv placement ({fam}, measured; the paper as available to us gives no direction): early "
+                better = lambda i, res=res: max(PLACEMENTS, key=lambda name: res[name][i])  # noqa: E731
+                f.notes.append(f"Conv placement ({fam}, measured; the paper as available to us gives no "
+                               f"direction): early "
                                f"{stage_blocks('early', k)} test {100 * res['early'][0]:.1f}% / last-block probe "
                                f"{100 * res['early'][1]:.1f}%, late {stage_blocks('late', k)} test "
                                f"{100 * res['late'][0]:.1f}% / probe {100 * res['late'][1]:.1f}%: better test "

@@ -173,7 +173,8 @@ def _gate_activity(ctx) -> dict:
         model, data = ctx.load(r)
         gates = [m for m in model.modules() if isinstance(m, GateConv)]
         means = {}
-        hooks = [g.register_forward_hook(lambda m, i, o, k=k: means.__setitem__(k, torch.sigmoid(o).mean().item()))
+        hooks = [g.register_forward_hook(lambda m, i, o, k=k, means=means: means.__setitem__(
+                     k, torch.sigmoid(o).mean().item()))
                  for k, g in enumerate(gates)]
         try:
             with torch.no_grad():

@@ -85,7 +85,8 @@ class Lesion(Experiment):
                   "n_test": None, "path_batch": 32, "path_samples": 10, "single_tol": 0.03, "ds_gap": 0.01,
                   "chance_fraction": 0.75, "max_jump": 0.1},
         "paper": {"dataset": "cifar10", "recipe": "he2015", "depth": 110, "plain_depth": 20, "max_k": 20,
-                  "samples": 10, "n_test": None, "path_batch": 32, "path_samples": 10, "single_tol": 0.02, "ds_gap": 0.01,
+                  "samples": 10, "n_test": None, "path_batch": 32, "path_samples": 10, "single_tol": 0.02,
+                  "ds_gap": 0.01,
                   "chance_fraction": 0.75, "max_jump": 0.1},
     }
     smoke = {"depth": 14, "plain_depth": 8, "epochs": 1, "max_k": 2, "samples": 2, "n_test": 64, "path_batch": 8,

@@ -38,7 +38,8 @@ from depthlab.experiments.base import (
 
 # name -> (legend label, overrides, uses the CReLU width)
 VARIANTS = {
-    "crelu-ll": ("CReLU + looks-linear", ["model.name=plain", "model.activation=crelu", "model.init=looks-linear"], True),
+    "crelu-ll": ("CReLU + looks-linear",
+                 ["model.name=plain", "model.activation=crelu", "model.init=looks-linear"], True),
     "resnet": ("ResNet", ["model.name=resnet"], False),
     "crelu": ("CReLU, Kaiming init", ["model.name=plain", "model.activation=crelu"], True),
     "relu": ("ReLU plain", ["model.name=plain"], False),
@@ -125,7 +126,8 @@ class LooksLinear(Experiment):
         f.notes += [
             "Accuracy is the final test accuracy (as in the paper's Fig. 6, CIFAR-10 test accuracy); final training "
             "accuracy is reported alongside.",
-            f"Depths are 6n+2 (the CIFAR layout); the paper's depths map to the nearest valid ones ({mapped or 'none'}).",
+            f"Depths are 6n+2 (the CIFAR layout); the paper's depths map to the nearest valid ones "
+            f"({mapped or 'none'}).",
             f"Widths: ReLU, ResNet and linear nets {p['width'] or 'preset'}, CReLU nets {p['crelu_width'] or 'preset'} "
             "(a CReLU doubles the next conv's fan-in; width / sqrt(2) keeps the parameter budgets comparable). "
             "The paper's widths and optimiser settings are unverified.",

@@ -88,12 +88,14 @@ class Shattered(Experiment):
         f.verdicts.append(verdict(f"the {p['ff_depth']}-layer feedforward net's gradients are white-noise-like: "
                                   f"lag-1 within +-{band} of white noise's", c["holds"],
                                   f"{fmt('feedforward')}; {fmt('white')}", n, c["spread"]))
-        c = _all(compare(lag1["resnet"], lag1["feedforward"], p["margin"]), compare(lag1["shallow"], lag1["resnet"], 0.0))
+        c = _all(compare(lag1["resnet"], lag1["feedforward"], p["margin"]),
+                 compare(lag1["shallow"], lag1["resnet"], 0.0))
         f.verdicts.append(verdict(f"the {p['res_blocks']}-block ResNet is in between: lag-1 above the "
                                   f"{p['ff_depth']}-layer net's by >= {p['margin']} and below the 1-layer net's",
                                   c["holds"], f"{fmt('resnet')}; {fmt('feedforward')}; {fmt('shallow')}", n,
                                   c["spread"]))
-        c = _all(compare(area["resnet"], area["feedforward"], p["margin"] / 2), compare(area["shallow"], area["resnet"], 0.0))
+        c = _all(compare(area["resnet"], area["feedforward"], p["margin"] / 2),
+                 compare(area["shallow"], area["resnet"], 0.0))
         f.verdicts.append(verdict(f"the ResNet's ACF decays faster than the 1-layer net's and slower than the "
                                   f"{p['ff_depth']}-layer net's (mean ACF over lags 1..{p['max_lag']}; gap "
                                   f">= {p['margin'] / 2} above the feedforward net)", c["holds"],

@@ -103,12 +103,13 @@ class StochasticDepth(Experiment):
                              fmt_mean_sd([1 - x for x in train_acc[(v, d)]], 100, unit="%"),
                              fmt_mean_sd(spe[(v, d)], digits=2),
                              fmt_mean_sd(ratio[d], digits=2) if v == "stochastic" else "1",
-                             f"{a['expected']:.2f} / {a['blocks']}" if v == "stochastic" else f"{a['blocks']} / {a['blocks']}",
+                             (f"{a['expected']:.2f} / {a['blocks']}" if v == "stochastic"
+                              else f"{a['blocks']} / {a['blocks']}"),
                              ", ".join(sorted({r["status"] for r in rs}))])
         data = ctx.dataset.name if ctx.dataset else "-"
         f.tables.append(table("Test error and time per epoch",
-                              ["model", "test error", "train error", "s / epoch", "time ratio", "active blocks (expected)",
-                               "status"], rows,
+                              ["model", "test error", "train error", "s / epoch", "time ratio",
+                               "active blocks (expected)", "status"], rows,
                               note=f"{p['recipe']} recipe on {data}; mean +- sd over {n} seed(s); s / epoch excludes "
                                    f"the first epoch; active blocks = sum of survival probabilities ((3L-1)/4 for "
                                    f"p_L = 0.5)"))

@@ -44,7 +44,8 @@ PARAMETRIC = (nn.modules.conv._ConvNd, nn.Linear)
 @dataclass
 class ModulationProfile:
     """Per-layer error RMS of one backward pass, in forward order (``None``: no error arrived).
-    Entries are 0-dim tensors (float32, or float64 for float64 errors) on the model's device; ``to_floats()`` syncs once."""
+    Entries are 0-dim tensors (float32, or float64 for float64 errors) on the model's device;
+    ``to_floats()`` syncs once."""
     names: List[str] = field(default_factory=list)
     before: List[Optional[torch.Tensor]] = field(default_factory=list)
     after: List[Optional[torch.Tensor]] = field(default_factory=list)

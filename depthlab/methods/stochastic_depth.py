@@ -37,7 +37,7 @@ def survival_probs(num_blocks: int, p_last: float = 0.5) -> List[float]:
     p_last = _check_p_last(p_last)
     drop = 1.0 - p_last
     # l * drop / L rather than (l / L) * drop: exact for the paper's p_L = 0.5 and any L.
-    return [1.0 - (l * drop) / num_blocks for l in range(1, num_blocks + 1)]
+    return [1.0 - (layer * drop) / num_blocks for layer in range(1, num_blocks + 1)]
 
 
 def apply_stochastic_depth(model: nn.Module, p_last: float = 0.5, mode: str = "batch") -> List[float]:

@@ -119,7 +119,8 @@ def cifar_stem(spec: ModelSpec, norm: bool = True, act=nn.ReLU) -> nn.Sequential
 
 @register_family("resnet", layout="cifar", residual=True, depths=CIFAR_DEPTHS, depth=20, width=16,
                  description="He et al. 2015 CIFAR ResNet, post-activation basic blocks",
-                 options=dict(activation=ACTIVATION, rezero=REZERO, stage_blocks=STAGE_BLOCKS), validate=validate_options,
+                 options=dict(activation=ACTIVATION, rezero=REZERO, stage_blocks=STAGE_BLOCKS),
+                 validate=validate_options,
                  depth_from_options=stage_blocks_depth)
 def cifar_resnet(spec: ModelSpec) -> DepthNet:
     if spec.options["activation"] == "crelu":

@@ -149,11 +149,13 @@ def validate_densenet(spec: ModelSpec) -> None:
 @register_family("densenet", layout="cifar", residual=True, depths=DENSENET_DEPTHS, depth=40, width=16,
                  options=dict(growth_rate=Option(int, 12, "k, channels each dense layer adds"),
                               bottleneck=Option(bool, False, "DenseNet-BC: 1x1 bottleneck layers"),
-                              compression=Option(float, 1.0, "transition compression (0.5 for BC)")), validate=validate_densenet,
+                              compression=Option(float, 1.0, "transition compression (0.5 for BC)")),
+                 validate=validate_densenet,
                  description="Huang et al. 2017 CIFAR DenseNet / DenseNet-BC")
 def cifar_densenet(spec: ModelSpec) -> DepthNet:
     c = 2 * spec.options["growth_rate"] if spec.options["bottleneck"] else spec.width
-    stem = nn.Sequential(OrderedDict([("conv", conv3x3(spec.in_channels, c))]))  # (B, c, H, W); layer 1 pre-activates it
+    # (B, c, H, W); the first dense layer pre-activates it
+    stem = nn.Sequential(OrderedDict([("conv", conv3x3(spec.in_channels, c))]))
     stages, c = densenet_stages(spec, c)
     final = nn.Sequential(OrderedDict([("bn", nn.BatchNorm2d(c)), ("relu", nn.ReLU())]))
     net = DepthNet(spec, stem, stages, features=c, final=final)

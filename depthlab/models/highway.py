@@ -93,7 +93,8 @@ class HighwayTransform(nn.Module):
         self.conv1 = conv3x3(c_in, c_out, stride)  # (B, C_out, ceil(H/s), ceil(W/s))
         self.bn1 = nn.BatchNorm2d(c_out)
         self.relu1 = nn.ReLU()
-        self.gate = GateConv(c_in, c_out, stride, gate_bias, gate_weight_scale)  # registered after conv1: tap order = forward order
+        # registered after conv1: tap order = forward order
+        self.gate = GateConv(c_in, c_out, stride, gate_bias, gate_weight_scale)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu1(self.bn1(self.conv1(x)))

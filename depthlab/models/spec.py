@@ -101,7 +101,8 @@ def register_family(name: str, *, layout: str, residual: bool, depths: DepthRule
 
     ``options`` are family-specific override keys: an ``Option`` (type, default, help) or a plain
     default whose type is the option's (e.g. ``gate_bias=-2.0``); they land in ``spec.options`` and
-    become the config keys ``model.<key>`` (``model_options``). ``validate(spec)`` may raise ValueError for bad option values or
+    become the config keys ``model.<key>`` (``model_options``). ``validate(spec)`` may raise ValueError
+    for bad option values or
     combinations, naming the field and why. ``depth_from_options(options) -> int | None``: a depth
     the options fix (e.g. CIFAR ``stage_blocks``), which then replaces the depth rule: an unset depth
     is derived, a given one must agree (see ``resolve_spec``)."""

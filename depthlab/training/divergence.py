@@ -27,7 +27,8 @@ def _leaf_modules(model):
 def find_divergence(model, make_step: Callable, restore: Callable[[], tuple], loader, steps_per_epoch: int,
                     end_step: int, shard: Callable) -> dict:
     """Replay from the checkpoint ``restore()`` loads (it returns its ``(epoch, step)``) up to
-    global step ``end_step``; ``make_step(observer)`` builds the training step, with ``observer(step)`` called after backward."""
+    global step ``end_step``; ``make_step(observer)`` builds the training step, with
+    ``observer(step)`` called after backward."""
     epoch, step = restore()
     start = epoch * steps_per_epoch + step
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -145,7 +145,8 @@ class Training:
             if dist.is_main and t.keep_best and row.get("val_acc", -1.0) > self.best_val:
                 self.best_val = row["val_acc"]
                 state = self.state(epoch + 1)
-                fileio.atomic_write_bytes(self.cfg.run_dir / "checkpoints" / "best.pt", lambda f: torch.save(state, f))
+                fileio.atomic_write_bytes(self.cfg.run_dir / "checkpoints" / "best.pt",
+                                          lambda f, state=state: torch.save(state, f))
             self.save(epoch + 1)
             self.diags.end_epoch(epoch + 1)
             self.diags.run(epoch + 1)  # after the checkpoint: a diagnostic's cost never risks the epoch's work
