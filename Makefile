@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: install demo test test-all bench
+.PHONY: install demo test test-all lint bench
 
 install:
 	PYTHON=$(PYTHON) bash scripts/install.sh
@@ -13,6 +13,10 @@ test: install
 
 test-all: install
 	$(PYTHON) -m pytest -q -m "slow or not slow"
+
+# ruff with the configuration in pyproject.toml ([tool.ruff]); CI runs it before the tests
+lint: install
+	$(PYTHON) -m ruff check .
 
 # The speed and memory benchmarks (docs/performance.md); add DEVICE=cuda on a GPU machine.
 DEVICE ?= cpu

@@ -30,8 +30,8 @@ Its options become config keys ``methods.<key>`` (the first one switches it on: 
 Class attributes: ``example`` (option values that switch it on, for help and smoke tests),
 ``conflicts`` (method names it cannot be combined with), ``skips_parameters``
 (some parameters may get no gradient in a step, as with stochastic depth: data-parallel training
-must look for unused parameters). ``validate(cfg, family)`` may refuse a combination with a
-``ValueError`` that names the field.
+must look for unused parameters). ``validate(run_cfg)`` may refuse a combination with the rest of
+the run's config with a ``ValueError`` that names the fields.
 """
 from __future__ import annotations
 
@@ -65,9 +65,9 @@ class TrainingMethod:
         return getattr(cfg, cls.switch()) not in (None, 0, 0.0, False)
 
     @classmethod
-    def validate(cls, cfg, family: Optional[dict] = None) -> None:
-        """Refuse option combinations (``ValueError`` naming the field); ``family`` is the model
-        family's registry entry (``layout``, ``residual``, ...), when known."""
+    def validate(cls, run_cfg) -> None:
+        """Refuse what the method cannot work with, beyond its own options' checks: a
+        ``ValueError`` naming the fields. ``run_cfg``: the whole ``RunConfig`` (model, train, ...)."""
 
     def configure(self, model) -> None:
         pass
