@@ -227,6 +227,10 @@ class RunConfig:
             raise ConfigError(f"data.augment {dt.augment!r} is not valid; use one of {', '.join(AUGMENTS)}")
         if dt.crop_padding is not None and dt.crop_padding < 0:
             raise ConfigError(f"data.crop_padding must be >= 0, got {dt.crop_padding}")
+        for key, option in model_options().items():  # the family itself checks the rest when it builds
+            problem = option.problem(getattr(m, key))
+            if problem:
+                raise ConfigError(f"model.{key} {problem}")
         self._validate_methods()
         if self.diagnostics.quantities:
             parse_schedule(self.diagnostics.quantities)

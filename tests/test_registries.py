@@ -239,3 +239,15 @@ def test_run_directories_from_before_a_method_was_added_still_load_and_resume(tm
     assert [b.survival_prob for b in model.blocks][-1] == 0.5  # the method's configure hook ran
     resumed = train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2)), resume=True, quiet=True)
     assert resumed["status"] == "finished" and resumed["epoch"] == 2
+
+
+def test_model_options_are_config_keys_checked_against_their_declaration(tmp_path):
+    from depthlab.models.spec import model_options
+
+    cfg = RunConfig()
+    assert set(model_options()) <= set(vars(cfg.model)) and all(getattr(cfg.model, k) is None for k in model_options())
+    with pytest.raises(ConfigError, match="model.activation 'tanh' is not valid; use relu, crelu or linear"):
+        RunConfig().with_overrides(["model.activation=tanh"]).validate()
+    with pytest.raises(ValueError, match="depth 57 is not valid for model family 'resnet'"):
+        train(_cfg(tmp_path / "out", "bad", "model.depth=57"), quiet=True)  # caught by a build on meta
+    assert not (tmp_path / "out").exists()  # before anything is written

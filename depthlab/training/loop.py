@@ -8,6 +8,7 @@ import random
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
@@ -72,6 +73,14 @@ def build_from_config(cfg: RunConfig, dataset):
                         in_channels=m.in_channels or dataset.in_channels, **overrides)
     TrainingMethods(cfg.methods).configure(model)
     return model
+
+
+def check_model(cfg: RunConfig) -> None:
+    """Build the model on the meta device (no memory, no data): a bad depth or option, or a method
+    the model cannot take, fails before anything is written."""
+    shape = SimpleNamespace(num_classes=cfg.model.num_classes or 10, in_channels=cfg.model.in_channels or 3)
+    with torch.device("meta"):
+        build_from_config(cfg, shape)
 
 
 def resolve_config(cfg: RunConfig, model, dataset) -> RunConfig:
@@ -164,6 +173,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quie
     ``status`` finished, diverged or interrupted (SIGINT/SIGTERM: a checkpoint of the exact
     position was saved; ``resume=True`` continues from it)."""
     validate_run(cfg)
+    check_model(cfg)
     dist = Dist()
     device = dist.start(resolve_device(cfg.train.device))
     lock = RunLock(cfg.run_dir) if dist.is_main else None
