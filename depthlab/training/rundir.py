@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -11,10 +12,21 @@ from depthlab import fileio
 from depthlab.config import ConfigError, RunConfig
 from depthlab.data import load_dataset
 from depthlab.training.loop import build_from_config, evaluate, resolve_device
+from depthlab.training.safety import RunLock
+
+log = logging.getLogger("depthlab")
 
 
-def checkpoint_path(run_dir: Path, checkpoint: str) -> Optional[Path]:
-    """``last`` | ``best`` | a file name in ``checkpoints/`` | a path; ``init`` -> None (no weights)."""
+CHECKPOINTS = ("last", "best", "init")   # what diagnose takes (besides a checkpoint file)
+EVAL_CHECKPOINTS = ("last", "best")      # eval needs trained weights: no init
+
+
+def checkpoint_path(run_dir: Path, checkpoint: str, valid=CHECKPOINTS) -> Optional[Path]:
+    """``last`` | ``best`` | a file name in ``checkpoints/`` | a path; ``init`` -> None (no weights).
+    ``valid``: the names this caller accepts (errors list them)."""
+    choices = f"use {', '.join(valid)} or a checkpoint file"
+    if checkpoint == "init" and "init" not in valid:
+        raise ConfigError(f"checkpoint 'init' has no trained weights to use here; {choices}")
     if checkpoint == "init":
         return None
     if checkpoint == "last":
@@ -24,19 +36,22 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Optional[Path]:
     else:
         path = Path(checkpoint) if Path(checkpoint).exists() else run_dir / "checkpoints" / checkpoint
     if path is None or not path.exists():
-        raise ConfigError(f"no {checkpoint!r} checkpoint in {str(run_dir / 'checkpoints')!r} "
-                          f"(use last, best, init or a checkpoint file)")
+        raise ConfigError(f"no {checkpoint!r} checkpoint in {str(run_dir / 'checkpoints')!r} ({choices})")
     return path
 
 
-def load_run(run_dir, checkpoint: str = "last", device: str = "auto") -> Tuple:
+def _saved_config(run_dir: Path) -> RunConfig:
+    if not (run_dir / "config.json").exists():
+        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
+    return RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+
+
+def load_run(run_dir, checkpoint: str = "last", device: str = "auto", valid=CHECKPOINTS) -> Tuple:
     """``(model in eval mode, dataset on the device, config, epoch, checkpoint path)`` for a run
     directory; ``checkpoint="init"`` gives the model at initialisation (epoch 0, path None)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
-    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    path = checkpoint_path(run_dir, checkpoint)
+    cfg = _saved_config(run_dir)
+    path = checkpoint_path(run_dir, checkpoint, valid)
     dev = resolve_device(device)
     data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, seed=cfg.data.seed,
                         val_fraction=cfg.data.val_fraction, download=cfg.data.download).to(dev)
@@ -50,17 +65,27 @@ def load_run(run_dir, checkpoint: str = "last", device: str = "auto") -> Tuple:
 
 
 def evaluate_run(run_dir, checkpoint: str = "last", split: str = "test", device: str = "auto") -> dict:
-    """Re-evaluate a run's checkpoint (``last``, ``best`` or a path) on ``split`` (test/train/val)."""
+    """Re-evaluate a run's checkpoint (``last``, ``best`` or a path) on ``split`` (test/train/val)
+    and append the result to its ``metrics.jsonl``, unless another process is training the run
+    (one writer per run): then the result is only returned, and a line on the ``depthlab``
+    logger says it was not written."""
     if split not in ("test", "train", "val"):
         raise ConfigError(f"split {split!r} is not valid; use test, train or val")
-    if checkpoint == "init":
-        raise ConfigError("evaluate a trained checkpoint: last, best or a checkpoint file")
-    model, dataset, _, epoch, path = load_run(run_dir, checkpoint, device)
+    run_dir = Path(run_dir)
+    model, dataset, _, epoch, path = load_run(run_dir, checkpoint, device, valid=EVAL_CHECKPOINTS)
     x, y = getattr(dataset, f"{split}_x"), getattr(dataset, f"{split}_y")
     if x is None:
         raise ConfigError(f"run {str(run_dir)!r} has no {split} split (data.val_fraction is 0)")
     loss, acc = evaluate(model, x, y)
     row = {"kind": "eval", "checkpoint": str(path), "epoch": epoch, "split": split,
            f"{split}_loss": loss, f"{split}_acc": acc}
-    fileio.append_jsonl(Path(run_dir) / "metrics.jsonl", [row])
+    lock = RunLock(run_dir)
+    if not lock.try_acquire():
+        log.warning("run %s is being trained by another process (pid %s); the result is not appended to its "
+                    "metrics.jsonl (one writer per run)", str(run_dir), lock.holder)
+        return row
+    try:
+        fileio.append_jsonl(run_dir / "metrics.jsonl", [row])
+    finally:
+        lock.release()
     return row

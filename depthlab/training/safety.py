@@ -30,22 +30,30 @@ class RunLock:
         self.path = run_dir.parent / f".{run_dir.name}.lock"
         self.run_dir = run_dir
         self._fd: Optional[int] = None
+        self.holder: Optional[str] = None  # the pid of the process holding it, after a failed try
 
-    def acquire(self) -> "RunLock":
+    def try_acquire(self) -> bool:
+        """Take the lock if no other process holds it; False (and ``holder`` set to its pid) if one does."""
+        self.holder = None
         if fcntl is None:
-            return self
+            return True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            self.holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise ConfigError(f"run directory {str(self.run_dir)!r} is in use by another process (pid {holder}); "
-                              f"wait for it to finish or stop it, or choose another run_id") from None
+            return False
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+        return True
+
+    def acquire(self) -> "RunLock":
+        if not self.try_acquire():
+            raise ConfigError(f"run directory {str(self.run_dir)!r} is in use by another process (pid "
+                              f"{self.holder}); wait for it to finish or stop it, or choose another run_id")
         return self
 
     def release(self) -> None:
