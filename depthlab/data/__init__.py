@@ -70,6 +70,14 @@ class Dataset:
                  if getattr(self, f) is not None}
         return dataclasses.replace(self, **moved)
 
+    def __repr__(self) -> str:
+        """One line (the dataclass repr would print every tensor)."""
+        n_val = 0 if self.val_x is None else len(self.val_x)
+        shape = "x".join(str(d) for d in self.train_x.shape)
+        device = "" if self.train_x.device.type == "cpu" else f", on {self.train_x.device}"
+        return (f"Dataset({self.name!r}, train {shape}, test {len(self.test_x)}, val {n_val}, "
+                f"{self.num_classes} classes, augment {self.default_augment}{device})")
+
     def summary(self) -> str:
         n_val = 0 if self.val_x is None else len(self.val_x)
         c, (h, w) = self.in_channels, self.image_size
