@@ -6,9 +6,9 @@
     description: plain vs resnet      # optional, shown in the report
     out_dir: runs/sweeps              # optional (default runs/sweeps), relative to the working directory
     base_config: base.yaml            # optional RunConfig YAML, relative to this file; `base` is merged over it
-    base:                             # optional RunConfig dict: what every run shares
-      data: {name: digits}
-      train: {epochs: 6}
+    base:                             # optional RunConfig dict: what every run shares; sections
+      data: {name: digits}            # or dotted keys (train.epochs: 6), as in grid and --set
+      train.epochs: 6
     grid:                             # dotted config keys -> non-empty lists; the cartesian product
       model.name: [resnet20, resnet56]
       methods.stochastic_depth: [null, 0.5]
@@ -182,9 +182,7 @@ def _base(where, d, base_dir: Path) -> Dict[str, Any]:
         merged = RunConfig.from_yaml(p).to_dict()
         merged = {k: v for k, v in merged.items() if k not in ("out_dir", "run_id")}
         merged["train"] = {k: v for k, v in merged["train"].items() if k not in ("seed", "threads")}
-    base = d.get("base") or {}
-    if not isinstance(base, dict):
-        raise _err(where, f"base must be a mapping of config sections, got {type(base).__name__}")
+    base = _nested(where, d.get("base") or {})
     for key in OWNED:
         sec, _, leaf = key.rpartition(".")
         node = base.get(sec) if sec else base
@@ -200,6 +198,27 @@ def _base(where, d, base_dir: Path) -> Dict[str, Any]:
     except ConfigError as e:
         raise _err(where, f"base: {e}") from None
     return merged
+
+
+def _nested(where, base) -> Dict[str, Any]:
+    """``base`` with dotted keys (``train.epochs: 2``, as in ``grid`` and ``--set``) moved into their
+    sections (``train: {epochs: 2}``); both spellings may be mixed, but not for the same field."""
+    if not isinstance(base, dict):
+        raise _err(where, f"base must be a mapping of config sections or dotted keys, got {type(base).__name__}")
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items() if "." not in str(k)}
+    for key, value in base.items():
+        if "." not in str(key):
+            continue
+        sec, _, leaf = str(key).partition(".")
+        section = out.setdefault(sec, {})
+        if section is None:  # `train:` with nothing under it
+            section = out[sec] = {}
+        if not isinstance(section, dict):
+            raise _err(where, f"base sets {key} but also {sec}: {section!r}, which is not a section")
+        if leaf in section:
+            raise _err(where, f"base sets {key} twice: as {key} and under {sec}: (keep one)")
+        section[leaf] = value
+    return out
 
 
 def _grid(where, grid) -> List[Dict[str, list]]:
