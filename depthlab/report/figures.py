@@ -127,4 +127,5 @@ def _curves(ax, runs: dict, metric: str, base_dir) -> None:
     ax.set(xlabel="epoch", ylabel=label, title=label.split(" (")[0])
     if metric.endswith("loss"):
         ax.set_yscale("log")
-    ax.legend(frameon=False, ncol=2 if len(runs) > 4 else 1)
+    if ax.get_legend_handles_labels()[0]:  # a diverged run has no test accuracy to draw
+        ax.legend(frameon=False, ncol=2 if len(runs) > 4 else 1)

@@ -34,6 +34,11 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
+def _num(v, fmt: str) -> str:
+    """A number, or "-" for a missing one (a diverged epoch's loss is null in strict JSON)."""
+    return "-" if v is None else format(v, fmt)
+
+
 def write_demo_report(out_dir) -> Path:
     """report.html + curves.png for a demo directory (reads results.json, summary.json, run dirs)."""
     out_dir = Path(out_dir)
@@ -70,8 +75,8 @@ def write_run_report(run_dir) -> Path:
     cfg = json.loads((run_dir / "config.json").read_text())
     rows = read_metrics(run_dir)
     curves = plot_training_curves({cfg["model"]["name"]: run_dir}, run_dir / "curves.png")
-    cols = [("epoch", lambda r: str(r["epoch"])), ("lr", lambda r: f"{r['lr']:.4g}"),
-            ("train loss", lambda r: f"{r['train_loss']:.4f}"), ("train acc", lambda r: _pct(r["train_acc"])),
+    cols = [("epoch", lambda r: str(r["epoch"])), ("lr", lambda r: _num(r.get("lr"), ".4g")),
+            ("train loss", lambda r: _num(r.get("train_loss"), ".4f")), ("train acc", lambda r: _pct(r["train_acc"])),
             ("test acc", lambda r: _pct(r.get("test_acc"))), ("seconds", lambda r: f"{r['seconds']:.1f}")]
     body = (f"<h2>config</h2><pre>{html.escape(json.dumps(cfg, indent=2))}</pre><h2>training</h2>"
             + _img(curves) + _table(rows, cols))

@@ -139,6 +139,13 @@ def write_experiment_report(exp_dir) -> Path:
     return path
 
 
+def run_status(cfg: dict, rows: List[dict]) -> str:
+    """finished, diverged, incomplete or not started, from a run's config and epoch rows."""
+    if not rows:
+        return "not started"
+    return rows[-1].get("status", "finished" if rows[-1]["epoch"] == cfg["train"]["epochs"] else "incomplete")
+
+
 def write_run_page(run_dir) -> Path:
     """``report.html`` for one run: config, training curves, metrics, and the diagnostics found in
     its diagnostics.jsonl (one figure per quantity)."""
@@ -150,8 +157,7 @@ def write_run_page(run_dir) -> Path:
     parts = ["<section id=summary><h2>Run</h2>" + _dl([
         ("model", f"{cfg['model']['name']} (depth {cfg['model'].get('depth')})"), ("data", cfg["data"]["name"]),
         ("recipe", cfg["train"]["recipe"]), ("seed", cfg["train"]["seed"]), ("epochs", cfg["train"]["epochs"]),
-        ("status", rows[-1].get("status", "finished" if rows and rows[-1]["epoch"] == cfg["train"]["epochs"]
-                                else "incomplete") if rows else "not started")]) + "</section>"]
+        ("status", run_status(cfg, rows))]) + "</section>"]
     parts.append("<section id=figures><h2>Training</h2>")
     if rows:
         svg = _render(curves, run_dir, fmt="svg")

@@ -30,8 +30,9 @@ def plot_training_curves(runs: Dict[str, str], path, title: str = "") -> Path:
         ep = [r["epoch"] for r in rows]
         style = "--" if name.startswith("plain") else "-"
         kw = dict(ls=style, color=colour[_depth(name)], lw=1.8, label=name)
-        ax_loss.plot(ep, [r["train_loss"] for r in rows], **kw)
-        ax_acc.plot(ep, [100 * (1 - r["train_acc"]) for r in rows], **kw)
+        # a diverged epoch's loss is null (strict JSON): a gap in the line
+        ax_loss.plot(ep, [_nan(r.get("train_loss")) for r in rows], **kw)
+        ax_acc.plot(ep, [100 * (1 - _nan(r.get("train_acc"))) for r in rows], **kw)
     ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
     ax_acc.set(xlabel="epoch", ylabel="training error (%)", title="training error")
     for ax in (ax_loss, ax_acc):
@@ -49,6 +50,10 @@ def save_figure(fig, path, dpi: int = 100) -> Path:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def _nan(v) -> float:
+    return float("nan") if v is None else v
 
 
 def _depth(name: str) -> int:
