@@ -197,7 +197,8 @@ def compute(model: nn.Module, data, batch_size: int = 32, ks: Optional[Sequence[
     return [record(QUANTITY, "num_blocks", float(r["n"])), record(QUANTITY, "ks", r["ks"]),
             record(QUANTITY, "magnitude", r["magnitude"], **axis),
             record(QUANTITY, "magnitude_sd", r["magnitude_sd"], **axis),
-            record(QUANTITY, "counts", r["counts"], **axis), record(QUANTITY, "contribution", r["contribution"], **axis),
+            record(QUANTITY, "counts", r["counts"], **axis),
+            record(QUANTITY, "contribution", r["contribution"], **axis),
             record(QUANTITY, "distribution", r["distribution"], **axis),
             record(QUANTITY, "effective_range", list(r["effective_range"]), x=["k_lo", "k_hi"],
                    x_label=f"ends of the shortest k range holding {mass:.0%} of the contribution")]
