@@ -67,3 +67,92 @@ def test_old_records_without_axis_fields_still_plot_over_their_index(tmp_path):
         assert ax.get_title() == "error_delete_k_mean" and axis_labels(ax)["xlabel"] == "index"
     finally:
         plt.close(fig)
+
+
+# ---------------------------------------------------------------- a readable Dataset, a clear mismatch
+
+def test_dataset_repr_is_one_line():
+    data = load_dataset("digits", val_fraction=0.1)
+    text = repr(data)
+    assert text == (f"Dataset('digits', train {len(data.train_x)}x1x8x8, test {len(data.test_x)}, "
+                    f"val {len(data.val_x)}, 10 classes, augment none)")
+    assert "\n" not in text and "tensor" not in text and str(data) == text
+
+
+def test_diagnosing_a_three_channel_model_on_digits_says_how_to_build_it():
+    with pytest.raises(ValueError, match=r"in_channels=1"):
+        depthlab.diagnose(build_model("resnet56"), ["orthonormality"], data=load_dataset("digits"))
+
+
+# ---------------------------------------------------------------- sweep base: dotted keys too
+
+def test_sweep_base_takes_dotted_keys_nested_sections_or_both():
+    from depthlab.config import ConfigError
+    from depthlab.sweep.spec import expand, load_spec
+
+    def spec(base):
+        return load_spec({"name": "s", "base": base, "grid": {"model.name": ["plain20"]}})
+
+    nested = spec({"data": {"name": "digits"}, "train": {"epochs": 2, "lr": 0.01}})
+    dotted = spec({"data.name": "digits", "train.epochs": 2, "train.lr": 0.01})
+    mixed = spec({"data": {"name": "digits"}, "train": {"lr": 0.01}, "train.epochs": 2})
+    assert nested.base == dotted.base == mixed.base
+    (run,) = expand(mixed)
+    assert run.config.train.epochs == 2 and run.config.train.lr == 0.01 and run.config.data.name == "digits"
+    with pytest.raises(ConfigError, match=r"base sets train\.epochs twice"):
+        spec({"train": {"epochs": 3}, "train.epochs": 2})
+    with pytest.raises(ConfigError, match=r"base sets train\.seed, which the sweep sets"):
+        spec({"train.seed": 1})
+    with pytest.raises(ConfigError, match=r"train\.nosuch"):
+        spec({"train.nosuch": 1})
+
+
+# ---------------------------------------------------------------- eval and a run being trained
+
+def test_evaluate_run_does_not_append_while_the_run_is_locked(tmp_path, caplog):
+    from depthlab.config import RunConfig
+    from depthlab.training import evaluate_run, train
+    from depthlab.training.safety import RunLock
+
+    cfg = RunConfig().with_overrides(["model.name=resnet", "model.depth=8", "model.width=4", "train.epochs=1",
+                                      "data.name=digits", "train.device=cpu", f"out_dir={tmp_path}", "run_id=r"])
+    run = train(cfg, quiet=True)["run_dir"]
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    before = metrics.read_text()
+    with RunLock(tmp_path / "r"), caplog.at_level("WARNING", logger="depthlab"):
+        row = evaluate_run(run, device="cpu")
+    assert row["kind"] == "eval" and metrics.read_text() == before
+    assert any("not appended" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="use last, best or a checkpoint file"):
+        evaluate_run(run, checkpoint="init", device="cpu")
+    assert not list(tmp_path.glob(".*.lock"))  # the lock file goes with the lock
+
+
+# ---------------------------------------------------------------- strict JSON from a diverged run
+
+def _strict(line: str):
+    def refuse(name):
+        raise ValueError(f"non-strict JSON constant {name}")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_a_diverged_runs_metrics_are_strict_json_and_report_still_works(tmp_path, capsys):
+    from depthlab.cli import main
+    from depthlab.config import RunConfig
+    from depthlab.report import write_run_report
+    from depthlab.training import train
+
+    cfg = RunConfig().with_overrides(["model.name=plain", "model.depth=8", "model.width=4", "train.epochs=1",
+                                      "data.name=digits", "train.device=cpu", "train.lr=1e6",
+                                      f"out_dir={tmp_path}", "run_id=div"])
+    summary = train(cfg, quiet=True)
+    assert summary["status"] == "diverged"  # it really diverges
+    run = tmp_path / "div"
+    rows = [_strict(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["status"] == "diverged" and rows[-1]["train_loss"] is None  # NaN became null
+    assert main(["report", str(run), "--markdown", str(tmp_path / "div.md")]) == 0
+    assert "diverged" in (run / "report.html").read_text()
+    md = (tmp_path / "div.md").read_text()
+    assert "**diverged**" in md and "diverged at step" in md
+    assert main(["report", str(tmp_path)]) == 0  # the index page over it
+    assert write_run_report(run).exists()  # the plain run report too
