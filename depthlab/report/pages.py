@@ -16,7 +16,8 @@ from depthlab.report.figures import render as _render
 from depthlab.report.html import _page, _pct
 from depthlab.report.plots import read_metrics
 
-_EXTRA_CSS = """section{margin:1.6em 0}.observed{color:#176f2c;font-weight:600}.not-observed{color:#a61b1b;font-weight:600}
+_EXTRA_CSS = """section{margin:1.6em 0}.observed{color:#176f2c;font-weight:600}
+.not-observed{color:#a61b1b;font-weight:600}
 .inconclusive{color:#8a6100;font-weight:600}figure{margin:1.2em 0}figcaption{color:#555;font-size:.9em}
 td.l,th.l{text-align:left}dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weight:600}
 dd{margin:0}.note{background:#fff8e1;border-left:4px solid #e0a800;padding:.5em 1em}
@@ -59,7 +60,8 @@ def _figure(spec: dict, base: Path, idx: int) -> str:
     try:
         svg = render(spec, base, fmt="svg")
     except (ValueError, KeyError, OSError) as e:  # a figure that cannot be drawn says why, the page stays
-        return f"<p class=note>figure {html.escape(spec.get('title', str(idx)))} could not be drawn: {html.escape(str(e))}</p>"
+        title = html.escape(spec.get("title", str(idx)))
+        return f"<p class=note>figure {title} could not be drawn: {html.escape(str(e))}</p>"
     alt = html.escape(spec.get("title") or f"figure {idx}")
     cap = spec.get("caption") or ""
     return (f"<figure id='fig{idx}'><img alt='{alt}' src='{_data_uri(svg, 'image/svg+xml')}'>"
@@ -90,7 +92,8 @@ def format_cell(v) -> str:
 
 
 def _dl(items) -> str:
-    return "<dl>" + "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(format_cell(v))}</dd>" for k, v in items) + "</dl>"
+    return "<dl>" + "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(format_cell(v))}</dd>"
+                            for k, v in items) + "</dl>"
 
 
 def write_experiment_report(exp_dir) -> Path:

@@ -126,8 +126,8 @@ def _reachable(address: str, timeout: float = 10.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
-        raise ConfigError(f"ray.address {address!r}: nothing answers there ({e}); start a head node with "
-                          f"`ray start --head` (it prints the address) or use address: auto on a cluster node") from None
+        raise ConfigError(f"ray.address {address!r}: nothing answers there ({e}); start a head node with `ray "
+                          f"start --head` (it prints the address) or use address: auto on a cluster node") from None
 
 
 def run_ray(tasks: List[dict], workers: int, threads: int, on_result: OnResult, address: Optional[str] = None,

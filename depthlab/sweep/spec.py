@@ -26,9 +26,9 @@
       - {model.name: [resnet20, resnet56], methods.stochastic_depth: [null, 0.5]}
 
 Every run's config is validated and its model built on the meta device before anything runs, so
-a bad value or combination (plain20 with stochastic depth, resnet depth 21) fails at once. The sweep owns ``out_dir``, ``run_id``,
-``train.seed`` and ``train.threads``; setting them in ``base`` or ``grid`` is an error that
-names the sweep key to use instead.
+a bad value or combination (plain20 with stochastic depth, resnet depth 21) fails at once. The
+sweep owns ``out_dir``, ``run_id``, ``train.seed`` and ``train.threads``; setting them in ``base``
+or ``grid`` is an error that names the sweep key to use instead.
 
 Run ids: ``depthlab.sweep.ids``.
 """
