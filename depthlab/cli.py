@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
+import re
 import signal
 import sys
-
-from depthlab.cli_output import cli_spelling, interrupted, log_to_stderr
 
 
 def _train_epilog() -> str:
@@ -348,14 +349,72 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     try:
-        with log_to_stderr():
+        with _log_to_stderr():
             return args.func(args)
     except KeyboardInterrupt:
-        print(f"depthlab: {interrupted(args, _command)}", file=sys.stderr)
+        print(f"depthlab: {_interrupted(args)}", file=sys.stderr)
         return 130
     except (ValueError, KeyError, FileNotFoundError) as e:  # our errors name the field and the valid values
         print(f"depthlab: error: {cli_spelling(str(e))}", file=sys.stderr)
         return 2
+
+
+def _interrupted(args) -> str:
+    """What a KeyboardInterrupt that reached main() means for this command, and how to go on."""
+    if args.command == "train":  # the first Ctrl-C returns normally: this is a second one
+        again = [a for a in args.argv if a != "--overwrite"] + ([] if "--resume" in args.argv else ["--resume"])
+        return f"stopped; the last checkpoint is kept; continue with `{_command(args, again)}`"
+    if args.command == "reproduce":
+        again = "without --fresh" if args.fresh else "again"
+        return (f"interrupted; finished runs are kept and the interrupted run was checkpointed; run the same "
+                f"command {again} to continue")
+    if args.command in ("demo", "remedies"):  # they overwrite every run: a re-run does not resume
+        where = args.out if args.command == "demo" else args.runs
+        return (f"interrupted; the runs finished so far are kept under {where}, but running the same command "
+                f"again trains every run from the start")
+    return "interrupted; nothing was lost"
+
+
+# Library messages name the Python spelling first, the CLI's in parentheses; the CLI shows its own.
+_CLI_SPELLINGS = (
+    (re.compile(r"\b\w+=[^\s(),;]+ \(CLI: ([^)]+)\)"), r"\1"),   # "resume=True (CLI: --resume)" -> "--resume"
+    (re.compile(r"(--[\w-]+) \(\w+=[^\s()]+\)"), r"\1"),          # "--fresh (fresh=True)" -> "--fresh"
+    (re.compile(r"\bdownload=(True|False)\b"), lambda m: f"data.download={m.group(1).lower()}"),
+    (re.compile(r"\bor pass verify=False to skip the check"),
+     "or skip the check from Python (load_dataset(..., verify=False); the command line always checks)"),
+    (re.compile(r"\bset by data_dir= or"), "set by data.data_dir (train --data-dir) or"),
+)
+
+
+def cli_spelling(message: str) -> str:
+    """``message`` with Python spellings (``resume=True``, ``download=False``) in the CLI's."""
+    for pattern, repl in _CLI_SPELLINGS:
+        message = pattern.sub(repl, message)
+    return message
+
+
+class _OneLine(logging.Formatter):
+    """``depthlab: message`` on one line, in CLI spellings: no logger name, no source line."""
+
+    def format(self, record) -> str:
+        return "depthlab: " + " ".join(cli_spelling(record.getMessage()).split())
+
+
+@contextlib.contextmanager
+def _log_to_stderr():
+    """While a command runs, the ``depthlab`` logger (e.g. a diagnostic skipped for a model) prints
+    through this one handler, not again via the root logger; restored afterwards, since main() may
+    run in-process (tests, notebooks)."""
+    log, handler = logging.getLogger("depthlab"), logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    propagate = log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def test_library_messages_are_shown_in_cli_spellings(monkeypatch, tmp_path, caps
 
 
 def test_cli_spelling_keeps_cli_first_messages_and_python_messages_stay_python():
-    from depthlab.cli_output import cli_spelling
+    from depthlab.cli import cli_spelling
     from depthlab.data import load_dataset
 
     assert cli_spelling("pass --fresh (fresh=True) to retrain") == "pass --fresh to retrain"
