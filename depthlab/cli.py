@@ -75,6 +75,7 @@ def _cmd_train(args) -> int:
         if flag is not None:
             overrides.append(f"{key}={flag}")
     cfg = cfg.with_overrides(overrides)
+    args.run_dir = cfg.run_dir  # for the message if a second Ctrl-C interrupts at once
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(json.dumps({k: summary[k] for k in ("run_dir", "status", "epoch", "train_acc", "test_acc", "signal")
@@ -361,9 +362,13 @@ def main(argv=None) -> int:
 
 def _interrupted(args) -> str:
     """What a KeyboardInterrupt that reached main() means for this command, and how to go on."""
-    if args.command == "train":  # the first Ctrl-C returns normally: this is a second one
+    run_dir = getattr(args, "run_dir", None)
+    if args.command == "train" and run_dir is not None and (run_dir / "config.json").exists():
+        # the first Ctrl-C returns normally (a checkpoint of that step): this is a second one
         again = [a for a in args.argv if a != "--overwrite"] + ([] if "--resume" in args.argv else ["--resume"])
         return f"stopped; the last checkpoint is kept; continue with `{_command(args, again)}`"
+    if args.command == "train":
+        return "interrupted before training started; nothing was written"
     if args.command == "reproduce":
         again = "without --fresh" if args.fresh else "again"
         return (f"interrupted; finished runs are kept and the interrupted run was checkpointed; run the same "

@@ -64,8 +64,8 @@ def _interrupt(*args, **kwargs):
 
 
 @pytest.mark.parametrize("argv,target,expected", [
-    (["train", "--set", "model.name=plain", "--overwrite", "--quiet"], "depthlab.training.train",
-     "stopped; the last checkpoint is kept; continue with `depthlab train --set model.name=plain --quiet --resume`"),
+    (["train", "--set", "model.name=plain", "--quiet"], "depthlab.training.train",
+     "interrupted before training started; nothing was written"),
     (["reproduce", "degradation"], "depthlab.experiments.reproduce",
      "interrupted; finished runs are kept and the interrupted run was checkpointed; run the same command again"),
     (["reproduce", "degradation", "--fresh"], "depthlab.experiments.reproduce", "without --fresh to continue"),
@@ -80,6 +80,17 @@ def test_ctrl_c_message_is_per_command(monkeypatch, capsys, argv, target, expect
     assert expected in err and "second Ctrl-C" not in err
     if argv[0] != "train":
         assert "--resume" not in err  # only train has --resume
+
+
+def test_ctrl_c_during_training_says_how_to_resume(run_dir, monkeypatch, capsys):
+    from pathlib import Path
+
+    monkeypatch.setattr("depthlab.training.train", _interrupt)  # the run directory already holds a run
+    out, rid = str(Path(run_dir).parent), Path(run_dir).name
+    assert main(["train", "--set", *TINY, "--out-dir", out, "--run-id", rid, "--overwrite", "--quiet"]) == 130
+    err = capsys.readouterr().err
+    again = " ".join(["depthlab train --set", *TINY, "--out-dir", out, "--run-id", rid, "--quiet --resume"])
+    assert f"stopped; the last checkpoint is kept; continue with `{again}`" in err
 
 
 # ---------------------------------------------------------------- 6: CLI spellings
