@@ -246,7 +246,7 @@ def _command(args, argv=None) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="depthlab", description="Build, train and diagnose very deep CNNs.")
-    from depthlab import __version__
+    from depthlab.version import __version__
 
     p.add_argument("--version", action="version", version=f"depthlab {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

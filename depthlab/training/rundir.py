@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 from typing import Optional, Tuple
 
+import depthlab.fileio as fileio
 import depthlab.training.checkpoint as ckpt
-from depthlab import fileio
 from depthlab.config import ConfigError, RunConfig
 from depthlab.data import load_dataset
 from depthlab.training.loop import build_from_config, evaluate, resolve_device
