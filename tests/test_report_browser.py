@@ -19,7 +19,8 @@ PAGE_FACTS = """(() => {
   return {
     title: document.title,
     sections: [...document.querySelectorAll("section[id]")].map(s => s.id),
-    images: [...document.images].map(i => ({alt: i.alt, complete: i.complete, natural: [i.naturalWidth, i.naturalHeight],
+    images: [...document.images].map(i => ({alt: i.alt, complete: i.complete,
+                                            natural: [i.naturalWidth, i.naturalHeight],
                                             box: box(i), scheme: i.src.split(":")[0]})),
     links: [...document.links].map(a => a.href),
     scripts: document.scripts.length,

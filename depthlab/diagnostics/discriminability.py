@@ -344,7 +344,8 @@ def depth_where_probe_stops_rising(records: Sequence[dict], tol: float = 0.005,
 
 
 @DIAGNOSTICS.register("discriminability",
-                      description="linear-probe (closed-form ridge) test accuracy of the pooled features at every tap (Gao & McDonnell 2017)")
+                      description="linear-probe (closed-form ridge) test accuracy of the pooled features at every "
+                                  "tap (Gao & McDonnell 2017)")
 def compute(model: nn.Module, data, **options) -> List[dict]:
     """Records per tap (layer = tap name): ``probe_accuracy`` (test), ``val_accuracy``,
     ``lambda`` (penalty used), ``fisher_ratio``, ``dim``; plus one record ``probe_stops_rising``

@@ -225,7 +225,8 @@ def gradient_flow(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Gradien
 
 
 @DIAGNOSTICS.register(QUANTITY,
-                      description="per-layer weight-gradient norms and backward-error norms at every tap, first/last ratio")
+                      description="per-layer weight-gradient norms and backward-error norms at every tap, "
+                                  "first/last ratio")
 def compute(model: nn.Module, data, batch_size: int = 128) -> List[dict]:
     """Records on the first ``batch_size`` training examples: per layer ``weight_grad_norm`` and
     ``weight_grad_rms``; per tap ``error_norm`` and ``error_rms``; ``loss``,

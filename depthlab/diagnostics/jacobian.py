@@ -75,24 +75,24 @@ def randomized_singular_values(model: nn.Module, x: torch.Tensor, rank: int = 10
     f = _single(model, x)
     out, vjp_fn = torch.func.vjp(f, x)
     k, d = out.numel(), x.numel()
-    l = max(1, min(int(rank) + int(oversample), k, d))
-    omega = torch.randn(d, l, generator=generator, device="cpu", dtype=torch.float32).to(x.device, x.dtype)
+    width = max(1, min(int(rank) + int(oversample), k, d))
+    omega = torch.randn(d, width, generator=generator, device="cpu", dtype=torch.float32).to(x.device, x.dtype)
 
-    def jmat(m):  # (D, l) -> (K, l): J @ m, one JVP per column
+    def jmat(m):  # (D, width) -> (K, width): J @ m, one JVP per column
         return torch.stack([torch.func.jvp(f, (x,), (m[:, j].reshape(x.shape),))[1].reshape(-1)
                             for j in range(m.shape[1])], dim=1)
 
-    def jtmat(m):  # (K, l) -> (D, l): J^T @ m, one VJP per column
+    def jtmat(m):  # (K, width) -> (D, width): J^T @ m, one VJP per column
         return torch.stack([vjp_fn(m[:, j].reshape(out.shape))[0].reshape(-1)
                             for j in range(m.shape[1])], dim=1)
 
     y = jmat(omega)
-    fro2 = y.double().pow(2).sum() / l
+    fro2 = y.double().pow(2).sum() / width
     q = _orth(y)
     for _ in range(int(power_iters)):
         q = _orth(jmat(_orth(jtmat(q))))
-    b = jtmat(q).T  # (l, D) = Q^T J
-    s = torch.linalg.svdvals(b.double())[: max(1, min(int(rank), l))]
+    b = jtmat(q).T  # (width, D) = Q^T J
+    s = torch.linalg.svdvals(b.double())[: max(1, min(int(rank), width))]
     return s, fro2, k
 
 
@@ -133,7 +133,8 @@ def jacobian_spectrum(model: nn.Module, x: torch.Tensor, exact_max: int = 4096, 
 
 
 @DIAGNOSTICS.register(QUANTITY,
-                      description="singular values of the input-output Jacobian (exact on small inputs, randomised otherwise)")
+                      description="singular values of the input-output Jacobian (exact on small inputs, randomised "
+                                  "otherwise)")
 def compute(model: nn.Module, data, num_inputs: int = 4, exact_max: int = 4096, rank: int = 10,
             oversample: int = 5, power_iters: int = 2, seed: int = 0) -> List[dict]:
     """Records ``singular_values``, ``mean_squared_singular_value``, ``condition_number`` (one

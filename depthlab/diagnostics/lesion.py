@@ -236,7 +236,8 @@ def lesion_study(model: nn.Module, data, *, max_k: int = 3, samples: int = 5, se
 
 
 @DIAGNOSTICS.register("lesion",
-                      description="test error with each block deleted, with k random blocks deleted, and with pairs swapped (Veit et al. 2016)")
+                      description="test error with each block deleted, with k random blocks deleted, and with "
+                                  "pairs swapped (Veit et al. 2016)")
 def compute(model: nn.Module, data, **options) -> List[dict]:
     """Records: ``intact_error`` (layer None); per block (layer = block name) ``error`` (that block
     deleted alone), ``downsampling`` (bool) and ``same_shape`` (bool); layer None:

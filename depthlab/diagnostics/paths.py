@@ -56,7 +56,8 @@ def residual_blocks(model: nn.Module) -> list:
     """The blocks that split paths: enabled blocks with a shortcut; ValueError if there are none."""
     blocks = getattr(model, "blocks", None)
     if blocks is None:
-        raise ValueError("paths needs a model with `blocks`, an ordered nn.ModuleList of depth units (a depthlab model: build_model)")
+        raise ValueError("paths needs a model with `blocks`, an ordered nn.ModuleList of depth units "
+                         "(a depthlab model: build_model)")
     res = [b for b in blocks if getattr(b, "has_shortcut", False) and getattr(b, "enabled", True)]
     for b in res:
         if not (hasattr(b, "branch") and hasattr(b, "shortcut")):
@@ -177,7 +178,8 @@ def path_gradients(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] 
 
 
 @DIAGNOSTICS.register(QUANTITY,
-                      description="gradient magnitude carried by paths of each length k through the blocks (Veit et al. 2016)")
+                      description="gradient magnitude carried by paths of each length k through the blocks (Veit "
+                                  "et al. 2016)")
 def compute(model: nn.Module, data, batch_size: int = 32, ks: Optional[Sequence[int]] = None,
             num_samples: int = 10, seed: int = 0, mode: str = "single_path", target: str = "loss",
             mass: float = 0.9, **unknown) -> list:

@@ -122,7 +122,8 @@ class ScalarMLP(nn.Module):
     (train-mode BN over the ``n_points`` inputs, no affine, no state). ``exact_bn=False`` (default)
     treats those statistics as constants in backward, so the points are independent and one batched
     backward gives dy/dx (the derivative of the function the net computes on this batch); with
-    ``exact_bn=True`` the gradient flows through the statistics too (see ``scalar_gradients``). Weights He-normal (std sqrt(2 / fan_in)), biases N(0, bias_std^2): without
+    ``exact_bn=True`` the gradient flows through the statistics too (see ``scalar_gradients``).
+    Weights He-normal (std sqrt(2 / fan_in)), biases N(0, bias_std^2): without
     random biases a scalar ReLU net is positively homogeneous and dy/dx only takes two values.
     """
 

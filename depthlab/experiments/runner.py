@@ -247,11 +247,12 @@ def _train_one(spec: RunSpec, seed: int, p: dict, data_name: str, dataset, out_d
                 s = train(cfg, resume=True, quiet=quiet or not sys.stderr.isatty(), dataset=dataset)
             except ConfigError as e:
                 raise ConfigError(f"{e}; the experiment's settings changed since this run was made: pass "
-                                  f"--fresh (fresh=True) to retrain, or choose another --out") from None
+                                  f"fresh=True (CLI: --fresh) to retrain, or choose another directory: out=... "
+                                  f"(CLI: --out)") from None
         else:
             s = train(cfg, overwrite=True, quiet=quiet or not sys.stderr.isatty(), dataset=dataset)
     except (ValueError, RuntimeError) as e:
-        if isinstance(e, ConfigError) and "--fresh" in str(e):
+        if isinstance(e, ConfigError) and "fresh=True" in str(e):
             raise
         row.update(status=f"error: {e}", seconds=time.perf_counter() - t0)
         return row
@@ -278,8 +279,8 @@ def _finished(run_dir: Path, wanted: RunConfig) -> Optional[dict]:
     details = run_differences(cfg, wanted)
     if details:
         raise ConfigError(f"run directory {str(run_dir)!r} holds a different run ({details}); the experiment's "
-                          f"settings changed since it was made: pass --fresh (fresh=True) to retrain, or "
-                          f"choose another --out")
+                          f"settings changed since it was made: pass fresh=True (CLI: --fresh) to retrain, or "
+                          f"choose another directory: out=... (CLI: --out)")
     if resolve_train(wanted.train, cfg["model"].get("depth") or 0).epochs != cfg["train"]["epochs"]:
         return None  # more (or fewer) epochs asked for: train() resumes from the last checkpoint
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]

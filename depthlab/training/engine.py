@@ -172,7 +172,8 @@ class Training:
     # --------------------------------------------------------------------------- endings
     def _interrupted(self, epoch: int, step: int, spe: int) -> dict:
         where = f"epoch {epoch + 1}, step {step} of {spe}" if step else f"the end of epoch {epoch}"
-        self.progress.log(f"{self.stop.name}: stopped at {where}; checkpoint saved, continue with --resume")
+        self.progress.log(f"{self.stop.name}: stopped at {where}; checkpoint saved, continue with resume=True "
+                          f"(CLI: --resume)")
         self.summary.update(status="interrupted", signal=self.stop.name, epoch=epoch, step=epoch * spe + step)
         return self.summary
 

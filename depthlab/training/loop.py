@@ -126,14 +126,15 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[
     run_dir = cfg.run_dir
     saved_path = run_dir / "config.json"
     if resume and overwrite:
-        raise ConfigError("choose one of --resume and --overwrite, not both")
+        raise ConfigError("choose one of resume=True (CLI: --resume) and overwrite=True (CLI: --overwrite), not both")
     if saved_path.exists():
         if overwrite:
             shutil.rmtree(run_dir)
             return None
         if not resume:
-            raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; pass --resume to "
-                              f"continue it, --overwrite to replace it, or choose another run_id")
+            raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; pass resume=True (CLI: "
+                              f"--resume) to continue it, overwrite=True (CLI: --overwrite) to replace it, or "
+                              f"choose another run_id")
         saved = json.loads(saved_path.read_text())
         new, old = _flat(cfg.to_dict()), _flat(saved)
         diff = sorted(k for k in new if k not in _RESUMABLE_CHANGES and new[k] != old.get(k))
@@ -144,8 +145,8 @@ def _prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[
     if resume:
         raise ConfigError(f"nothing to resume: {str(run_dir)!r} holds no run (no config.json)")
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"run directory {str(run_dir)!r} exists and is not empty; pass --overwrite "
-                          f"or choose another run_id")
+        raise ConfigError(f"run directory {str(run_dir)!r} exists and is not empty; pass overwrite=True (CLI: "
+                          f"--overwrite) or choose another run_id")
     return None
 
 
