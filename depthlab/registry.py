@@ -54,6 +54,10 @@ class Registry:
     def names(self) -> List[str]:
         return list(self._items)
 
+    def sort(self, key: Callable[[str], Any]) -> None:
+        """Order the names by ``key(name)`` (registration order otherwise)."""
+        self._items = {n: self._items[n] for n in sorted(self._items, key=key)}
+
     def __contains__(self, name: str) -> bool:
         return name in self._items
 

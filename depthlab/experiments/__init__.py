@@ -12,5 +12,6 @@ HELPERS = ("base", "runner", "remedies")  # modules of this package that registe
 
 for _name in plugin_modules(__path__, skip=HELPERS):
     import_module(f"depthlab.experiments.{_name}")
+EXPERIMENTS.sort(key=lambda name: (EXPERIMENTS.get(name).year(), name))  # the field's order, not import order
 
 __all__ = ["EXPERIMENTS", "Experiment", "Findings", "RunSpec", "list_experiments", "parse_params", "reproduce"]

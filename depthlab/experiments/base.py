@@ -17,6 +17,7 @@ measurements cached under the experiment directory, so a re-run reuses both.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -61,6 +62,12 @@ class Experiment:
 
     def analyse(self, ctx) -> Findings:  # ctx: depthlab.experiments.runner.Context
         raise NotImplementedError
+
+    @classmethod
+    def year(cls) -> int:
+        """The year of the (first) paper in ``source``: experiments are listed in the field's order."""
+        found = re.search(r"\b(19|20)\d\d\b", cls.source)
+        return int(found.group()) if found else 9999
 
     @classmethod
     def describe(cls) -> str:

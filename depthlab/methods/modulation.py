@@ -198,7 +198,7 @@ class BackwardErrorModulation(TrainingMethod):
                                     check=positive),
     }
 
-    example = {"modulation": "top", "modulation_epochs": 1}
+    example = {"modulation": "top"}
 
     def setup(self, model) -> None:
         # record=False: nothing reads the per-layer profile during training

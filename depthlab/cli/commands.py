@@ -1,38 +1,15 @@
-"""``depthlab`` command line: thin; parses, builds a RunConfig, calls the API."""
+"""The ``depthlab`` commands: each parses its arguments, builds what the API needs and calls it.
+Library modules are imported inside the commands, so ``depthlab --help`` stays fast."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
 import os
-import re
 import signal
 import sys
 
-
-def _train_epilog() -> str:
-    from depthlab.config import valid_keys
-    from depthlab.recipes import RECIPES
-
-    recipes = "\n".join(f"  {n:<8} {RECIPES.get(n).description}" for n in RECIPES.names())
-    keys = ", ".join(valid_keys())
-    return (f"recipes:\n{recipes}\n\nremedies for depth (each a config option):\n{_REMEDIES_HELP}\n"
-            f"config keys (--set key=value):\n  {keys}\n\n"
-            "example:\n  depthlab train --set model.name=plain56 data.name=digits train.recipe=quick")
-
-
-_REMEDIES_HELP = """\
-  model.name=highway / densenet40 / densenet-bc100 / xie-plain44 / fixup-resnet56   families (depthlab models)
-  model.rezero=true                 SkipInit/ReZero: branch * alpha, alpha = 0 at init (resnet, preact-resnet)
-  model.activation=crelu model.init=looks-linear   CReLU + looks-linear init: linear at init (plain, resnet)
-  model.init=delta-orthogonal       delta-orthogonal conv init (Xiao et al. 2018)
-  model.zero_init_residual=true     last BN gamma of each residual branch = 0
-  model.gate_bias=-2                highway transform-gate bias at init
-  methods.stochastic_depth=0.5      stochastic depth with p_L = 0.5 (methods.stochastic_depth_mode=batch|sample)
-  methods.orthonormal=1e-3          Xie et al. orthonormality regulariser lambda (replaces weight decay on convs)
-  methods.modulation=top            backward error modulation, reference top|next (methods.modulation_epochs=N)
-"""
+from depthlab.cli.help import quantities_text, train_epilog
+from depthlab.cli.output import cli_spelling, command_line, interrupted, log_to_stderr
 
 
 def _cmd_models(args) -> int:
@@ -126,7 +103,7 @@ def _cmd_remedies(args) -> int:
             raise ValueError(f"unknown variant {v!r}; valid: {', '.join(VARIANTS)}")
     rows = run_remedies(depth=args.depth, epochs=args.epochs, seed=args.seed, out=args.runs, variants=variants,
                         device=args.device, quiet=args.quiet)
-    command = _command(args)
+    command = command_line(args)
     table = markdown_table(rows, args.depth, command)
     if args.out:
         from pathlib import Path
@@ -137,21 +114,13 @@ def _cmd_remedies(args) -> int:
     return 0
 
 
-def _quantities_text() -> str:
-    from depthlab.diagnostics import DIAGNOSTICS, describe
-
-    names = DIAGNOSTICS.names()
-    width = max(map(len, names))
-    return "\n".join(f"  {n:<{width}}  {describe(n)}" for n in names)
-
-
 def _cmd_diagnose(args) -> int:
     from depthlab.diagnosis import diagnose
     from depthlab.diagnostics import resolve_quantities
     from depthlab.report.diagnostics import plot_diagnostics
 
     if args.list:
-        print(_quantities_text())
+        print(quantities_text())
         return 0
     if not args.run_dirs:
         raise ValueError("diagnose needs one or more run directories (depthlab diagnose RUN_DIR ...); "
@@ -183,7 +152,7 @@ def _cmd_reproduce(args) -> int:
         for e in list_experiments():
             print(f"{e['name']:<18} {e['title']}\n{'':<18} {e['source']}\n{'':<18} expected: {e['expected']}")
         return 0 if args.list else 2
-    command = _command(args)
+    command = command_line(args)
     doc = reproduce(args.name, scale=args.scale, seeds=args.seeds, out=args.out, params=parse_params(args.param),
                     device=args.device, fresh=args.fresh, quiet=args.quiet, command=command)
     for v in doc["verdicts"]:
@@ -198,7 +167,7 @@ def _cmd_report(args) -> int:
     from depthlab.report import write_report
     from depthlab.report.markdown import report_markdown
 
-    text = report_markdown(args.path, _command(args)) if args.markdown else None  # fails before writing
+    text = report_markdown(args.path, command_line(args)) if args.markdown else None  # fails before writing
     print(write_report(args.path))
     if text is not None:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +187,7 @@ def _cmd_sweep(args) -> int:
         return 0
     try:
         doc = run_sweep(args.sweep, executor=args.executor, workers=args.workers, quiet=args.quiet,
-                        command=_command(args))
+                        command=command_line(args))
     except KeyboardInterrupt:
         print("depthlab: sweep interrupted; runs in progress were checkpointed and results written; run the "
               "same command again to resume", file=sys.stderr)
@@ -237,13 +206,6 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
-def _command(args, argv=None) -> str:
-    """The command line as typed (for provenance): ``depthlab`` + the arguments main() parsed."""
-    import shlex
-
-    return "depthlab " + " ".join(shlex.quote(a) for a in (args.argv if argv is None else argv))
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="depthlab", description="Build, train and diagnose very deep CNNs.")
     from depthlab.version import __version__
@@ -258,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("datasets", help="list the datasets")
     s.set_defaults(func=_cmd_datasets)
 
-    s = sub.add_parser("train", help="train one run", epilog=_train_epilog(),
+    s = sub.add_parser("train", help="train one run", epilog=train_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--config", help="YAML file with model/data/train sections")
     s.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=0.05")
@@ -290,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("diagnose", help="run diagnostics on run directories; diagnostics.jsonl + one PNG each",
-                       epilog=f"quantities:\n{_quantities_text()}",
+                       epilog=f"quantities:\n{quantities_text()}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("run_dirs", nargs="*", help="one or more run directories (plotted side by side)")
     s.add_argument("--list", action="store_true", help="list the quantities with what each measures, and exit")
@@ -350,77 +312,12 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     try:
-        with _log_to_stderr():
+        with log_to_stderr():
             return args.func(args)
     except KeyboardInterrupt:
-        print(f"depthlab: {_interrupted(args)}", file=sys.stderr)
+        print(f"depthlab: {interrupted(args)}", file=sys.stderr)
         return 130
     except (ValueError, KeyError, FileNotFoundError) as e:  # our errors name the field and the valid values
         print(f"depthlab: error: {cli_spelling(str(e))}", file=sys.stderr)
         return 2
 
-
-def _interrupted(args) -> str:
-    """What a KeyboardInterrupt that reached main() means for this command, and how to go on."""
-    run_dir = getattr(args, "run_dir", None)
-    if args.command == "train" and run_dir is not None and (run_dir / "config.json").exists():
-        # the first Ctrl-C returns normally (a checkpoint of that step): this is a second one
-        again = [a for a in args.argv if a != "--overwrite"] + ([] if "--resume" in args.argv else ["--resume"])
-        return f"stopped; the last checkpoint is kept; continue with `{_command(args, again)}`"
-    if args.command == "train":
-        return "interrupted before training started; nothing was written"
-    if args.command == "reproduce":
-        again = "without --fresh" if args.fresh else "again"
-        return (f"interrupted; finished runs are kept and the interrupted run was checkpointed; run the same "
-                f"command {again} to continue")
-    if args.command in ("demo", "remedies"):  # they overwrite every run: a re-run does not resume
-        where = args.out if args.command == "demo" else args.runs
-        return (f"interrupted; the runs finished so far are kept under {where}, but running the same command "
-                f"again trains every run from the start")
-    return "interrupted; nothing was lost"
-
-
-# Library messages name the Python spelling first, the CLI's in parentheses; the CLI shows its own.
-_CLI_SPELLINGS = (
-    (re.compile(r"\b\w+=[^\s(),;]+ \(CLI: ([^)]+)\)"), r"\1"),   # "resume=True (CLI: --resume)" -> "--resume"
-    (re.compile(r"(--[\w-]+) \(\w+=[^\s()]+\)"), r"\1"),          # "--fresh (fresh=True)" -> "--fresh"
-    (re.compile(r"\bdownload=(True|False)\b"), lambda m: f"data.download={m.group(1).lower()}"),
-    (re.compile(r"\bor pass verify=False to skip the check"),
-     "or skip the check from Python (load_dataset(..., verify=False); the command line always checks)"),
-    (re.compile(r"\bset by data_dir= or"), "set by data.data_dir (train --data-dir) or"),
-)
-
-
-def cli_spelling(message: str) -> str:
-    """``message`` with Python spellings (``resume=True``, ``download=False``) in the CLI's."""
-    for pattern, repl in _CLI_SPELLINGS:
-        message = pattern.sub(repl, message)
-    return message
-
-
-class _OneLine(logging.Formatter):
-    """``depthlab: message`` on one line, in CLI spellings: no logger name, no source line."""
-
-    def format(self, record) -> str:
-        return "depthlab: " + " ".join(cli_spelling(record.getMessage()).split())
-
-
-@contextlib.contextmanager
-def _log_to_stderr():
-    """While a command runs, the ``depthlab`` logger (e.g. a diagnostic skipped for a model) prints
-    through this one handler, not again via the root logger; restored afterwards, since main() may
-    run in-process (tests, notebooks)."""
-    log, handler = logging.getLogger("depthlab"), logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLine())
-    propagate = log.propagate
-    log.addHandler(handler)
-    log.propagate = False
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        log.propagate = propagate
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
