@@ -26,7 +26,7 @@ from depthlab.data import DeviceLoader  # noqa: E402
 from depthlab.models import build_model  # noqa: E402
 from depthlab.recipes import resolve_train  # noqa: E402
 from depthlab.training.fastpath import FastStep, prepare_model, resolve_fast_path  # noqa: E402
-from depthlab.training.methods import make_optimizer  # noqa: E402
+from depthlab.training.methods import TrainingMethods, make_optimizer  # noqa: E402
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -114,7 +114,7 @@ class DepthlabRun(Cycling):
         self.model = build_model(model_name, num_classes=10, in_channels=3, **(model_options or {}))
         self.model = self.model.to(device).train()
         forward = prepare_model(self.model, self.t, device)
-        opt = make_optimizer(self.model, self.t, MethodConfig())
+        opt = make_optimizer(self.model, self.t, TrainingMethods(MethodConfig()))  # no method: one group
         self.step = FastStep(forward, opt, self.t, device)
         self.loader = DeviceLoader(x.to(device), y.to(device), batch_size=batch, shuffle=True,
                                    drop_last=True, augment="crop-flip", crop_padding=4)
