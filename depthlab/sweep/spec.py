@@ -41,13 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import torch
 import yaml
 
 from depthlab.config import ConfigError, RunConfig, valid_keys
 from depthlab.sweep.ids import grid_points, point_ids
 from depthlab.sweep.ids import show as _show
-from depthlab.training import build_from_config, validate_run
+from depthlab.training import validate_run
+from depthlab.training.loop import check_model
 
 EXECUTORS = ("local", "ray")
 TOP_KEYS = ("name", "description", "out_dir", "base_config", "base", "grid", "seeds", "executor", "workers",
@@ -279,14 +279,8 @@ def expand(spec: SweepSpec) -> List[PlannedRun]:
 
 
 def _dry_build(cfg: RunConfig) -> None:
-    """Build the model on the meta device (no memory, no data): catches bad depths and options."""
-
-    class _Shape:
-        num_classes = cfg.model.num_classes or 10
-        in_channels = cfg.model.in_channels or 3
-
+    """The trainer's own check (a build on the meta device), as a ConfigError: bad depths and options."""
     try:
-        with torch.device("meta"):
-            build_from_config(cfg, _Shape())
+        check_model(cfg)
     except (ValueError, KeyError) as e:
         raise ConfigError(str(e).strip("'\"")) from None

@@ -20,7 +20,7 @@ import depthlab.training.checkpoint as ckpt
 from depthlab.config import ConfigError, RunConfig
 from depthlab.data import DeviceLoader, load_dataset
 from depthlab.models import build_model, count_params
-from depthlab.models.spec import OVERRIDES, model_options
+from depthlab.models.spec import model_options
 from depthlab.recipes import RECIPES, resolve_train
 from depthlab.training.diag_schedule import TrainingDiagnostics, validate_run
 from depthlab.training.distributed import Dist
@@ -65,10 +65,10 @@ def build_from_config(cfg: RunConfig, dataset):
     training methods change in the model itself applied (stochastic depth's survival
     probabilities): wherever a run's model is built (training, eval, diagnose) it is this one."""
     m = cfg.model
-    keys = [k for k in OVERRIDES if k not in ("num_classes", "in_channels")] + list(model_options())
+    keys = ("depth", "width", "shortcut", "init", *model_options())
     overrides = {k: getattr(m, k) for k in keys if getattr(m, k) is not None}
-    if not m.zero_init_residual:
-        overrides.pop("zero_init_residual", None)
+    if m.zero_init_residual:
+        overrides["zero_init_residual"] = True
     model = build_model(m.name, num_classes=m.num_classes or dataset.num_classes,
                         in_channels=m.in_channels or dataset.in_channels, **overrides)
     TrainingMethods(cfg.methods).configure(model)
