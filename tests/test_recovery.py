@@ -10,9 +10,9 @@ import time
 
 import pytest
 import torch
+from stops import StopAfter
 
 import depthlab.training.loop as loop
-import depthlab.training.safety as safety
 from depthlab.config import ConfigError, RunConfig
 from depthlab.training import train
 from depthlab.training.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
@@ -35,22 +35,7 @@ def _weights(cfg):
     return load_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"))["model"]
 
 
-class _StopAfter(safety.StopSignals):
-    """SIGTERM 'arrives' after ``n`` reads of ``requested`` (one read per training step)."""
-    n = 30
-
-    def __init__(self):
-        super().__init__()
-        self.reads = 0
-
-    @property
-    def requested(self):
-        self.reads += 1
-        return signal.SIGTERM if self.reads > self.n else None
-
-    @requested.setter
-    def requested(self, value):
-        pass
+_StopAfter = StopAfter  # SIGTERM after 30 steps: epoch 2, step 7 (23 steps per epoch)
 
 
 @pytest.mark.parametrize("extra", [[], ["diagnostics.track_gradients=true", "methods.stochastic_depth=0.5"]])

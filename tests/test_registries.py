@@ -3,7 +3,6 @@ file being edited (diagnostics: tests/test_diagnose.py, parametrised over DIAGNO
 registries cannot drift: a plug-in module that fails to import is an error, not a skip."""
 import dataclasses
 import json
-import signal
 import subprocess
 import sys
 import textwrap
@@ -12,9 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from stops import StopAfter
 
 import depthlab.training.loop as loop
-import depthlab.training.safety as safety
 from depthlab.config import ConfigError, RunConfig
 from depthlab.experiments import EXPERIMENTS, reproduce
 from depthlab.experiments.base import INCONCLUSIVE, NOT_OBSERVED, OBSERVED
@@ -51,21 +50,8 @@ def _on(method):
     return [f"methods.{k}={v}" for k, v in METHODS.get(method).example.items()]
 
 
-class _StopAfter(safety.StopSignals):
-    """SIGTERM 'arrives' after 7 of the 12 training steps (1437 digits, batch 128)."""
-
-    def __init__(self):
-        super().__init__()
-        self.reads = 0
-
-    @property
-    def requested(self):
-        self.reads += 1
-        return signal.SIGTERM if self.reads > 7 else None
-
-    @requested.setter
-    def requested(self, value):
-        pass
+class _StopAfter(StopAfter):
+    n = 7  # of the 12 training steps (1437 digits, batch 128)
 
 
 def _weights(cfg):
