@@ -19,6 +19,7 @@ HELPERS = ("common", "registry", "runner")  # modules of this package that regis
 
 for _name in plugin_modules(__path__, skip=HELPERS):
     import_module(f"depthlab.diagnostics.{_name}")
+DIAGNOSTICS.sort(key=str)  # by name, not by the order the modules happened to import each other
 
 from depthlab.diagnostics.runner import resolve_quantities, run_quantities  # noqa: E402
 
