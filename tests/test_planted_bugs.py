@@ -70,3 +70,38 @@ def test_fixup_110_loss_falls_below_0_9_ln10_in_ten_sgd_steps():
     final = F.cross_entropy(model(x), y).item()
     assert abs(losses[0] - math.log(10)) < 1e-6  # logits exactly 0 at init
     assert final < 0.9 * math.log(10), [v / math.log(10) for v in losses + [final]]
+
+
+# ----------------------------------------------------------------------------- init scales
+# On layers whose fan_in and fan_out differ (a downsampling conv, 16 -> 32 channels): square layers
+# cannot tell a fan_in scale from a fan_out one. Sample std of 4,608 weights: about 1% error.
+
+def _std(w):
+    return float(w.detach().double().std())
+
+
+def _downsampling_conv(model):
+    return model.blocks[3].branch.conv1.weight  # stage 2's first block: 16 -> 32 channels, stride 2
+
+
+@pytest.mark.parametrize("scheme,fan", [("kaiming", 32 * 9), ("kaiming-fan-in", 16 * 9)])
+def test_kaiming_schemes_use_their_own_fan_on_a_downsampling_conv(scheme, fan):
+    torch.manual_seed(0)
+    w = _downsampling_conv(build_model("resnet20", init=scheme))
+    assert w.shape == (32, 16, 3, 3)
+    assert _std(w) == pytest.approx(math.sqrt(2.0 / fan), rel=0.05)
+
+
+def test_fixup_scales_the_first_branch_conv_from_fan_out():
+    torch.manual_seed(0)
+    model = build_model("fixup-resnet20")  # L = 9 branches of m = 2 convs: scale L^(-1/(2m-2)) = 1/3
+    assert _std(_downsampling_conv(model)) == pytest.approx(math.sqrt(2.0 / (32 * 9)) / 3, rel=0.05)
+    assert float(model.blocks[3].branch.conv2.weight.detach().abs().max()) == 0.0  # a branch's last conv: 0
+
+
+def test_xavier_bound_and_std_on_a_downsampling_conv():
+    torch.manual_seed(0)
+    w = _downsampling_conv(build_model("resnet20", init="xavier"))
+    bound = math.sqrt(6.0 / (16 * 9 + 32 * 9))
+    assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.99 * bound  # U(-a, a) fills its range
+    assert _std(w) == pytest.approx(bound / math.sqrt(3.0), rel=0.05)
