@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, Optional
 import yaml
 
 from depthlab.data import AUGMENTS, DATASETS
-from depthlab.methods import METHODS, all_options
+from depthlab.methods import METHODS, all_options, enabled_methods
 from depthlab.models import FAMILIES, MODELS
 from depthlab.models.spec import model_name_hint, model_options
 from depthlab.recipes import RECIPES
@@ -227,10 +227,7 @@ class RunConfig:
             raise ConfigError(f"data.augment {dt.augment!r} is not valid; use one of {', '.join(AUGMENTS)}")
         if dt.crop_padding is not None and dt.crop_padding < 0:
             raise ConfigError(f"data.crop_padding must be >= 0, got {dt.crop_padding}")
-        for key, option in model_options().items():  # the family itself checks the rest when it builds
-            problem = option.problem(getattr(m, key))
-            if problem:
-                raise ConfigError(f"model.{key} {problem}")
+        _check_options("model", m, model_options())  # the family itself checks the rest when it builds
         self._validate_methods()
         if self.diagnostics.quantities:
             parse_schedule(self.diagnostics.quantities)
@@ -241,12 +238,8 @@ class RunConfig:
 
     def _validate_methods(self) -> None:
         """Each method's options (declared with it), its refusals, and combinations it forbids."""
-        me = self.methods
-        for key, option in all_options().items():
-            problem = option.problem(getattr(me, key))
-            if problem:
-                raise ConfigError(f"methods.{key} {problem}")
-        on = [cls for cls in (METHODS.get(n) for n in METHODS) if cls.enabled(me)]
+        _check_options("methods", self.methods, all_options())
+        on = enabled_methods(self.methods)
         names = {cls.name for cls in on}
         for cls in on:
             clash = sorted(set(cls.conflicts) & names)
@@ -276,6 +269,14 @@ def valid_keys():
     for sec, cls in SECTIONS.items():
         keys += [f"{sec}.{f.name}" for f in dataclasses.fields(cls)]
     return keys + ["out_dir", "run_id"]
+
+
+def _check_options(section: str, values, options: Dict[str, Option]) -> None:
+    """Every declared option's value against its declaration (choices, check)."""
+    for key, option in options.items():
+        problem = option.problem(getattr(values, key))
+        if problem:
+            raise ConfigError(f"{section}.{key} {problem}")
 
 
 def _check_name(field_name, value, *registries, hint=""):
