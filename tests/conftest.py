@@ -1,3 +1,5 @@
+import os
+from pathlib import Path
 from urllib.error import URLError
 
 import pytest
@@ -27,3 +29,37 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- a clean checkout
+# Tests leave no files in the checkout: every run directory or cache a test needs lives in a tmp dir.
+# The files present when the session starts are compared with those at its end; a new one fails the
+# run (exit status 1) and is named. Caches of the tools themselves are not counted.
+_ROOT = Path(__file__).resolve().parent.parent
+_TOOL_DIRS = {".git", "__pycache__", ".pytest_cache", ".ruff_cache", "mutants", "depthlab.egg-info"}
+_before: "set[str]" = set()
+
+
+def _checkout_files() -> "set[str]":
+    found = set()
+    for folder, dirs, names in os.walk(_ROOT):
+        dirs[:] = [d for d in dirs if d not in _TOOL_DIRS]
+        found.update(os.path.relpath(os.path.join(folder, n), _ROOT) for n in names)
+    return found
+
+
+def pytest_sessionstart(session):
+    if not os.environ.get("MUTANT_UNDER_TEST"):  # mutmut runs the suite inside its own copy
+        _before.update(_checkout_files())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("MUTANT_UNDER_TEST") or not _before:
+        return
+    left = sorted(_checkout_files() - _before)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write("\n")
+            reporter.write_line(f"tests left {len(left)} file(s) in the checkout: {left[:10]}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -21,8 +21,10 @@ from depthlab.cli import main
 from depthlab.config import SECTIONS, ConfigError, RunConfig, valid_keys
 
 # the autouse ``offline`` fixture is function-scoped; no example here depends on its per-test state
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-CLI = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# database=None: no .hypothesis/ folder left in the checkout
+_QUIET = {"deadline": None, "database": None, "suppress_health_check": [HealthCheck.function_scoped_fixture]}
+FUZZ = settings(max_examples=200, **_QUIET)
+CLI = settings(max_examples=60, **_QUIET)
 
 KEYS = valid_keys()
 NULLS = ("", "~", "null", "Null", "NULL")

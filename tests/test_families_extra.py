@@ -187,8 +187,6 @@ def test_highway_layer_formula_and_stochastic_depth():
     assert torch.equal(block(x), c)
 
 
-@pytest.mark.skipif(not hasattr(build_model("highway", depth=5).blocks[0], "drop_mode"),
-                    reason="Block has no drop_mode in this checkout")
 def test_per_sample_drop_takes_the_carry_path():
     torch.manual_seed(0)
     for block, x in [(build_model("highway", depth=8).blocks[2], torch.relu(torch.randn(64, 16, 4, 4))),

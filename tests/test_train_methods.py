@@ -9,8 +9,6 @@ from depthlab.data import load_dataset
 from depthlab.training import build_from_config, evaluate_run, train, validate_run
 from depthlab.training.methods import TrainingMethods, make_optimizer
 
-pytest.importorskip("depthlab.methods")
-
 
 def _cfg(tmp_path, *overrides):
     base = ["model.name=resnet", "model.depth=14", "train.epochs=2", "train.device=cpu", f"out_dir={tmp_path}",
