@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: install demo test test-all lint bench
+.PHONY: install demo test test-all lint bench mutants
 
 install:
 	PYTHON=$(PYTHON) bash scripts/install.sh
@@ -17,6 +17,14 @@ test-all: install
 # ruff with the configuration in pyproject.toml ([tool.ruff]); CI runs it before the tests
 lint: install
 	$(PYTHON) -m ruff check .
+
+# Mutation testing of the core modules (docs/mutation.md; not part of CI, tens of minutes on 2 cores):
+# mutmut plants one small change at a time ([tool.mutmut] in pyproject.toml) and runs the tests that
+# reach it; scripts/mutants.py prints the killed/survived counts and the survivors.
+mutants: install
+	$(PYTHON) -m pip install -q -e ".[mutation]"
+	$(PYTHON) -m mutmut run --max-children $(or $(JOBS),2) $(MUTANTS) || true
+	$(PYTHON) scripts/mutants.py
 
 # The speed and memory benchmarks (docs/performance.md); add DEVICE=cuda on a GPU machine.
 DEVICE ?= cpu
