@@ -1,21 +1,50 @@
-"""The looks-linear experiment: end to end at both scales (smoke params) and its verdict logic on
-fabricated results."""
+"""The looks-linear experiment: end to end at both scales (smoke params) with each verdict's numbers
+and status recomputed from the run directories, and its verdict logic on fabricated results."""
+import expcheck as ec
 import pytest
 
 from depthlab.experiments.base import INCONCLUSIVE, NOT_OBSERVED, OBSERVED
 from depthlab.experiments.looks_linear import VARIANTS, LooksLinear
 from depthlab.experiments.runner import Context, reproduce, resolve_params
 
+# variant -> (label in the verdicts, what its config.json says it trained)
+NETS = {"crelu-ll": ("CReLU + looks-linear", {"name": "plain", "activation": "crelu", "init": "looks-linear"}),
+        "resnet": ("ResNet", {"name": "resnet"}),
+        "crelu": ("CReLU, Kaiming init", {"name": "plain", "activation": "crelu", "init": "kaiming"}),
+        "relu": ("ReLU plain", {"name": "plain", "activation": "relu"}),
+        "linear": ("linear (BN, no ReLU)", {"name": "plain", "activation": "linear"})}
+
+
+def check_verdicts(out, doc):
+    """Every verdict's numbers and status at the deepest depth, recomputed from each run's last metrics
+    row (a diverged run has no accuracy: missing, never chance)."""
+    p = doc["params"]
+    deep = p["depths"][-1]
+    run = {v: ec.find_run(out, depth=deep, **model) for v, (_, model) in NETS.items()}
+    test = {v: ec.acc(out, r, "test_acc") for v, r in run.items()}
+    train = {v: ec.acc(out, r, "train_acc") for v, r in run.items()}
+
+    def shown(v):
+        return f"{NETS[v][0]} {ec.pct([test[v]])}"
+
+    ec.check(ec.verdict(doc, f"at depth {deep}, CReLU + LL tracks the ResNet"),
+             ec.rule([test["crelu-ll"]], [test["resnet"]], -p["gap"]),
+             f"test accuracy: {shown('crelu-ll')}, {shown('resnet')}")
+    for v, what in (("relu", "ReLU plain collapses"), ("crelu", "CReLU without LL falls away"),
+                    ("linear", "the linear net falls away")):
+        ec.check(ec.verdict(doc, f"at depth {deep}, {what}"), ec.rule([test["crelu-ll"]], [test[v]], p["collapse"]),
+                 f"test accuracy: {shown(v)}, {shown('crelu-ll')}; train accuracy {ec.pct([train[v]])} vs "
+                 f"{ec.pct([train['crelu-ll']])}")
+
 
 @pytest.mark.parametrize("scale", ["quick", "paper"])
-def test_end_to_end_smoke(scale, tmp_path):
+def test_end_to_end_verdicts_show_the_run_numbers_and_follow_the_rules_and_reuse(scale, tmp_path):
     doc = reproduce("looks-linear", scale=scale, params=LooksLinear.smoke, out=str(tmp_path), quiet=True)
     assert (tmp_path / "experiment.json").exists() and (tmp_path / "report.html").exists()
     assert len(doc["runs"]) == len(VARIANTS) * len(LooksLinear.smoke["depths"])
     assert all(r["status"] in ("finished", "diverged") for r in doc["runs"])
     assert len(doc["verdicts"]) == 4
-    assert all(v["status"] in (OBSERVED, NOT_OBSERVED) or v["status"].startswith(INCONCLUSIVE)
-               for v in doc["verdicts"])
+    check_verdicts(tmp_path, doc)
     assert doc["figures"] and all(f.get("panels") or f.get("runs") for f in doc["figures"])
     again = reproduce("looks-linear", scale=scale, params=LooksLinear.smoke, out=str(tmp_path), quiet=True,
                       report=False)
@@ -52,12 +81,14 @@ def _ctx(tmp_path, accs, seeds=(0, 1)):
     return exp, ctx
 
 
-def test_verdicts_observed_when_the_paper_holds(tmp_path):
+def test_verdicts_observed_when_the_paper_holds_details_show_mean_and_sd(tmp_path):
     exp, ctx = _ctx(tmp_path, {"crelu-ll": (0.90, 0.01), "resnet": (0.92, 0.01), "crelu": (0.5, 0.02),
                                "relu": (0.3, 0.02), "linear": (0.4, 0.01)})
     f = exp.analyse(ctx)
     assert [v["status"] for v in f.verdicts] == [OBSERVED] * 4
-    assert "90.0 +- 1.4%" in f.verdicts[0]["detail"]
+    assert f.verdicts[0]["detail"] == "test accuracy: CReLU + looks-linear 90.0 +- 1.4%, ResNet 92.0 +- 1.4%"
+    assert f.verdicts[1]["detail"] == ("test accuracy: ReLU plain 30.0 +- 2.8%, CReLU + looks-linear 90.0 +- 1.4%; "
+                                       "train accuracy 30.0 +- 2.8% vs 90.0 +- 1.4%")
     assert len(f.tables) == 3 and len(f.figures) == 2
 
 
@@ -77,3 +108,5 @@ def test_failed_runs_count_as_missing_and_noisy_seeds_are_inconclusive(tmp_path)
     f = exp.analyse(ctx)
     assert f.verdicts[1]["status"].startswith(INCONCLUSIVE)  # 0.90 - 0.82 vs 0.10: within the seeds' spread
     assert f.verdicts[3]["status"].startswith(INCONCLUSIVE)  # no linear result at all
+    assert f.verdicts[3]["detail"] == ("test accuracy: linear (BN, no ReLU) -, CReLU + looks-linear 90.0 +- 1.4%; "
+                                       "train accuracy - vs 90.0 +- 1.4%")

@@ -1,23 +1,46 @@
-"""orthonormal experiment (Xie et al. 2017): end to end at both scales with smoke params, and the
-verdict logic on fabricated results (a diverged run counts as not trained)."""
+"""orthonormal experiment (Xie et al. 2017): end to end at both scales with smoke params, each
+verdict's numbers and status recomputed from the run directories, and the verdict logic on
+fabricated results (a diverged run counts as not trained)."""
 import json
 
+import expcheck as ec
 import pytest
 
-from depthlab.experiments.base import INCONCLUSIVE, NOT_OBSERVED, OBSERVED
-from depthlab.experiments.orthonormal import VARIANTS, Orthonormal, _overrides
+from depthlab.experiments.base import NOT_OBSERVED, OBSERVED
+from depthlab.experiments.orthonormal import REMEDIED, VARIANTS, Orthonormal, _overrides
 from depthlab.experiments.runner import Context, reproduce
 
-STATUSES = (OBSERVED, NOT_OBSERVED)
+
+def check_verdicts(out, doc):
+    """Every verdict's numbers and status, recomputed from each run's last metrics row (a diverged run
+    at chance, flagged)."""
+    p = doc["params"]
+    plain, lam = p["plain_family"], p["lam"]
+    model = {"plain": dict(name=plain, methods={"orthonormal": 0.0, "modulation": None}),
+             "plain+orthonormal": dict(name=plain, methods={"orthonormal": lam, "modulation": None}),
+             "plain+orthonormal+modulation": dict(name=plain, methods={"orthonormal": lam,
+                                                                      "modulation": p["modulation"]}),
+             "resnet": dict(name="resnet")}
+    for d in p["depths"]:
+        run = {v: ec.find_run(out, depth=d, **model[v]) for v in VARIANTS}
+        chance = ec.chance(out, run["plain"])
+        acc = {v: ec.acc(out, run[v], if_diverged=chance) for v in VARIANTS}
+        shown = {v: ec.pct([acc[v]]) + (" (1 diverged)" if ec.diverged(out, run[v]) else "") for v in VARIANTS}
+        for v in REMEDIED:
+            ec.check(ec.verdict(doc, f"{v}-{d} trains better than plain-{d}"),
+                     ec.rule([acc[v]], [acc["plain"]], p["gap"]),
+                     f"plain {shown['plain']}, {v} {shown[v]}")
+            ec.check(ec.verdict(doc, f"{v}-{d} comes within"), ec.rule([acc[v]], [acc["resnet"]], -p["near"]),
+                     f"resnet {shown['resnet']}, {v} {shown[v]}")
 
 
 @pytest.mark.parametrize("scale", ["quick", "paper"])
-def test_end_to_end_and_reuse(scale, tmp_path):
+def test_end_to_end_verdicts_show_the_run_numbers_and_follow_the_rules_and_reuse(scale, tmp_path):
     reproduce("orthonormal", scale=scale, params=Orthonormal.smoke, out=str(tmp_path), quiet=True)
     assert (tmp_path / "experiment.json").exists() and (tmp_path / "report.html").exists()
     saved = json.loads((tmp_path / "experiment.json").read_text())
     assert len(saved["verdicts"]) == 4  # one depth: 2 remedies x (vs plain, vs resnet)
-    assert all(v["status"] in STATUSES or v["status"].startswith(INCONCLUSIVE) for v in saved["verdicts"])
+    check_verdicts(tmp_path, saved)
     assert saved["figures"] and all(f.get("runs") or f.get("series") for f in saved["figures"])
     assert {r["variant"] for r in saved["runs"]} == set(VARIANTS)
     again = reproduce("orthonormal", scale=scale, params=Orthonormal.smoke, out=str(tmp_path), quiet=True,
@@ -48,19 +71,23 @@ def _ctx(tmp_path, accs):
     return ctx
 
 
-def test_verdicts_observed_when_remedies_beat_plain_and_near_resnet(tmp_path):
+def test_verdicts_observed_when_remedies_beat_plain_and_near_resnet_details_show_the_inputs(tmp_path):
     f = Orthonormal().analyse(_ctx(tmp_path, {"plain": 0.5, "plain+orthonormal": 0.93,
                                               "plain+orthonormal+modulation": 0.95, "resnet": 0.97}))
     assert [v["status"] for v in f.verdicts] == [OBSERVED] * 8  # 2 depths x 4
+    assert [v["detail"] for v in f.verdicts[:4]] == ["plain 50.0%, plain+orthonormal 93.0%",
+                                                     "plain 50.0%, plain+orthonormal+modulation 95.0%",
+                                                     "resnet 97.0%, plain+orthonormal 93.0%",
+                                                     "resnet 97.0%, plain+orthonormal+modulation 95.0%"]
 
 
-def test_verdicts_not_observed_and_diverged_counts_as_not_trained(tmp_path):
+def test_verdicts_not_observed_and_a_diverged_run_is_shown_at_chance(tmp_path):
     f = Orthonormal().analyse(_ctx(tmp_path, {"plain": 0.5, "plain+orthonormal": 0.52,
                                               "plain+orthonormal+modulation": "diverged", "resnet": 0.99}))
     assert [v["status"] for v in f.verdicts] == [NOT_OBSERVED] * 8
     mod_vs_plain = f.verdicts[1]
     assert "modulation" in mod_vs_plain["claim"] and "diverged" in mod_vs_plain["detail"]
-    assert "10.0%" in mod_vs_plain["detail"]  # chance accuracy, not silently dropped
+    assert mod_vs_plain["detail"] == "plain 50.0%, plain+orthonormal+modulation 10.0% (1 diverged)"  # at chance
     assert any("Diverged" in note for note in f.notes)
 
 

@@ -5,6 +5,7 @@ import math
 import re
 
 import pytest
+from test_exp_degradation import check_verdicts as check_degradation_verdicts
 
 from depthlab.cli import main
 from depthlab.config import ConfigError
@@ -84,16 +85,22 @@ def test_measure_caches_until_the_key_or_parameters_change(tmp_path):
     assert ctx2.measure("m", fn, key="other") == {"v": 3}
 
 
-def test_degradation_end_to_end_reuses_finished_runs_and_resumes_an_interrupted_one(tmp_path):
+def test_degradation_end_to_end_verdicts_follow_the_runs_reuses_finished_runs_and_resumes_an_interrupted_one(
+        tmp_path):
     out = tmp_path / "deg"
     params = {**SMOKE, "epochs": 2, "depths": [8]}
     doc = reproduce("degradation", params=params, out=str(out), device="cpu", quiet=True)
     assert [r["run_id"] for r in doc["runs"]] == ["plain8-s0", "resnet8-s0"]
     assert all(r["status"] == "finished" and not r["reused"] for r in doc["runs"])
     assert len(doc["verdicts"]) == 4
-    for v in doc["verdicts"]:
-        assert re.match(r"(observed|not observed|inconclusive \(1 seed)", v["status"]), v
-        assert v["detail"]
+    check_degradation_verdicts(out, doc)
+    # One depth: the shallow and the deep net of each comparison are the same run. "plain-8 trains worse
+    # than plain-8 by >= 5%" is a difference of exactly 0 against a 5% bar, so it must come out not
+    # observed whatever the run learned; "resnet-8 within 1% of resnet-8" and "resnet-8's responses
+    # smaller than (or equal to) resnet-8's" (0 >= 0) must come out observed.
+    assert [v["status"] for v in doc["verdicts"]][:2] == ["not observed", "observed"]
+    assert doc["verdicts"][3]["status"] == "observed"
+    assert re.fullmatch(r"plain-8 (\d+\.\d)%, plain-8 \1% training error", doc["verdicts"][0]["detail"])
     saved = json.loads((out / "experiment.json").read_text())
     assert saved["provenance"]["torch"] and saved["provenance"]["commit"] and saved["scale"] == "quick"
     page = (out / "report.html").read_text()
@@ -115,6 +122,7 @@ def test_degradation_end_to_end_reuses_finished_runs_and_resumes_an_interrupted_
     r0 = resumed["runs"][0]
     assert not r0["reused"] and resumed["runs"][1]["reused"]
     assert r0["train_acc"] == doc["runs"][0]["train_acc"]  # exact resume
+    check_degradation_verdicts(out, resumed)
 
 
 def test_changed_settings_ask_for_fresh(tmp_path):
@@ -134,11 +142,13 @@ def test_changed_settings_ask_for_fresh(tmp_path):
     assert all(not r["reused"] for r in doc["runs"])
 
 
-def test_paper_scale_runs_end_to_end_on_synthetic_cifar_shaped_data_and_says_so(tmp_path):
+def test_paper_scale_runs_end_to_end_on_synthetic_cifar_shaped_data_says_so_and_verdicts_follow_the_runs(tmp_path):
     doc = reproduce("degradation", scale="paper", params={"depths": [8], "epochs": 1}, out=str(tmp_path / "p"),
                     device="cpu", quiet=True)
     assert doc["data"]["name"] == "synthetic" and "cifar10 files are absent" in doc["data"]["note"]
     assert all(r["status"] == "finished" for r in doc["runs"])
+    check_degradation_verdicts(tmp_path / "p", doc)
+    assert doc["verdicts"][0]["status"] == "not observed"  # plain-8 against itself: a gap of 0 < 2%
     cfg = json.loads((tmp_path / "p" / "runs" / "plain8-s0" / "config.json").read_text())
     assert cfg["train"]["recipe"] == "he2015" and cfg["model"]["in_channels"] == 3
     assert "synthetic CIFAR-shaped data" in (tmp_path / "p" / "report.html").read_text()
@@ -155,6 +165,7 @@ def test_cli_list_report_index_and_markdown(tmp_path, capsys):
                  "cpu", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "report:" in printed and ("OBSERVED" in printed or "NOT OBSERVED" in printed or "INCONCLUSIVE" in printed)
+    check_degradation_verdicts(out, json.loads((out / "experiment.json").read_text()))
     md = tmp_path / "results.md"
     assert main(["report", str(tmp_path / "exps"), "--markdown", str(md)]) == 0
     index = (tmp_path / "exps" / "index.html").read_text()
@@ -164,9 +175,10 @@ def test_cli_list_report_index_and_markdown(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
 
 
-def test_seeds_give_one_run_each_and_mean_sd_tables(tmp_path):
+def test_seeds_give_one_run_each_and_mean_sd_tables_and_verdicts_over_the_seeds(tmp_path):
     doc = reproduce("degradation", seeds=2, params={"depths": [8], "epochs": 1}, out=str(tmp_path / "s"),
                     device="cpu", quiet=True)
+    check_degradation_verdicts(tmp_path / "s", doc)  # mean +- sd of two seeds; undecided where they straddle
     assert sorted((r["id"], r["seed"]) for r in doc["runs"]) == [("plain8", 0), ("plain8", 1), ("resnet8", 0),
                                                                   ("resnet8", 1)]
     assert doc["runs"][0]["train_acc"] != doc["runs"][1]["train_acc"]  # different inits
