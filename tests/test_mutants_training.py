@@ -548,7 +548,7 @@ def test_unreadable_checkpoints_are_refused_naming_the_file_and_the_first_reason
     garbage.write_bytes(b"not a checkpoint. at all\n")
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(garbage)
-    assert repr(str(garbage)) in str(err.value) and " object beyond tensors" in str(err.value)  # no name to give
+    assert str(err.value).startswith(f"checkpoint {str(garbage)!r} is unreadable (truncated or not a torch file): ")
     evil = tmp_path / "epoch_0004.pt"
     torch.save({"w": _Payload()}, evil)
     with pytest.raises(CheckpointError) as err:

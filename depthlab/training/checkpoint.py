@@ -86,15 +86,14 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     other pickled object (code could run while unpickling it) or that is cut short is refused."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f" ({found.group(1)})" if found else ""
-        raise CheckpointError(f"refusing checkpoint {str(path)!r}: it carries a pickled object{what} beyond "
-                              f"tensors and plain containers; depthlab never writes one, and loading it "
-                              f"could run code") from None
-    except (RuntimeError, EOFError, OSError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
+        found = re.search(r"GLOBAL ([\w.]+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if found:  # a pickle naming an object beyond tensors; anything else is not a torch file at all
+            raise CheckpointError(f"refusing checkpoint {str(path)!r}: it carries a pickled object "
+                                  f"({found.group(1)}) beyond tensors and plain containers; depthlab never "
+                                  f"writes one, and loading it could run code") from None
         first = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0]
         raise CheckpointError(f"checkpoint {str(path)!r} is unreadable (truncated or not a torch file): "
                               f"{first}") from None
