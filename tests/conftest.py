@@ -1,9 +1,12 @@
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from urllib.error import URLError
 
 import pytest
 import torch
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from depthlab.data import files
 
@@ -38,6 +41,9 @@ def one_thread():
 _ROOT = Path(__file__).resolve().parent.parent
 _TOOL_DIRS = {".git", "__pycache__", ".pytest_cache", ".ruff_cache", "mutants", "depthlab.egg-info"}
 _before: "set[str]" = set()
+# hypothesis keeps its example database and constants cache in ./.hypothesis unless told otherwise
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="depthlab-tests-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
 
 
 def _checkout_files() -> "set[str]":
@@ -54,6 +60,7 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
     if os.environ.get("MUTANT_UNDER_TEST") or not _before:
         return
     left = sorted(_checkout_files() - _before)
