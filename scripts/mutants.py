@@ -39,7 +39,7 @@ def results(root: Path = ROOT / "mutants") -> dict:
 
 
 def module_of(name: str) -> str:
-    return name.split(".x")[0].rsplit(".x_", 1)[0]
+    return name.split(".x")[0]  # mutmut names: module.x_function__mutmut_N or module.xǁClassǁmethod__mutmut_N
 
 
 def main(argv) -> int:
