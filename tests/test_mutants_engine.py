@@ -1,252 +1,33 @@
-"""The epoch loop (``depthlab.training.engine.Training``) and checkpoint files
-(``depthlab.training.checkpoint``), checked against numbers computed independently here.
+"""The epoch loop (``depthlab.training.engine.Training``) checked against numbers computed independently here.
 
-The loop runs with scripted stand-ins: a step whose loss, predictions and duration (one second of a
-fake clock per step) are known in advance, a loader of fixed batches (a short last one), and a
-data-parallel stand-in. That gives exact expectations for every metrics row (sample-weighted means,
-the global step, the learning rate the epoch began with, seconds and elapsed time), for when
-evaluation runs and ``best.pt`` is written, for a stop on a signal (mid-epoch: the exact position
-and partial sums, which a resume turns into the rows of an uninterrupted run; at an epoch's end;
-agreed at the next check in a multi-process run), for a divergence (noticed at the next check,
-diagnosed at the first bad step, replayed from the latest checkpoint, an overflowing epoch sum
-included), and for what rank 0 alone writes. Checkpoint files: their names, position order, pruning
-to the last K, and refusal of unreadable files."""
-import os
-import signal
-from contextlib import nullcontext
-from types import SimpleNamespace
+The loop runs with scripted stand-ins (tests/trainkit.py). That gives exact expectations for every metrics row
+(sample-weighted means, the global step, the learning rate the epoch began with, seconds and elapsed time), for
+when evaluation runs and ``best.pt`` is written, for a stop on a signal (mid-epoch: the exact position and
+partial sums, which a resume turns into the rows of an uninterrupted run; at an epoch's end; agreed at the next
+check in a multi-process run), for a divergence (noticed at the next check, diagnosed at the first bad step,
+replayed from the latest checkpoint, an overflowing epoch sum included), and for what rank 0 alone writes."""
 
 import pytest
 import torch
-import torch.nn.functional as F
+from trainkit import (
+    LR,
+    SIZES,
+    batch_numbers,
+    expected_row,
+    fresh_run,
+    harness,
+    loss_at,
+    lr_at,
+    names,
+    resumed_run,
+    rows,
+)
 
-import depthlab.fileio as fileio
-import depthlab.training.engine as engine
 from depthlab.training.checkpoint import (
-    CheckpointError,
     checkpoint_name,
-    latest_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
-from depthlab.training.engine import Training
-from depthlab.training.safety import StopSignals
-
-CLASSES = 3
-SIZES = (4, 4, 3)  # samples per batch: three steps per epoch, the last one short
-LR = 0.1
-
-
-def loss_at(g: int) -> float:
-    """The scripted loss of global step ``g`` (different at every step, exact in float32)."""
-    return 1.0 + 0.25 * g
-
-
-def lr_at(g: int) -> float:
-    """The learning rate before global step ``g`` (the scheduler divides it by 1 + steps taken)."""
-    return LR / (1 + g)
-
-
-def make_batch(epoch: int, i: int, n: int):
-    """Labels cycle through the classes; column 0 of x is the class the step predicts: right at even
-    positions, wrong at odd ones."""
-    y = (torch.arange(n) + epoch + i) % CLASSES
-    right = torch.arange(n) % 2 == 0
-    pred = torch.where(right, y, (y + 1) % CLASSES)
-    return torch.stack([pred.float(), torch.ones(n)], 1), y
-
-
-def batch_numbers(epoch: int, i: int, n: int, g: int, loss=loss_at):
-    """(loss sum, correct, samples) of one batch, from the data alone."""
-    x, y = make_batch(epoch, i, n)
-    return loss(g) * n, int((x[:, 0].long() == y).sum()), n
-
-
-def expected_row(epoch: int, done: int = len(SIZES), seconds_before: float = 0.0, loss=loss_at) -> dict:
-    """The row of the first ``done`` steps of ``epoch`` of an uninterrupted run (steps 1 s each)."""
-    spe = len(SIZES)
-    parts = [batch_numbers(epoch, i, n, epoch * spe + i, loss) for i, n in enumerate(SIZES[:done])]
-    total = sum(p[0] for p in parts)
-    correct = sum(p[1] for p in parts)
-    seen = sum(p[2] for p in parts)
-    return {"kind": "epoch", "epoch": epoch + 1, "step": epoch * spe + done, "lr": pytest.approx(lr_at(epoch * spe)),
-            "train_loss": pytest.approx(total / seen), "train_acc": pytest.approx(correct / seen),
-            "seconds": float(done), "elapsed": float(epoch * spe + done)}
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def perf_counter(self):
-        return self.now
-
-
-class Loader:
-    def __init__(self, sizes=SIZES):
-        self.sizes, self.calls = sizes, []
-
-    def __len__(self):
-        return len(self.sizes)
-
-    def batches(self, epoch, start=0):
-        self.calls.append((epoch, start))
-        for i, n in enumerate(self.sizes):
-            if i >= start:
-                yield make_batch(epoch, i, n)
-
-
-class Dist:
-    """``world`` identical ranks: sums scale by the world size, a max is the value itself."""
-
-    def __init__(self, world=1, rank=0):
-        self.world, self.rank, self.barriers = world, rank, 0
-
-    @property
-    def active(self):
-        return self.world > 1
-
-    @property
-    def is_main(self):
-        return self.rank == 0
-
-    def shard(self, x, y):
-        return x, y, len(y) * self.world
-
-    def all_reduce(self, t, op="sum"):
-        return t * self.world if op == "sum" else t
-
-    def barrier(self):
-        self.barriers += 1
-
-
-class Methods:
-    def __init__(self, state=None):
-        self.state, self.epochs, self.loaded = state or {}, [], []
-
-    def state_dict(self):
-        return dict(self.state)
-
-    def load_state_dict(self, state):
-        self.loaded.append(state)
-
-    def start_epoch(self, epoch):
-        self.epochs.append(epoch)
-
-
-class Diags:
-    def __init__(self):
-        self.steps, self.ended, self.ran, self.loaded = [], [], [], []
-
-    def after_step(self, step):
-        self.steps.append(step)
-
-    def end_epoch(self, epoch):
-        self.ended.append(epoch)
-
-    def run(self, epoch):
-        self.ran.append(epoch)
-
-    def state(self):
-        return {"steps_seen": torch.tensor(len(self.steps))}
-
-    def load_state(self, state):
-        self.loaded.append(state)
-
-
-class Progress:
-    def __init__(self):
-        self.advanced, self.rows, self.logs = 0, [], []
-
-    def advance(self):
-        self.advanced += 1
-
-    def epoch_done(self, row):
-        self.rows.append(dict(row))
-
-    def log(self, msg):
-        self.logs.append(msg)
-
-
-class Board:
-    def __init__(self):
-        self.rows = []
-
-    def epoch(self, row):
-        self.rows.append(dict(row))
-
-
-def harness(run_dir, monkeypatch, *, epochs=2, check_every=1, eval_every=1, keep_best=False, keep_last=100,
-            world=1, rank=0, val_accs=None, stop_at=None, bad_steps=(), loss=loss_at, methods_state=None,
-            sizes=SIZES):
-    """A ``Training`` on the scripted parts; ``stop_at``: SIGTERM arrives during that (1-based) global
-    step; ``bad_steps``: global steps (0-based) whose loss is NaN; ``val_accs``: the validation
-    accuracy of each evaluation (no validation split when None)."""
-    h = SimpleNamespace(clock=Clock(), loader=Loader(sizes), dist=Dist(world, rank), methods=Methods(methods_state),
-                        diags=Diags(), progress=Progress(), tb=Board(), steps=[], evals=[], autocast=nullcontext())
-    monkeypatch.setattr(engine, "time", h.clock)
-    model = torch.nn.Linear(2, CLASSES)
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 / (1 + s))
-    stop = StopSignals()
-    val_iter = iter(val_accs or ())
-    has_val = val_accs is not None
-    dataset = SimpleNamespace(train_x=torch.zeros(1, 2), test_x=torch.zeros(5, 2), test_y=torch.zeros(5),
-                              val_x=torch.zeros(3, 2) if has_val else None, val_y=torch.zeros(3) if has_val else None)
-
-    def make_step(observer):
-        def step(x, y, n_global, step):
-            h.steps.append((step, len(y), n_global))
-            opt.zero_grad()
-            value = float("nan") if step in bad_steps else loss(step)
-            total = model(x).sum() * 0 + value
-            total.backward()
-            observer(step)
-            opt.step()
-            sched.step()
-            h.clock.now += 1.0
-            if stop_at is not None and step + 1 == stop_at:
-                stop.requested = signal.SIGTERM
-            return total.detach(), F.one_hot(x[:, 0].long(), CLASSES).float()
-        return step
-
-    def evaluate(model_, x, y, autocast=None):
-        split = "test" if x is dataset.test_x and y is dataset.test_y else "val" if x is dataset.val_x else "?"
-        h.evals.append((split, model_ is model and (y is dataset.val_y if split == "val" else True), autocast))
-        return (0.5, 0.25) if split == "test" else (0.75, next(val_iter))
-
-    cfg = SimpleNamespace(run_dir=run_dir, train=SimpleNamespace(
-        epochs=epochs, check_every=check_every, eval_every=eval_every, keep_best=keep_best, keep_last=keep_last))
-    h.training = Training(cfg=cfg, model=model, make_step=make_step, opt=opt, sched=sched, loader=h.loader,
-                          dataset=dataset, methods=h.methods, diags=h.diags, progress=h.progress, tb=h.tb,
-                          autocast=lambda: h.autocast, dist=h.dist, stop=stop,
-                          summary={"run_dir": str(run_dir), "status": "running", "epoch": 0}, evaluate=evaluate)
-    h.ckpts = run_dir / "checkpoints"
-    if rank == 0:
-        h.ckpts.mkdir(parents=True, exist_ok=True)  # loop.train makes it on rank 0
-    h.model, h.opt, h.stop = model, opt, stop
-    return h
-
-
-def fresh_run(h) -> dict:
-    """As ``loop.train`` starts a new run: the checkpoint of epoch 0, then the loop."""
-    h.training.save(0)
-    return h.training.run(0, 0)
-
-
-def resumed_run(h) -> dict:
-    """As ``loop.train`` resumes: restore the latest checkpoint, go on from its position."""
-    start = h.training.restore(load_checkpoint(latest_checkpoint(h.ckpts)))
-    return h.training.run(*start)
-
-
-def rows(h) -> list:
-    return fileio.read_jsonl(h.training.cfg.run_dir / "metrics.jsonl")
-
-
-def names(h) -> list:
-    return [p.name for p in list_checkpoints(h.ckpts)]
 
 
 # ----------------------------------------------------------------------------------- metrics rows
@@ -485,74 +266,3 @@ def test_restore_round_trips_position_best_and_time_and_fills_momentum_buffers(t
     assert (h.training.best_val, h.training.elapsed) == (0.625, 12.5)
     for p in h.model.parameters():
         assert torch.equal(h.opt.state[p]["momentum_buffer"], torch.zeros_like(p))
-
-
-# ----------------------------------------------------------------------------------- checkpoint files
-def test_checkpoint_names_follow_the_documented_pattern():
-    assert checkpoint_name(3) == "epoch_0003.pt"
-    assert checkpoint_name(3, 12) == "epoch_0003_step_000012.pt"
-    assert checkpoint_name(12345, 1) == "epoch_12345_step_000001.pt"
-
-
-def test_checkpoints_are_listed_in_position_order_and_other_files_ignored(tmp_path):
-    assert list_checkpoints(tmp_path / "missing") == [] and latest_checkpoint(tmp_path / "missing") is None
-    assert latest_checkpoint(tmp_path) is None
-    positions = [(9999, 0), (3, 12), (3, 0), (10000, 0), (2, 1000000), (3, 2)]
-    for e, s in positions:
-        (tmp_path / checkpoint_name(e, s)).write_bytes(b"")
-    for other in ("best.pt", "epoch_001.pt", ".epoch_0005.pt.x1y2.tmp", "epoch_0007.pt.tmp", "notes.txt"):
-        (tmp_path / other).write_bytes(b"")
-    assert [p.name for p in list_checkpoints(tmp_path)] == [checkpoint_name(e, s) for e, s in sorted(positions)]
-    assert latest_checkpoint(tmp_path).name == "epoch_10000.pt"
-
-
-def test_saving_keeps_only_the_newest_keep_last_positions(tmp_path):
-    ckpt_dir = tmp_path / "checkpoints"
-    written = [save_checkpoint(ckpt_dir, e, {"epoch": torch.tensor(e)}, keep_last=2, **({"step": s} if s else {}))
-               for e, s in [(0, 0), (1, 0), (1, 5), (2, 0)]]
-    assert [p.name for p in written] == ["epoch_0000.pt", "epoch_0001.pt", "epoch_0001_step_000005.pt",
-                                         "epoch_0002.pt"]
-    assert [p.name for p in list_checkpoints(ckpt_dir)] == ["epoch_0001_step_000005.pt", "epoch_0002.pt"]
-    assert int(load_checkpoint(written[-1])["epoch"]) == 2
-    save_checkpoint(ckpt_dir, 3, {}, keep_last=1)
-    assert [p.name for p in list_checkpoints(ckpt_dir)] == ["epoch_0003.pt"]
-
-
-class _Payload:
-    def __reduce__(self):
-        return (os.getcwd, ())
-
-
-def test_unreadable_checkpoints_are_refused_naming_the_file_and_the_first_reason(tmp_path):
-    missing = tmp_path / "epoch_0001.pt"
-    with pytest.raises(FileNotFoundError):
-        load_checkpoint(missing)
-    empty = tmp_path / "epoch_0002.pt"
-    empty.write_bytes(b"")
-    with pytest.raises(CheckpointError) as err:
-        load_checkpoint(empty)
-    assert str(err.value) == (f"checkpoint {str(empty)!r} is unreadable (truncated or not a torch file): EOFError")
-    good = tmp_path / "good.pt"
-    torch.save({"w": torch.ones(3)}, good)
-    assert load_checkpoint(good)["w"].device == torch.device("cpu")
-    cut = tmp_path / "epoch_0003.pt"
-    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(RuntimeError) as torch_err:
-        torch.load(cut, weights_only=True)
-    assert ". " in str(torch_err.value)  # torch's reason runs to several sentences
-    with pytest.raises(CheckpointError) as err:
-        load_checkpoint(cut)
-    assert str(err.value) == (f"checkpoint {str(cut)!r} is unreadable (truncated or not a torch file): "
-                              f"{str(torch_err.value).split('. ')[0]}")  # its first sentence only
-    garbage = tmp_path / "epoch_0005.pt"
-    garbage.write_bytes(b"not a checkpoint. at all\n")
-    with pytest.raises(CheckpointError) as err:
-        load_checkpoint(garbage)
-    assert str(err.value).startswith(f"checkpoint {str(garbage)!r} is unreadable (truncated or not a torch file): ")
-    evil = tmp_path / "epoch_0004.pt"
-    torch.save({"w": _Payload()}, evil)
-    with pytest.raises(CheckpointError) as err:
-        load_checkpoint(evil)
-    assert str(err.value) == (f"refusing checkpoint {str(evil)!r}: it carries a pickled object "
-                              f"({os.getcwd.__module__}.getcwd) beyond tensors and plain containers; depthlab never "
-                              f"writes one, and loading it could run code")
