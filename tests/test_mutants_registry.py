@@ -36,8 +36,11 @@ def test_any_value_but_none_zero_or_false_switches_a_method_on():
         assert clip.enabled(SimpleNamespace(clip_grad_norm=on)), on
     for off in (None, 0, 0.0, False):
         assert not clip.enabled(SimpleNamespace(clip_grad_norm=off)), off
+    # fixup_lr is the one method on by default (it changes only Fixup nets' optimiser groups)
+    assert [m.name for m in enabled_methods(methods_cfg())] == ["fixup_lr"]
     cfg = methods_cfg("methods.stochastic_depth=1.0", "methods.clip_grad_norm=1")
-    assert [m.name for m in enabled_methods(cfg)] == [n for n in METHODS if n in ("stochastic_depth", "clip_grad_norm")]
+    assert [m.name for m in enabled_methods(cfg)] == [n for n in METHODS
+                                                      if n in ("stochastic_depth", "clip_grad_norm", "fixup_lr")]
     assert methods_cfg("methods.clip_grad_norm=0.5").clip_grad_norm == 0.5  # > 0 is enough
 
 
@@ -71,7 +74,8 @@ def test_register_adds_a_method_with_new_options_and_refuses_the_rest(scratch_re
     options = all_options()
     assert all(options[k] is Fresh.options[k] for k in ("fresh_level", "fresh_mode"))
     cfg = SimpleNamespace(**{k: o.default for k, o in options.items()})
-    assert enabled_methods(cfg) == []
+    on = [m for m in enabled_methods(cfg) if m.on_by_default]  # fixup_lr
+    assert enabled_methods(cfg) == on
     cfg.fresh_level = 3
-    assert enabled_methods(cfg) == [Fresh]
+    assert enabled_methods(cfg) == on + [Fresh]
     assert Fresh(cfg).cfg is cfg

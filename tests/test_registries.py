@@ -67,13 +67,18 @@ def without_methods(tmp_path_factory):
 def test_every_method_switches_on_trains_and_resumes_bit_for_bit(method, tmp_path, monkeypatch, without_methods):
     cls = METHODS.get(method)
     assert cls.title and cls.source and cls.example, f"{method}: title, source and example are required"
-    straight = _cfg(tmp_path, "straight", *_on(method))
+    straight = _cfg(tmp_path, "straight", *cls.example_model, *_on(method))
     assert cls.enabled(straight.methods)
     s = train(straight, quiet=True)
     assert s["status"] == "finished" and s["train_loss"] == s["train_loss"]  # finite, not NaN
-    assert s["train_loss"] != without_methods["train_loss"]  # the method changed training
+    if cls.example_model or cls.example_off:  # the same model with the method changing nothing
+        off = [f"methods.{k}={v}" for k, v in cls.example_off.items()]
+        without = train(_cfg(tmp_path, "without", *cls.example_model, *off), quiet=True)
+    else:
+        without = without_methods
+    assert s["train_loss"] != without["train_loss"]  # the method changed training
 
-    stopped = _cfg(tmp_path, "stopped", *_on(method))
+    stopped = _cfg(tmp_path, "stopped", *cls.example_model, *_on(method))
     monkeypatch.setattr(loop, "StopSignals", _StopAfter)
     assert train(stopped, quiet=True)["status"] == "interrupted"
     monkeypatch.undo()
@@ -87,7 +92,9 @@ def test_options_are_config_keys_with_their_declared_defaults():
     for name in METHODS:
         for key, option in METHODS.get(name).options.items():
             assert getattr(cfg.methods, key) == option.default
-            assert not METHODS.get(name).enabled(cfg.methods)  # every method is off by default
+        # every method is off by default, but one that declares it acts on its own models only
+        assert METHODS.get(name).enabled(cfg.methods) == METHODS.get(name).on_by_default, name
+    assert [n for n in METHODS if METHODS.get(n).on_by_default] == ["fixup_lr"]
 
 
 def test_a_declared_conflict_is_refused_naming_both_keys(monkeypatch):

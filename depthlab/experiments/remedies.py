@@ -24,7 +24,8 @@ VARIANTS = {
                                 ["model.name=resnet", "methods.stochastic_depth=0.5"]),
     "resnet+rezero": ("SkipInit/ReZero alpha=0 (De & Smith 2020; Bachlechner et al. 2020)",
                       ["model.name=resnet", "model.rezero=true"]),
-    "fixup-resnet": ("Fixup, no normalisation (Zhang et al. 2019)", ["model.name=fixup-resnet"]),
+    "fixup-resnet": ("Fixup, no normalisation (Zhang et al. 2019); scalars at lr/10, momentum without Nesterov, "
+                     "as the authors' code", ["model.name=fixup-resnet", "train.nesterov=false"]),
     "highway": ("highway gates, b_T=-2, gate weights x0.1 (Srivastava et al. 2015)", ["model.name=highway"]),
     "plain+crelu-ll": ("CReLU + looks-linear init (Balduzzi et al. 2017)",
                        ["model.name=plain", "model.activation=crelu", "model.init=looks-linear"]),

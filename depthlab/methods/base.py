@@ -27,7 +27,12 @@ Its options become config keys ``methods.<key>`` (the first one switches it on: 
   checkpoint, for an exact resume;
 - ``close()``: training ends (remove hooks).
 
+A method is off by default, except one that acts only on the models it is made for and follows their
+authors' code (``fixup_lr``: Fixup nets' scalars at lr/10); it declares ``on_by_default = True``.
+
 Class attributes: ``example`` (option values that switch it on, for help and smoke tests),
+``example_model`` (model overrides for the smoke tests when the method acts on some models only),
+``example_off`` (option values under which it changes nothing, for a method on by default),
 ``conflicts`` (method names it cannot be combined with), ``skips_parameters``
 (some parameters may get no gradient in a step, as with stochastic depth: data-parallel training
 must look for unused parameters). ``validate(run_cfg)`` may refuse a combination with the rest of
@@ -50,6 +55,9 @@ class TrainingMethod:
     source: str = ""                      # the paper
     options: Dict[str, Option] = {}       # config keys methods.<key>; the first switches it on
     example: Dict[str, Any] = {}          # option values that switch it on (help text, smoke tests)
+    example_model: Tuple[str, ...] = ()   # model overrides it acts on, when that is not every model
+    example_off: Dict[str, Any] = {}      # option values under which it changes nothing
+    on_by_default: bool = False           # the defaults switch it on (it acts on its own models only)
     conflicts: Tuple[str, ...] = ()       # names of methods it cannot be combined with
     skips_parameters: bool = False        # some parameters may get no gradient in a step
 

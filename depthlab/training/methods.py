@@ -70,8 +70,12 @@ class TrainingMethods:
 
 def make_optimizer(model, t, methods: TrainingMethods) -> torch.optim.Optimizer:
     """SGD over the trainable parameters in the groups the methods make (e.g. the orthonormality
-    regulariser's weights without weight decay)."""
+    regulariser's weights without weight decay, Fixup's scalars at a tenth of the learning rate)."""
     groups = methods.param_groups(model, [{"params": [p for p in model.parameters() if p.requires_grad]}])
+    # a method may ask for a fraction of the base learning rate (``lr_factor``, e.g. Fixup's scalars at lr/10);
+    # the schedule then multiplies each group's own lr
+    groups = [{**{k: v for k, v in g.items() if k != "lr_factor"}, "lr": t.lr * g["lr_factor"]}
+              if "lr_factor" in g else g for g in groups]
     opt = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
                           nesterov=t.nesterov and t.momentum > 0, **optimizer_flags(t.optimizer_impl))
     fill_momentum_buffers(opt)
