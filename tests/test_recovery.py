@@ -65,9 +65,12 @@ def test_stop_mid_epoch_saves_the_exact_position_and_resumes_bit_for_bit(tmp_pat
 
 
 def test_sigterm_to_the_cli_saves_and_exits_cleanly_then_resume_finishes(tmp_path):
-    cfg = _cfg(tmp_path, "cli", "train.epochs=40")
+    # he2015 at 40 epochs keeps the base lr for 20 epochs: stopped in the first few, the run resumes as a
+    # run of twice the epochs it finished (every step so far had the lr that run would have had)
+    cfg = _cfg(tmp_path, "cli", "train.epochs=40", "train.recipe=he2015", "train.batch_size=64")
     args = [sys.executable, "-m", "depthlab", "train", "--quiet", "--set", *[
-        "model.name=resnet", "model.depth=8", "data.name=digits", "train.epochs=40", "train.device=cpu",
+        "model.name=resnet", "model.depth=8", "data.name=digits", "train.epochs=40", "train.recipe=he2015",
+        "train.batch_size=64", "train.device=cpu",
         "train.threads=1", "data.augment=crop-flip", "data.crop_padding=1", f"out_dir={tmp_path}", "run_id=cli"]]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = cfg.run_dir / "metrics.jsonl"
@@ -81,8 +84,8 @@ def test_sigterm_to_the_cli_saves_and_exits_cleanly_then_resume_finishes(tmp_pat
     state = load_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"))
     assert 1 <= state["epoch"] < 40
     assert not list((cfg.run_dir / "checkpoints").glob(".*.tmp"))
-    s = train(cfg.with_overrides([f"train.epochs={state['epoch'] + 1}"]), resume=True, quiet=True)
-    assert s["status"] == "finished" and s["epoch"] == state["epoch"] + 1
+    s = train(cfg.with_overrides([f"train.epochs={2 * state['epoch']}"]), resume=True, quiet=True)
+    assert s["status"] == "finished" and s["epoch"] == 2 * state["epoch"]
 
 
 def test_divergence_names_the_layer_keeps_the_last_good_checkpoint_and_ignores_check_cadence(tmp_path):
@@ -135,7 +138,7 @@ def test_checkpoints_with_a_pickle_payload_or_truncated_are_refused_by_name(tmp_
     evil = ckpt_dir / "epoch_0005.pt"
     torch.save(state, evil)
     with pytest.raises(CheckpointError, match=r"epoch_0005\.pt.*pickled object \(posix\.getcwd\)"):
-        train(cfg.with_overrides(["train.epochs=6"]), resume=True, quiet=True)
+        train(cfg, resume=True, quiet=True)
     evil.unlink()
     cut = ckpt_dir / "epoch_0006.pt"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])

@@ -57,7 +57,15 @@ def test_verdict_statuses():
 def test_parameters_parse_and_unknown_names_list_the_valid_ones():
     assert parse_params(["depths=8,20", "epochs=3", "set=[train.lr=0.1]"]) == {
         "depths": [8, 20], "epochs": 3, "set": ["train.lr=0.1"]}
-    assert resolve_params(EXPERIMENTS.get("degradation")(), "quick", {"depths": 110})["depths"] == [110]
+    assert resolve_params(EXPERIMENTS.get("stochastic-depth")(), "quick", {"depths": 110})["depths"] == [110]
+    # depths are sorted and without repeats; an experiment that compares depths needs two different ones
+    assert resolve_params(EXPERIMENTS.get("degradation")(), "quick", {"depths": [56, 8, 56]})["depths"] == [8, 56]
+    for bad in (8, [8, 8]):
+        with pytest.raises(ConfigError, match=r"depths of degradation needs at least 2 different depths"):
+            resolve_params(EXPERIMENTS.get("degradation")(), "quick", {"depths": bad})
+    for bad in ([8, "x"], [0, 8], [], [True, 8]):
+        with pytest.raises(ConfigError, match=r"depths of highway must be a list of positive ints"):
+            resolve_params(EXPERIMENTS.get("highway")(), "quick", {"depths": bad})
     with pytest.raises(ConfigError, match="name=value"):
         parse_params(["depths"])
     exp = EXPERIMENTS.get("degradation")()
@@ -88,19 +96,16 @@ def test_measure_caches_until_the_key_or_parameters_change(tmp_path):
 def test_degradation_end_to_end_verdicts_follow_the_runs_reuses_finished_runs_and_resumes_an_interrupted_one(
         tmp_path):
     out = tmp_path / "deg"
-    params = {**SMOKE, "epochs": 2, "depths": [8]}
+    # gap 101%: "plain-14 trains worse than plain-8 by >= 101%" cannot hold for errors in [0, 1], so it must
+    # come out not observed whatever the runs learned
+    params = {**SMOKE, "epochs": 2, "gap": 1.01}
     doc = reproduce("degradation", params=params, out=str(out), device="cpu", quiet=True)
-    assert [r["run_id"] for r in doc["runs"]] == ["plain8-s0", "resnet8-s0"]
+    assert [r["run_id"] for r in doc["runs"]] == ["plain8-s0", "resnet8-s0", "plain14-s0", "resnet14-s0"]
     assert all(r["status"] == "finished" and not r["reused"] for r in doc["runs"])
     assert len(doc["verdicts"]) == 4
     check_degradation_verdicts(out, doc)
-    # One depth: the shallow and the deep net of each comparison are the same run. "plain-8 trains worse
-    # than plain-8 by >= 5%" is a difference of exactly 0 against a 5% bar, so it must come out not
-    # observed whatever the run learned; "resnet-8 within 1% of resnet-8" and "resnet-8's responses
-    # smaller than (or equal to) resnet-8's" (0 >= 0) must come out observed.
-    assert [v["status"] for v in doc["verdicts"]][:2] == ["not observed", "observed"]
-    assert doc["verdicts"][3]["status"] == "observed"
-    assert re.fullmatch(r"plain-8 (\d+\.\d)%, plain-8 \1% training error", doc["verdicts"][0]["detail"])
+    assert doc["verdicts"][0]["status"] == "not observed"
+    assert re.fullmatch(r"plain-8 \d+\.\d%, plain-14 \d+\.\d% training error", doc["verdicts"][0]["detail"])
     saved = json.loads((out / "experiment.json").read_text())
     assert saved["provenance"]["torch"] and saved["provenance"]["commit"] and saved["scale"] == "quick"
     page = (out / "report.html").read_text()
@@ -111,6 +116,9 @@ def test_degradation_end_to_end_verdicts_follow_the_runs_reuses_finished_runs_an
 
     again = reproduce("degradation", params=params, out=str(out), device="cpu", quiet=True)
     assert all(r["reused"] for r in again["runs"])
+    made_by = f"depthlab reproduce degradation --out {out} --param depths=8,14 --param epochs=2 --param gap=1.01"
+    assert [r["made_by"] for r in again["runs"]] == [made_by] * 4  # the command that trained them
+    assert made_by in (out / "report.html").read_text()
     assert [r["train_acc"] for r in again["runs"]] == [r["train_acc"] for r in doc["runs"]]
 
     # interrupt plain8 after epoch 1: drop its epoch-2 checkpoint and metrics line
@@ -120,35 +128,35 @@ def test_degradation_end_to_end_verdicts_follow_the_runs_reuses_finished_runs_an
     (run / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     resumed = reproduce("degradation", params=params, out=str(out), device="cpu", quiet=True)
     r0 = resumed["runs"][0]
-    assert not r0["reused"] and resumed["runs"][1]["reused"]
+    assert not r0["reused"] and all(r["reused"] for r in resumed["runs"][1:])
     assert r0["train_acc"] == doc["runs"][0]["train_acc"]  # exact resume
     check_degradation_verdicts(out, resumed)
 
 
 def test_changed_settings_ask_for_fresh(tmp_path):
     out = tmp_path / "deg"
-    reproduce("degradation", params={"depths": [8], "epochs": 1}, out=str(out), device="cpu", quiet=True)
+    reproduce("degradation", params=SMOKE, out=str(out), device="cpu", quiet=True)
     with pytest.raises(ConfigError, match="train.lr: saved 0.05, now 0.01.*--fresh"):  # a finished run
-        reproduce("degradation", params={"depths": [8], "epochs": 1, "set": ["train.lr=0.01"]}, out=str(out),
+        reproduce("degradation", params={**SMOKE, "set": ["train.lr=0.01"]}, out=str(out),
                   device="cpu", quiet=True)
     run = out / "runs" / "plain8-s0"
     (run / "checkpoints" / "epoch_0001.pt").unlink()
     (run / "metrics.jsonl").write_text("")
     with pytest.raises(ConfigError, match="--fresh"):  # an interrupted run
-        reproduce("degradation", params={"depths": [8], "epochs": 1, "set": ["train.lr=0.01"]}, out=str(out),
+        reproduce("degradation", params={**SMOKE, "set": ["train.lr=0.01"]}, out=str(out),
                   device="cpu", quiet=True)
-    doc = reproduce("degradation", params={"depths": [8], "epochs": 1, "set": ["train.lr=0.01"]}, out=str(out),
+    doc = reproduce("degradation", params={**SMOKE, "set": ["train.lr=0.01"]}, out=str(out),
                     device="cpu", quiet=True, fresh=True)
     assert all(not r["reused"] for r in doc["runs"])
 
 
 def test_paper_scale_runs_end_to_end_on_synthetic_cifar_shaped_data_says_so_and_verdicts_follow_the_runs(tmp_path):
-    doc = reproduce("degradation", scale="paper", params={"depths": [8], "epochs": 1}, out=str(tmp_path / "p"),
+    doc = reproduce("degradation", scale="paper", params={**SMOKE, "gap": 1.01}, out=str(tmp_path / "p"),
                     device="cpu", quiet=True)
     assert doc["data"]["name"] == "synthetic" and "cifar10 files are absent" in doc["data"]["note"]
     assert all(r["status"] == "finished" for r in doc["runs"])
     check_degradation_verdicts(tmp_path / "p", doc)
-    assert doc["verdicts"][0]["status"] == "not observed"  # plain-8 against itself: a gap of 0 < 2%
+    assert doc["verdicts"][0]["status"] == "not observed"  # no training error is 101% above another
     cfg = json.loads((tmp_path / "p" / "runs" / "plain8-s0" / "config.json").read_text())
     assert cfg["train"]["recipe"] == "he2015" and cfg["model"]["in_channels"] == 3
     assert "synthetic CIFAR-shaped data" in (tmp_path / "p" / "report.html").read_text()
@@ -161,7 +169,7 @@ def test_cli_list_report_index_and_markdown(tmp_path, capsys):
     assert main(["reproduce", "nope"]) == 2
     assert "valid experiment names: degradation" in capsys.readouterr().err.lower()
     out = tmp_path / "exps" / "deg"
-    assert main(["reproduce", "degradation", "--param", "depths=8", "epochs=1", "--out", str(out), "--device",
+    assert main(["reproduce", "degradation", "--param", "depths=8,14", "epochs=1", "--out", str(out), "--device",
                  "cpu", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "report:" in printed and ("OBSERVED" in printed or "NOT OBSERVED" in printed or "INCONCLUSIVE" in printed)
@@ -176,13 +184,37 @@ def test_cli_list_report_index_and_markdown(tmp_path, capsys):
 
 
 def test_seeds_give_one_run_each_and_mean_sd_tables_and_verdicts_over_the_seeds(tmp_path):
-    doc = reproduce("degradation", seeds=2, params={"depths": [8], "epochs": 1}, out=str(tmp_path / "s"),
-                    device="cpu", quiet=True)
+    doc = reproduce("degradation", seeds=2, params=SMOKE, out=str(tmp_path / "s"), device="cpu", quiet=True)
     check_degradation_verdicts(tmp_path / "s", doc)  # mean +- sd of two seeds; undecided where they straddle
-    assert sorted((r["id"], r["seed"]) for r in doc["runs"]) == [("plain8", 0), ("plain8", 1), ("resnet8", 0),
-                                                                  ("resnet8", 1)]
+    assert sorted((r["id"], r["seed"]) for r in doc["runs"]) == [(f"{f}{d}", s) for f in ("plain", "resnet")
+                                                                  for d in (14, 8) for s in (0, 1)]
     assert doc["runs"][0]["train_acc"] != doc["runs"][1]["train_acc"]  # different inits
     cells = [c for row in doc["tables"][0]["rows"] for c in row if isinstance(c, str)]
     assert any(" +- " in c for c in cells)
     assert all(v["seeds"] == 2 for v in doc["verdicts"])
     assert "One seed" not in " ".join(doc["notes"])
+
+
+def test_a_grid_that_clashes_with_earlier_runs_or_cannot_be_built_stops_before_anything_trains(tmp_path, capsys):
+    """The sequence that used to mix runs: a first grid, then other epochs over the same directory, then
+    a depth the family does not have. Each bad call exits 2 with one line and trains nothing."""
+    out = tmp_path / "deg"
+    base = ["reproduce", "degradation", "--out", str(out), "--device", "cpu", "--quiet"]
+    assert main(base + ["--param", "depths=8,14", "epochs=1"]) == 0
+    files = lambda: {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}  # noqa: E731
+    before = files()
+    capsys.readouterr()
+    assert main(base + ["--param", "depths=8,20", "epochs=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert re.search(r"run plain8-s0 and 1 more run\(s\) already exist\(s\) with other settings \(train.epochs: "
+                     r"saved 1, now 2\); nothing was trained. Pass --fresh", err), err
+    assert main(base + ["--param", "depths=8,21", "epochs=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "plain21-s0" in err and "21" in err, err
+    assert main(base + ["--param", "depths=8"]) == 2
+    assert "needs at least 2 different depths" in capsys.readouterr().err
+    assert files() == before and not (out / "runs" / "plain20-s0").exists()
+    assert main(base + ["--param", "depths=8,14", "epochs=2", "--fresh"]) == 0  # retrains, as suggested
+    runs = json.loads((out / "experiment.json").read_text())["runs"]
+    assert [r["reused"] for r in runs] == [False] * 4

@@ -55,6 +55,7 @@ class Experiment:
     expected: str = ""        # what a quick-scale run should show if the finding holds
     scales: Dict[str, dict] = {}
     smoke: Dict[str, Any] = {}  # parameters that shrink either scale to seconds (tests, CI)
+    min_depths: int = 1       # different depths the verdicts need (2: they compare a shallow and a deep net)
 
     def runs(self, p: dict) -> List[RunSpec]:
         """The training grid for parameters ``p`` (seeds are added by the runner)."""

@@ -41,6 +41,7 @@ class Degradation(Experiment):
     }
 
     smoke = {"depths": [8, 14], "epochs": 1}
+    min_depths = 2
 
     def runs(self, p):
         return [RunSpec(f"{f}{d}", [f"model.name={f}", f"model.depth={d}"], {"family": f, "depth": d})

@@ -60,6 +60,7 @@ class Highway(Experiment):
                   "gap": 0.1, "tolerance": 0.05, "gate_batch": 256},
     }
     smoke = {"depths": [8, 14], "epochs": 1, "width": 4}
+    min_depths = 2
 
     def runs(self, p):
         for d in p["depths"]:

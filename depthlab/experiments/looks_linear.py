@@ -64,6 +64,7 @@ class LooksLinear(Experiment):
                   "crelu_width": 11, "gap": 0.03, "collapse": 0.10},
     }
     smoke = {"depths": [8, 14], "epochs": 1, "width": 4, "crelu_width": 3}
+    min_depths = 2
 
     def runs(self, p):
         out = []

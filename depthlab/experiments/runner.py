@@ -18,11 +18,11 @@ import yaml
 from depthlab.config import ConfigError, RunConfig
 from depthlab.data import DataFileError, load_dataset
 from depthlab.experiments.base import EXPERIMENTS, Experiment, Findings, RunSpec
+from depthlab.experiments.plan import check_depths, check_plan, maker_of, record_maker, run_config
 from depthlab.fileio import atomic_write_text, read_jsonl
 from depthlab.models import count_params
-from depthlab.recipes import resolve_train
 from depthlab.training import load_run
-from depthlab.training.loop import build_from_config, resolve_device, run_differences
+from depthlab.training.loop import build_from_config, resolve_device
 from depthlab.training.loop import train_or_stop as train
 from depthlab.version import __version__
 
@@ -53,6 +53,7 @@ def resolve_params(exp: Experiment, scale: str, params: Optional[Dict[str, Any]]
         if isinstance(p[k], (list, tuple)) and not isinstance(v, (list, tuple)):
             v = [v]  # `--param depths=110`: a one-element list
         p[k] = v
+    check_depths(exp.name, p, exp.min_depths)
     return p
 
 
@@ -181,22 +182,23 @@ def reproduce(name: str, scale: str = "quick", seeds: int = 1, out: Optional[str
     if specs or p.get("dataset"):
         dataset, data_name, note = load_experiment_data(p["dataset"], quiet=quiet)
     ctx = Context(exp, scale, p, list(range(seeds)), out_dir, device, dataset, note, quiet)
-    if not quiet:
-        print(f"{exp.name} ({scale}, {seeds} seed{'s' if seeds > 1 else ''}): {len(specs) * seeds} runs -> {out_dir}",
-              file=sys.stderr, flush=True)
-    total = len(specs) * seeds
-    for i, (spec, seed) in enumerate(((s, k) for s in specs for k in ctx.seeds), 1):
-        row = _train_one(spec, seed, p, data_name, dataset, out_dir, device, fresh, quiet)
-        ctx.results.append(row)
-        if not quiet:
-            acc = row.get("train_acc")
-            print(f"  [{i}/{total}] {row['run_id']:<28} {row['status']:<9} train acc "
-                  f"{'-' if acc is None else f'{acc:.3f}'}  {row.get('seconds', 0):.0f}s"
-                  f"{' (reused)' if row.get('reused') else ''}", file=sys.stderr, flush=True)
     if command is None:  # called from Python: the equivalent command line
         command = (f"depthlab reproduce {name}" + (f" --scale {scale}" if scale != "quick" else "")
                    + (f" --seeds {seeds}" if seeds != 1 else "") + (f" --out {out}" if out else "")
                    + "".join(f" --param {k}={_param_text(v)}" for k, v in (params or {}).items()))
+    grid = [(s, k, run_config(s, k, p, data_name, out_dir, device)) for s in specs for k in ctx.seeds]
+    check_plan(exp.name, grid, dataset, fresh)  # before anything trains
+    if not quiet:
+        print(f"{exp.name} ({scale}, {seeds} seed{'s' if seeds > 1 else ''}): {len(grid)} runs -> {out_dir}",
+              file=sys.stderr, flush=True)
+    for i, (spec, seed, cfg) in enumerate(grid, 1):
+        row = _train_one(spec, seed, cfg, dataset, fresh, quiet, command, exp.name)
+        ctx.results.append(row)
+        if not quiet:
+            acc = row.get("train_acc")
+            print(f"  [{i}/{len(grid)}] {row['run_id']:<28} {row['status']:<9} train acc "
+                  f"{'-' if acc is None else f'{acc:.3f}'}  {row.get('seconds', 0):.0f}s"
+                  f"{' (reused)' if row.get('reused') else ''}", file=sys.stderr, flush=True)
     findings: Findings = exp.analyse(ctx)
     if seeds == 1 and specs:
         findings.notes.append("One seed: each verdict compares single runs, so a gap of a point or two can be "
@@ -221,68 +223,45 @@ def _param_text(v) -> str:
     return str(v)
 
 
-def _train_one(spec: RunSpec, seed: int, p: dict, data_name: str, dataset, out_dir: Path, device: str,
-               fresh: bool, quiet: bool) -> dict:
-    run_id = f"{spec.id}-s{seed}"
-    base = [f"data.name={data_name}", f"train.seed={seed}", f"train.device={device}",
-            f"out_dir={out_dir / 'runs'}", f"run_id={run_id}"]
-    if p.get("recipe"):
-        base.append(f"train.recipe={p['recipe']}")
-    if p.get("epochs"):
-        base.append(f"train.epochs={p['epochs']}")
+def _train_one(spec: RunSpec, seed: int, cfg: RunConfig, dataset, fresh: bool, quiet: bool, command: str,
+               experiment: str) -> dict:
+    run_id, run_dir = cfg.resolved_run_id, cfg.run_dir
     row = {"id": spec.id, "seed": seed, "run_id": run_id, "run_dir": f"runs/{run_id}", **spec.labels}
-    try:
-        cfg = RunConfig().with_overrides(base + list(spec.overrides) + list(p.get("set") or ()))
-    except ConfigError as e:
-        raise ConfigError(f"experiment run {run_id}: {e}") from None
-    run_dir = cfg.run_dir
     t0 = time.perf_counter()
     reused = False
     try:
         done = None if fresh else _finished(run_dir, cfg)
         if done is not None:
             s, reused = done, True
-        elif (run_dir / "config.json").exists() and not fresh:
-            try:
-                s = train(cfg, resume=True, quiet=quiet or not sys.stderr.isatty(), dataset=dataset)
-            except ConfigError as e:
-                raise ConfigError(f"{e}; the experiment's settings changed since this run was made: pass "
-                                  f"fresh=True (CLI: --fresh) to retrain, or choose another directory: out=... "
-                                  f"(CLI: --out)") from None
+        elif (run_dir / "config.json").exists() and not fresh:  # the same run, interrupted: resume it
+            s = train(cfg, resume=True, quiet=quiet or not sys.stderr.isatty(), dataset=dataset)
         else:
             s = train(cfg, overwrite=True, quiet=quiet or not sys.stderr.isatty(), dataset=dataset)
     except (ValueError, RuntimeError) as e:
-        if isinstance(e, ConfigError) and "fresh=True" in str(e):
-            raise
         row.update(status=f"error: {e}", seconds=time.perf_counter() - t0)
         return row
+    if not reused:
+        record_maker(run_dir, command, experiment)
     keep = ("status", "params", "depth", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "elapsed")
     row.update({k: s.get(k) for k in keep})
     row["seconds"] = s.get("elapsed", time.perf_counter() - t0)
     row["seconds_per_epoch"] = _seconds_per_epoch(run_dir)
     row["reused"] = reused
+    if reused:
+        row["made_by"] = maker_of(run_dir) or "not recorded"
     if row["status"] == "diverged":
         row["train_acc"] = row["test_acc"] = None
+        row["diagnosis"] = (s.get("diagnosis") or {}).get("message")
     return row
-
-
 
 
 def _finished(run_dir: Path, wanted: RunConfig) -> Optional[dict]:
     """The summary of a run that finished (or diverged), from its files; None if it needs (more)
-    training. A run directory holding a different run (any set field or recipe value differs,
-    device, threads and fast path aside) is an error that suggests ``--fresh``."""
+    training. ``check_plan`` has made sure the directory holds this very run."""
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         return None
     cfg = json.loads(cfg_path.read_text())
-    details = run_differences(cfg, wanted)
-    if details:
-        raise ConfigError(f"run directory {str(run_dir)!r} holds a different run ({details}); the experiment's "
-                          f"settings changed since it was made: pass fresh=True (CLI: --fresh) to retrain, or "
-                          f"choose another directory: out=... (CLI: --out)")
-    if resolve_train(wanted.train, cfg["model"].get("depth") or 0).epochs != cfg["train"]["epochs"]:
-        return None  # more (or fewer) epochs asked for: train() resumes from the last checkpoint
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
     if not rows:
         return None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import List
 
 from depthlab.report.html import _pct
-from depthlab.report.pages import _find, format_cell, run_status
+from depthlab.report.pages import _find, format_cell, run_status, run_status_text
 from depthlab.report.plots import read_metrics
 
 
@@ -34,6 +34,11 @@ def experiment_markdown(exp_dir, level: int = 2) -> str:
              f"{prov.get('finished', '?')[:10]}; {_train_seconds(doc):.0f} s of training over "
              f"{len(doc.get('runs', []))} runs, this invocation {prov.get('seconds', 0):.0f} s "
              f"({sum(1 for r in doc.get('runs', []) if r.get('reused'))} runs reused).", ""]
+    makers = sorted({r.get("made_by") or "not recorded" for r in doc.get("runs", []) if r.get("reused")})
+    if makers:
+        lines += ["Reused runs were made by: " + "; ".join(f"`{m}`" for m in makers), ""]
+    diverged = [r for r in doc.get("runs", []) if r.get("status") == "diverged"]
+    lines += [f"- {r['run_id']}: {run_status_text(r)}" for r in diverged] + ([""] if diverged else [])
     if doc.get("data", {}).get("note"):
         lines += [f"> {doc['data']['note']}", ""]
     lines += ["| expectation | verdict | numbers |", "|---|---|---|"]

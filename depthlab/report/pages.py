@@ -122,8 +122,9 @@ def write_experiment_report(exp_dir) -> Path:
                      + "</section>")
     runs = doc.get("runs", [])
     if runs:
-        rows = [[r["run_id"], r.get("status"), _pct(r.get("train_acc")), _pct(r.get("test_acc")),
-                 r.get("seconds_per_epoch"), "yes" if r.get("reused") else "no", r["run_dir"]] for r in runs]
+        rows = [[r["run_id"], run_status_text(r), _pct(r.get("train_acc")), _pct(r.get("test_acc")),
+                 r.get("seconds_per_epoch"), f"yes, made by: {r.get('made_by') or 'not recorded'}"
+                 if r.get("reused") else "no", r["run_dir"]] for r in runs]
         parts.append("<section id=runs><h2>Runs</h2>" + _table(
             {"title": f"{len(runs)} training runs", "columns": ["run", "status", "train acc", "test acc", "s / epoch",
                                                                  "reused", "directory"], "rows": rows}) + "</section>")
@@ -140,6 +141,15 @@ def write_experiment_report(exp_dir) -> Path:
     path = exp_dir / "report.html"
     path.write_text(_styled(_page(f"depthlab reproduce {doc['name']}: {doc['title']}", "".join(parts))))
     return path
+
+
+def run_status_text(row: dict) -> str:
+    """An experiment run's status; a diverged run says in which epoch and what the diagnosis found."""
+    status = row.get("status") or "-"
+    if status == "diverged":
+        return (f"diverged in epoch {row.get('epoch', '?')}"
+                + (f": {row['diagnosis']}" if row.get("diagnosis") else ""))
+    return status
 
 
 def run_status(cfg: dict, rows: List[dict]) -> str:

@@ -76,6 +76,14 @@ def list_checkpoints(ckpt_dir: Path) -> list:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_position(path: Path) -> tuple:
+    """``(epoch, step)`` of a checkpoint file, from its name (``epoch_0003.pt`` -> (3, 0))."""
+    m = _NAME.fullmatch(Path(path).name)
+    if m is None:
+        raise ValueError(f"{str(path)!r} is not named like a checkpoint (epoch_NNNN.pt or epoch_NNNN_step_NNNNNN.pt)")
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
 def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
     found = list_checkpoints(ckpt_dir)
     return found[-1] if found else None

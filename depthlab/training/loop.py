@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import shutil
 from contextlib import nullcontext
@@ -218,6 +219,8 @@ def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
     saved = None
     if dist.is_main:
         saved = _prepare_run_dir(cfg, resume, overwrite)
+        if saved is not None:
+            check_epochs_change(saved, cfg, len(dataset.train_x))
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         for stale in (run_dir / "checkpoints").glob(".*.tmp"):  # a write cut short by a crash
             stale.unlink()
@@ -260,6 +263,10 @@ def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
     last = ckpt.latest_checkpoint(run_dir / "checkpoints") if saved else None
     if last is not None:
         start_epoch, start_step = run.restore(ckpt.load_checkpoint(last, map_location=device))
+        # the next step's lr from this run's schedule (the saved lr came from the saved run's schedule, which
+        # differs when a resume changed the epochs; LambdaLR's own formula, so unchanged runs are untouched)
+        for group, base in zip(opt.param_groups, sched.base_lrs):
+            group["lr"] = base * factor(sched.last_epoch)
     if saved and dist.is_main:
         _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
         # diagnostics at epoch 0 are re-run when no step was taken, so their old rows go too
@@ -285,6 +292,33 @@ def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
         methods.close()
         diags.close()
         tb.close()
+
+
+def check_epochs_change(saved: dict, cfg: RunConfig, n_train: int) -> None:
+    """A resume with another ``train.epochs`` continues only a run whose trained steps had exactly the
+    learning rates of a run of the new length (e.g. a step schedule before its first drop); otherwise
+    (a one-cycle schedule, or a run already past the new end) it is refused: the result would be
+    neither the old run nor a run of the new length."""
+    t, old = cfg.train, saved["train"]["epochs"]
+    if old == t.epochs:
+        return
+    last = ckpt.latest_checkpoint(cfg.run_dir / "checkpoints")
+    epoch, step = ckpt.checkpoint_position(last) if last is not None else (0, 0)
+    spe = -(-n_train // t.batch_size)
+    done = epoch * spe + step
+    where = f"cannot resume {str(cfg.run_dir)!r} with train.epochs={t.epochs} (it was made with {old})"
+    if done > t.epochs * spe:
+        raise ConfigError(f"{where}: it has already trained {epoch} epoch(s); train a new run (another run_id, "
+                          f"or overwrite=True / CLI --overwrite)")
+    recipe = RECIPES.get(t.recipe)
+    was = recipe.lr_factor(old * spe, t.warmup_iters, t.warmup_lr, t.lr)
+    now = recipe.lr_factor(t.epochs * spe, t.warmup_iters, t.warmup_lr, t.lr)
+    bad = next((i for i in range(done) if not math.isclose(was(i), now(i), rel_tol=1e-12)), None)
+    if bad is not None:
+        raise ConfigError(f"{where}: its {t.recipe} schedule depends on the run's length, so the {done} steps "
+                          f"already trained had other learning rates than a {t.epochs}-epoch run (at step {bad}: "
+                          f"x{was(bad):.4g} trained, x{now(bad):.4g} for {t.epochs} epochs); train a new run "
+                          f"(another run_id, or overwrite=True / CLI --overwrite)")
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:
