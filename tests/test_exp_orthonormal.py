@@ -7,7 +7,7 @@ import expcheck as ec
 import pytest
 
 from depthlab.experiments.base import NOT_OBSERVED, OBSERVED
-from depthlab.experiments.orthonormal import REMEDIED, VARIANTS, Orthonormal, _overrides
+from depthlab.experiments.orthonormal import REMEDIED, VARIANTS, Orthonormal, _overrides, _variants
 from depthlab.experiments.runner import Context, reproduce
 
 
@@ -51,8 +51,22 @@ def test_end_to_end_verdicts_show_the_run_numbers_and_follow_the_rules_and_reuse
 def test_plain_variants_use_xie_conv_bn_relu_family():
     p = Orthonormal.scales["quick"]
     assert "model.name=xie-plain" in _overrides("plain+orthonormal+modulation", 110, p)
-    assert "methods.modulation=top" in _overrides("plain+orthonormal+modulation", 110, p)
+    assert "methods.modulation=top-conv" in _overrides("plain+orthonormal+modulation", 110, p)
     assert "model.name=resnet" in _overrides("resnet", 44, p)
+
+
+def test_each_modulation_reading_is_its_own_variant_and_init_is_a_parameter():
+    p = Orthonormal.scales["quick"]
+    assert _variants(p) == ["plain", "plain+orthonormal", "plain+orthonormal+modulation",
+                            "plain+orthonormal+modulation[fc]", "resnet"]
+    fc = _overrides("plain+orthonormal+modulation[fc]", 44, p)
+    assert [o for o in fc if o.startswith("methods.modulation=")] == ["methods.modulation=fc"]
+    assert "methods.orthonormal=0.001" in fc and not any(o.startswith("model.init=") for o in fc)
+    ortho = {**p, "init": "orthogonal"}
+    assert "model.init=orthogonal" in _overrides("plain+orthonormal", 44, ortho)
+    assert "model.init=orthogonal" in _overrides("plain+orthonormal+modulation[fc]", 44, ortho)
+    for v in ("plain", "resnet"):
+        assert not any(o.startswith("model.init=") for o in _overrides(v, 44, ortho))
 
 
 def _ctx(tmp_path, accs):

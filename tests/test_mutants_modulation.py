@@ -262,9 +262,62 @@ def test_the_modulation_option_picks_the_reference_and_the_epochs():
     assert [(methods.start_epoch(e), mod.active)[1] for e in range(4)] == [True, True, False, False]
     methods.close()
     assert not mod.attached
-    with pytest.raises(ConfigError, match="methods.modulation 'bottom' is not valid; use top, next or null"):
+    with pytest.raises(ConfigError, match="methods.modulation 'bottom' is not valid; use top-conv, fc, next or null"):
         methods_cfg("methods.modulation=bottom")
     for bad in ("0", "-1"):
         with pytest.raises(ConfigError, match=r"methods\.modulation_epochs must be > 0"):
-            methods_cfg("methods.modulation=top", f"methods.modulation_epochs={bad}")
-    assert methods_cfg("methods.modulation=top", "methods.modulation_epochs=1").modulation_epochs == 1
+            methods_cfg("methods.modulation=top-conv", f"methods.modulation_epochs={bad}")
+    assert methods_cfg("methods.modulation=top-conv", "methods.modulation_epochs=1").modulation_epochs == 1
+
+
+class Probe(nn.Module):
+    """conv1 -> conv2 -> fc with the errors arriving at each layer's output recorded (hooks run after
+    the modulation's own, so they see what flows further down)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 3, 3, padding=1)
+        self.conv2 = nn.Conv2d(3, 4, 3, stride=2, padding=1)  # fewer elements than conv1: rms and norm differ
+        self.fc = nn.Linear(4, 5)
+        self.seen = {}
+
+    def forward(self, x):
+        h1 = self.conv1(x)
+        h2 = self.conv2(torch.relu(h1))
+        out = self.fc(F.adaptive_avg_pool2d(torch.relu(h2), 1).flatten(1))
+        for name, h in (("conv1", h1), ("conv2", h2), ("fc", out)):
+            h.register_hook(lambda g, name=name: self.seen.__setitem__(name, g))
+        return out
+
+
+@pytest.mark.parametrize("reading, measure, layers, ref", [
+    ("top-conv", "rms", ("conv1", "conv2"), "conv2"),
+    ("next", "rms", ("conv1", "conv2"), "conv2"),  # a chain: the next conv's modulated error is the top conv's
+    ("fc", "rms", ("conv1", "conv2", "fc"), "fc"),
+    ("top-conv", "norm", ("conv1", "conv2"), "conv2"),
+])
+def test_each_reading_modulates_its_layers_to_its_reference(reading, measure, layers, ref):
+    torch.manual_seed(0)
+    net = Probe().double()
+    x, y = torch.randn(6, 1, 6, 6, dtype=torch.float64), torch.arange(6) % 5
+    methods = TrainingMethods(methods_cfg(f"methods.modulation={reading}", f"methods.modulation_measure={measure}"))
+    methods.setup(net)
+    mod = methods.get("modulation").modulation
+    assert sorted(mod.layer_names.values()) == sorted(layers)  # the classifier is modulated only by "fc"
+    F.cross_entropy(net(x), y).backward()
+    methods.close()
+    size = (lambda g: g.pow(2).mean().sqrt()) if measure == "rms" else (lambda g: g.pow(2).sum().sqrt())
+    want = size(net.seen[ref])
+    for name in ("conv1", "conv2", "fc"):
+        if name in layers:
+            assert size(net.seen[name]).item() == pytest.approx(want.item(), rel=1e-10), name
+    assert size(net.seen["conv1"]).item() != pytest.approx(  # the other measure does not match: they differ here
+        ((lambda g: g.pow(2).sum().sqrt()) if measure == "rms" else (lambda g: g.pow(2).mean().sqrt()))(
+            net.seen[ref]).item(), rel=1e-3)
+
+
+def test_the_measure_is_validated_in_the_class_and_the_config():
+    with pytest.raises(ValueError, match="unknown measure 'l1'; valid measures: rms, norm"):
+        ErrorModulation(tiny_resnet(), measure="l1")
+    with pytest.raises(ConfigError, match="methods.modulation_measure 'l1' is not valid; use rms or norm"):
+        methods_cfg("methods.modulation=fc", "methods.modulation_measure=l1")

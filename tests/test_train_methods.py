@@ -57,7 +57,7 @@ def test_orthonormal_regulariser_replaces_weight_decay_on_conv_weights(tmp_path)
 
 
 def test_modulation_switches_off_after_its_epochs(tmp_path):
-    cfg = _cfg(tmp_path, "model.name=plain", "methods.modulation=top", "methods.modulation_epochs=1")
+    cfg = _cfg(tmp_path, "model.name=plain", "methods.modulation=top-conv", "methods.modulation_epochs=1")
     model = build_from_config(cfg, load_dataset("digits"))
     tm = TrainingMethods(cfg.methods)
     tm.setup(model)

@@ -4,8 +4,8 @@ same depth (Xie, Xiong, Pu 2017, "All You Need is Beyond a Good Init", arXiv 170
 
 The grid, at every depth: a plain net, the plain net with the orthonormality regulariser
 (lambda/2 sum ||W W^T - I||_F^2 in place of weight decay on conv weights), the plain net with the
-regulariser and backward error modulation (each layer's back-propagated error rescaled to the
-top layer's RMS), and the resnet of the same depth. The variants are the config presets of
+regulariser and backward error modulation (each conv's back-propagated error rescaled to the
+top conv's RMS), and the resnet of the same depth. The variants are the config presets of
 ``depthlab.experiments.remedies.VARIANTS`` with the plain family swapped for ``xie-plain``.
 
 Which plain net: Xie et al.'s nets are plain stacks of Conv-BN-ReLU triples, so the plain variants
@@ -13,8 +13,10 @@ use the ``xie-plain`` family (one conv-BN-ReLU per depth unit, depth 3m + 2: 44 
 110 = 3*36 + 2). Its layers and function are those of He et al.'s ``plain44/110`` (whose blocks
 group two conv-BN-ReLUs); the resnet baseline is He et al.'s ``resnet44/110``.
 
-Unverified constants (kept as parameters): lambda = 1e-3 (``lam``), modulation reference ``top``
-applied for the whole run (``modulation``; ``set=methods.modulation_epochs=N`` limits it). A run
+Unverified constants (kept as parameters): lambda = 1e-3 (``lam``), modulation reading ``top-conv``
+applied for the whole run (``modulation``; ``set=methods.modulation_epochs=N`` limits it), the other
+readings run alongside (``other_readings``, default ``fc``), and the init of the orthonormal variants
+(``init``: the family's He init, or ``orthogonal``). A run
 whose loss diverges is a result: it counts as not trained (chance accuracy) in the verdicts.
 Quick scale keeps the paper's widths (16/32/64 channels) and the quick recipe's 12 epochs on
 digits: the eight runs take about 4 CPU minutes. A narrower net (``width=8``) saves little on 8x8
@@ -59,24 +61,27 @@ class Orthonormal(Experiment):
                 "training accuracy than plain, and come within a small gap of the resnet of the same depth")
     scales = {
         "quick": {"dataset": "digits", "recipe": "quick", "depths": [44, 110], "width": None,
-                  "plain_family": "xie-plain", "lam": 1e-3, "modulation": "top", "gap": 0.05, "near": 0.05},
+                  "plain_family": "xie-plain", "lam": 1e-3, "modulation": "top-conv",
+                  "other_readings": ["fc"], "init": None, "gap": 0.05, "near": 0.05},
         "paper": {"dataset": "cifar10", "recipe": "he2015", "depths": [44, 110], "width": None,
-                  "plain_family": "xie-plain", "lam": 1e-3, "modulation": "top", "gap": 0.02, "near": 0.02},
+                  "plain_family": "xie-plain", "lam": 1e-3, "modulation": "top-conv",
+                  "other_readings": ["fc"], "init": None, "gap": 0.02, "near": 0.02},
     }
-    smoke = {"depths": [8], "epochs": 1, "width": 4}
+    smoke = {"depths": [8], "epochs": 1, "width": 4, "other_readings": []}
 
     def runs(self, p):
         specs = []
         for d in _depths(p):
-            for v in VARIANTS:
+            for v in _variants(p):
                 specs.append(RunSpec(f"{v}{d}", _overrides(v, d, p), {"variant": v, "depth": d}))
         return specs
 
     def analyse(self, ctx) -> Findings:
         p, depths, n = ctx.p, _depths(ctx.p), len(ctx.seeds)
+        vs = _variants(p)
         chance = 1.0 / ctx.dataset.num_classes if ctx.dataset is not None else 0.1
-        acc = {(v, d): _train_acc(ctx, chance, variant=v, depth=d) for v in VARIANTS for d in depths}
-        test = {(v, d): ctx.values("test_acc", variant=v, depth=d) for v in VARIANTS for d in depths}
+        acc = {(v, d): _train_acc(ctx, chance, variant=v, depth=d) for v in vs for d in depths}
+        test = {(v, d): ctx.values("test_acc", variant=v, depth=d) for v in vs for d in depths}
         ortho = ctx.measure("filter_orthonormality", lambda: _orthonormality(ctx))
         f = Findings()
 
@@ -97,7 +102,7 @@ class Orthonormal(Experiment):
 
         rows = []
         for d in depths:
-            for v in VARIANTS:
+            for v in vs:
                 rs = ctx.rows(variant=v, depth=d)
                 res = [ortho[r["run_id"]] for r in rs if r["run_id"] in ortho]
                 rows.append([f"{v}-{d}", rs[0].get("params") if rs else "-",
@@ -114,7 +119,7 @@ class Orthonormal(Experiment):
                                    f"layers of the trained filters' distance from orthonormality"))
 
         lines = []
-        for v in VARIANTS:
+        for v in vs:
             ms = [mean_sd(acc[(v, d)]) for d in depths]
             lines.append(series(v, depths, [100 * (1 - m) for m, _, _ in ms], [100 * s for _, s, _ in ms],
                                 style="-" if v == "resnet" else "--"))
@@ -122,14 +127,20 @@ class Orthonormal(Experiment):
                                      lines, xscale="log", hlines=[{"y": 100 * (1 - chance), "label": "chance"}],
                                      caption="Plain variants dashed; diverged runs are drawn at chance."))
         for d in depths:
-            runs = {v: r["run_dir"] for v in VARIANTS for r in ctx.rows(variant=v, depth=d, seed=ctx.seeds[0])}
+            runs = {v: r["run_dir"] for v in vs for r in ctx.rows(variant=v, depth=d, seed=ctx.seeds[0])}
             f.figures.append(curves_figure(f"Depth {d}: error per epoch (seed {ctx.seeds[0]})", runs))
         f.notes += [
             f"Plain variants use the {p['plain_family']} family: Conv-BN-ReLU triples with no shortcuts, as in Xie "
             "et al.; the same layers as He et al.'s plain nets. The resnet baseline is He et al.'s resnet.",
             f"The regulariser's constant (lambda = {p['lam']:g}, replacing weight decay on conv weights) and the "
             f"modulation rule (reference '{p['modulation']}', applied in every epoch) are unverified readings of the "
-            "paper (docs/methods.md); both are parameters (lam, modulation, set=methods.modulation_epochs=N).",
+            "paper (docs/methods.md); both are parameters (lam, modulation, set=methods.modulation_epochs=N). The "
+            "verdicts use the modulation reading " + repr(p["modulation"]) + "; the table and plots also show "
+            + (", ".join(repr(r) for r in p.get("other_readings") or []) or "no other reading")
+            + " (other_readings). 'next' equals 'top-conv' exactly in these chains of layers, so it is not run. "
+            + (f"Orthonormal variants start from {p['init']} init (init)." if p.get("init") else
+               "Every net starts from the family's He init (init=orthogonal gives the orthonormal variants "
+               "orthogonal init, which a published summary pairs with the regulariser)."),
             "A diverged run is a result: its status says so and it counts as not trained (chance accuracy) in the "
             "verdicts, the table and the depth plot.",
             "Earlier single-seed result at depth 56 on digits (docs/remedies.md, plain He et al. net, width 16): "
@@ -186,16 +197,26 @@ def _depths(p) -> list:
     return [int(x) for x in (d if isinstance(d, (list, tuple)) else [d])]
 
 
+def _variants(p) -> list:
+    """The grid's variants: the four of the verdicts, then the orthonormal + modulation variant under each
+    of ``other_readings`` (``plain+orthonormal+modulation[fc]``)."""
+    return list(VARIANTS[:3]) + [f"{VARIANTS[2]}[{r}]" for r in p.get("other_readings") or []] + [VARIANTS[3]]
+
+
 def _overrides(variant: str, depth: int, p: dict) -> list:
     """The remedies preset, with the faithful plain family and this experiment's constants."""
-    out = [f"model.name={p['plain_family']}" if o == "model.name=plain" else o for o in REMEDIES[variant][1]]
+    base, _, reading = variant.partition("[")
+    out = [f"model.name={p['plain_family']}" if o == "model.name=plain" else o for o in REMEDIES[base][1]]
+    out = [o for o in out if not o.startswith("methods.modulation=")]
     out.append(f"model.depth={depth}")
     if p.get("width"):
         out.append(f"model.width={p['width']}")
     if "orthonormal" in variant:
         out.append(f"methods.orthonormal={p['lam']}")
     if "modulation" in variant:
-        out.append(f"methods.modulation={p['modulation']}")
+        out.append(f"methods.modulation={reading.rstrip(']') or p['modulation']}")
+    if p.get("init") and "orthonormal" in variant:
+        out.append(f"model.init={p['init']}")
     return out
 
 

@@ -34,7 +34,7 @@ VARIANTS = {
     "plain+orthonormal": ("orthonormality regulariser lambda=1e-3 (Xie et al. 2017)",
                           ["model.name=plain", "methods.orthonormal=1e-3"]),
     "plain+orthonormal+modulation": ("orthonormality + backward error modulation (Xie et al. 2017)",
-                                     ["model.name=plain", "methods.orthonormal=1e-3", "methods.modulation=top"]),
+                                     ["model.name=plain", "methods.orthonormal=1e-3", "methods.modulation=top-conv"]),
 }
 
 

@@ -38,7 +38,10 @@ from depthlab.methods.base import TrainingMethod, positive, register
 from depthlab.registry import Option
 
 REFERENCES = ("top", "next")
+MEASURES = ("rms", "norm")
 PARAMETRIC = (nn.modules.conv._ConvNd, nn.Linear)
+# methods.modulation: the readings of "the reference" (module doc): which layers are modulated, and against what
+READINGS = {"top-conv": ("top", "conv"), "fc": ("top", "all"), "next": ("next", "conv")}
 
 
 @dataclass
@@ -67,16 +70,21 @@ class ErrorModulation:
         # or: mod = ErrorModulation(model).attach(); ...; mod.detach()
 
     ``layers``: the modules to modulate (default: every ``Conv*d`` and ``nn.Linear`` of ``model``);
-    the top layer is the last of them to run in the forward pass. ``active=False`` keeps the hooks
+    the top layer is the last of them to run in the forward pass. ``measure``: ``rms`` compares
+    per-element RMS (default), ``norm`` the whole tensors' 2-norms (layers of different sizes then get
+    errors of equal total size instead of equal per-element size). ``active=False`` keeps the hooks
     but leaves gradients unchanged (the profile is still recorded when ``record``). ``eps``: an
     error with RMS <= eps is left unchanged (no division by zero). ``last_profile``: the
     ``ModulationProfile`` of the latest backward pass.
     """
 
     def __init__(self, model: nn.Module, reference: str = "top", layers: Optional[Iterable[nn.Module]] = None,
-                 active: bool = True, record: bool = True, eps: float = 1e-30):
+                 active: bool = True, record: bool = True, eps: float = 1e-30, measure: str = "rms"):
         if reference not in REFERENCES:
             raise ValueError(f"unknown reference {reference!r}; valid references: {', '.join(REFERENCES)}")
+        if measure not in MEASURES:
+            raise ValueError(f"unknown measure {measure!r}; valid measures: {', '.join(MEASURES)}")
+        self.measure = measure
         self.model = model
         self.reference = reference
         self.active = bool(active)
@@ -139,7 +147,7 @@ class ErrorModulation:
     def _on_error(self, run: "_Pass", k: int, grad: torch.Tensor) -> torch.Tensor:
         profile = run.profile
         self.last_profile = profile
-        before = _rms(grad)
+        before = _rms(grad) if self.measure == "rms" else _norm(grad)
         top = len(profile.names) - 1
         ref = None
         if self.active and k != top:
@@ -178,31 +186,62 @@ class _Pass:
         self.seen: set = set()
 
 
+def _norm(t: torch.Tensor) -> torch.Tensor:
+    """2-norm as a 0-dim tensor, accumulated in at least float32 (half-precision errors)."""
+    dtype = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+    return torch.linalg.vector_norm(t, dtype=dtype)
+
+
 def _rms(t: torch.Tensor) -> torch.Tensor:
     """RMS as a 0-dim tensor, accumulated in at least float32 (half-precision errors)."""
-    dtype = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
-    return torch.linalg.vector_norm(t, dtype=dtype) / math.sqrt(max(t.numel(), 1))
+    return _norm(t) / math.sqrt(max(t.numel(), 1))
+
+
+def modulated_layers(model: nn.Module, which: str) -> List[nn.Module]:
+    """``conv``: every ``Conv*d`` of ``model``; ``all``: every ``Conv*d`` and ``nn.Linear``."""
+    kinds = nn.modules.conv._ConvNd if which == "conv" else PARAMETRIC
+    return [m for m in model.modules() if isinstance(m, kinds)]
 
 
 @register
 class BackwardErrorModulation(TrainingMethod):
     """Xie et al. 2017 (rule unverified): each parametric layer's backward error rescaled to the RMS
-    of a reference layer's, for the first ``modulation_epochs`` epochs (all when unset)."""
+    of a reference layer's, for the first ``modulation_epochs`` epochs (all when unset).
+
+    ``methods.modulation`` names the reading of the reference (the paper describes the modulation
+    between "two consecutive parametric layers"; its exact rule is not available to us):
+
+    - ``top-conv`` (default reading): every conv's error rescaled to the top conv's; the classifier
+      is neither modulated nor the reference. Measured on digits: plain+orthonormal+modulation-44
+      trains to about resnet-44's level with it.
+    - ``fc``: every conv's and the classifier's error rescaled to the classifier's (the logits'
+      error is ~14x the top conv's at init, so every conv's error is pushed far above its natural
+      level; the 44-layer run diverges).
+    - ``next``: every conv's error rescaled to the (modulated) error of the next conv above; in a
+      chain this telescopes to ``top-conv`` exactly, and differs only where the graph branches.
+
+    ``methods.modulation_measure``: ``rms`` (per-element RMS, default) or ``norm`` (whole-tensor 2-norm).
+    """
 
     name = "modulation"
     title = "backward error modulation: each layer's error rescaled to a reference RMS (rule is a reading)"
     source = "Xie, Xiong, Pu 2017, arXiv 1703.01827"
     options = {
-        "modulation": Option(str, None, "the reference layer; None: off", choices=REFERENCES),
+        "modulation": Option(str, None, "the reading of the reference: top-conv, fc or next; None: off",
+                             choices=tuple(READINGS)),
+        "modulation_measure": Option(str, "rms", "error size compared: per-element rms or the tensor's 2-norm",
+                                     choices=MEASURES),
         "modulation_epochs": Option(int, None, "modulate only during the first N epochs; None: all",
                                     check=positive),
     }
 
-    example = {"modulation": "top"}
+    example = {"modulation": "top-conv"}
 
     def setup(self, model) -> None:
+        reference, which = READINGS[self.cfg.modulation]
         # record=False: nothing reads the per-layer profile during training
-        self.modulation = ErrorModulation(model, reference=self.cfg.modulation, record=False).attach()
+        self.modulation = ErrorModulation(model, reference=reference, layers=modulated_layers(model, which),
+                                          record=False, measure=self.cfg.modulation_measure or "rms").attach()
 
     def start_epoch(self, epoch: int) -> None:
         if self.cfg.modulation_epochs is not None:
