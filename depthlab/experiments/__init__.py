@@ -8,7 +8,7 @@ from depthlab.experiments.base import EXPERIMENTS, Experiment, Findings, RunSpec
 from depthlab.experiments.runner import list_experiments, parse_params, reproduce
 from depthlab.registry import plugin_modules
 
-HELPERS = ("base", "plan", "runner", "remedies")  # modules of this package that register no experiment
+HELPERS = ("base", "firststeps", "plan", "runner", "remedies")  # modules of this package that register no experiment
 
 for _name in plugin_modules(__path__, skip=HELPERS):
     import_module(f"depthlab.experiments.{_name}")

@@ -25,8 +25,10 @@ parameter (the smoke tests use it).
 """
 from __future__ import annotations
 
+import json
 import math
 
+from depthlab.config import RunConfig
 from depthlab.diagnosis import diagnose
 from depthlab.experiments.base import (
     Experiment,
@@ -42,8 +44,10 @@ from depthlab.experiments.base import (
     table,
     verdict,
 )
+from depthlab.experiments.firststeps import describe, first_steps
 from depthlab.experiments.remedies import VARIANTS as REMEDIES
 from depthlab.methods import orthonormality_per_layer
+from depthlab.training.loop import resolve_device
 
 VARIANTS = ("plain", "plain+orthonormal", "plain+orthonormal+modulation", "resnet")
 REMEDIED = VARIANTS[1:3]
@@ -62,12 +66,12 @@ class Orthonormal(Experiment):
     scales = {
         "quick": {"dataset": "digits", "recipe": "quick", "depths": [44, 110], "width": None,
                   "plain_family": "xie-plain", "lam": 1e-3, "modulation": "top-conv",
-                  "other_readings": ["fc"], "init": None, "gap": 0.05, "near": 0.05},
+                  "other_readings": ["fc"], "init": None, "probe_steps": 30, "gap": 0.05, "near": 0.05},
         "paper": {"dataset": "cifar10", "recipe": "he2015", "depths": [44, 110], "width": None,
                   "plain_family": "xie-plain", "lam": 1e-3, "modulation": "top-conv",
-                  "other_readings": ["fc"], "init": None, "gap": 0.02, "near": 0.02},
+                  "other_readings": ["fc"], "init": None, "probe_steps": 30, "gap": 0.02, "near": 0.02},
     }
-    smoke = {"depths": [8], "epochs": 1, "width": 4, "other_readings": []}
+    smoke = {"depths": [8], "epochs": 1, "width": 4, "other_readings": [], "probe_steps": 3}
 
     def runs(self, p):
         specs = []
@@ -160,17 +164,22 @@ class Orthonormal(Experiment):
                 [[d, g["first"], g["last"], g["ratio"]] for d, g in sorted(grads.items(), key=lambda kv: int(kv[0]))],
                 note="depthlab.diagnostics gradient_flow on the plain variant's initial weights (seed "
                      f"{ctx.seeds[0]})."))
-            deepest = max(grads, key=int)
-            f.notes.append(
-                f"Why the deep runs may diverge: at init the {deepest}-layer plain BN net's first-layer gradient is "
-                f"{grads[deepest]['ratio']:.3g} times its last layer's (the gradient explosion of deep plain nets with "
-                "batch norm). One SGD step then inflates the early conv weights by orders of magnitude; BN ignores "
-                "their scale, so the plain net merely stops learning there, but the orthonormality penalty grows "
-                "with the fourth power of the weights and its gradient step overshoots once lr * 6 * lambda * "
-                "|W|^2 exceeds ~2, so it runs away within a few steps (a separate step-by-step investigation on "
-                "xie-plain110 found NaN at step 4, for lambda 1e-3 and 1e-5 alike). Modulation rescales the "
-                "initial errors but the same runaway starts at the peak learning rate. Xie et al. trained on "
-                "CIFAR-10 with their own schedule, which is not available to us.")
+        deep = depths[-1]
+        probe = ctx.measure("first_steps", lambda: _first_steps(ctx, deep), key=p.get("probe_steps"))
+        if probe:
+            f.tables.append(table(
+                f"The first {p.get('probe_steps')} SGD steps at depth {deep}, replayed and measured",
+                ["variant", "what happened"], [[v, describe(rows)] for v, rows in probe.items()],
+                note="depthlab.experiments.firststeps: each run's initial weights, optimiser groups, methods and "
+                     "schedule, on seeded random batches; gradient ratio = first / last conv weight-gradient norm "
+                     "as the optimiser applies it; filter norm = Frobenius norm of a conv weight."))
+            f.figures.append(line_figure(
+                f"Depth {deep}: mean conv filter norm over the first steps", "SGD step", "mean ||W||_F",
+                [series(v, [r["step"] for r in rows], [r["filter_norm_mean"] for r in rows])
+                 for v, rows in probe.items()],
+                yscale="log", caption="Stops where the loss stopped being finite."))
+            f.notes.append(f"Why a deep run fails, measured (first {p.get('probe_steps')} steps at depth {deep}): "
+                           + "; ".join(f"{v}: {describe(rows)}" for v, rows in probe.items()) + ".")
         if p.get("width"):
             f.notes.append(f"Width {p['width']} (channels {p['width']}/{2 * p['width']}/{4 * p['width']}) instead of "
                            "the paper's 16/32/64.")
@@ -190,6 +199,18 @@ def _init_gradients(ctx) -> dict:
         norms = [x["value"] for x in records if x["name"] == "weight_grad_norm"]
         out[str(r["depth"])] = {"first": norms[0], "last": norms[-1], "ratio": recs["weight_grad_first_last_ratio"]}
     return out
+
+
+def _first_steps(ctx, depth: int) -> dict:
+    """``{variant: first_steps rows}`` of every orthonormal variant at ``depth``, seed ``ctx.seeds[0]``."""
+    out = {}
+    for v in _variants(ctx.p):
+        rs = ctx.rows(variant=v, depth=depth, seed=ctx.seeds[0]) if "orthonormal" in v else []
+        if rs and ctx.dataset is not None:
+            cfg = RunConfig.from_dict(json.loads((ctx.run_dir(rs[0]) / "config.json").read_text()))
+            out[v] = first_steps(cfg, ctx.dataset, int(ctx.p.get("probe_steps") or 0),
+                                 device=str(resolve_device(ctx.device)))
+    return {v: rows for v, rows in out.items() if rows}
 
 
 def _depths(p) -> list:
