@@ -218,3 +218,17 @@ def test_a_grid_that_clashes_with_earlier_runs_or_cannot_be_built_stops_before_a
     assert main(base + ["--param", "depths=8,14", "epochs=2", "--fresh"]) == 0  # retrains, as suggested
     runs = json.loads((out / "experiment.json").read_text())["runs"]
     assert [r["reused"] for r in runs] == [False] * 4
+
+
+def test_parallel_runs_give_the_runs_of_a_sequential_call_in_grid_order(tmp_path):
+    params = {**SMOKE, "set": ["train.threads=1"]}  # one thread in both, so the runs are bit for bit the same
+    one = reproduce("degradation", params=params, out=str(tmp_path / "one"), device="cpu", quiet=True, report=False)
+    two = reproduce("degradation", params=params, out=str(tmp_path / "two"), device="cpu", quiet=True, report=False,
+                    jobs=2)
+    assert [r["run_id"] for r in two["runs"]] == [r["run_id"] for r in one["runs"]]
+    assert [(r["status"], r["train_acc"], r["test_acc"]) for r in two["runs"]] == [
+        (r["status"], r["train_acc"], r["test_acc"]) for r in one["runs"]]
+    assert [v["status"] for v in two["verdicts"]] == [v["status"] for v in one["verdicts"]]
+    assert all((tmp_path / "two" / "runs" / r["run_id"] / "made_by.json").exists() for r in two["runs"])
+    with pytest.raises(ConfigError, match="jobs must be an int >= 0"):
+        reproduce("degradation", params=params, out=str(tmp_path / "bad"), jobs=-1)

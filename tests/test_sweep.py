@@ -13,6 +13,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stops import StopAfter
 
 from depthlab.cli import main
 from depthlab.config import ConfigError
@@ -181,8 +182,12 @@ def test_local_sweep_records_failure_and_divergence_aggregates_and_skips_on_reru
     assert again["table"]["rows"] == doc["table"]["rows"]
 
 
-def test_interrupted_run_is_resumed_not_restarted_and_the_cli_reports(tmp_path, capsys):
+def test_interrupted_run_is_resumed_not_restarted_and_the_cli_reports(tmp_path, capsys, monkeypatch):
+    import depthlab.training.loop as loop
     from depthlab.training import train
+
+    class Stop(StopAfter):
+        n = 23  # digits: 1,437 images in batches of 64 = 23 steps; a stop in epoch 1's last step saves epoch 1
 
     d = sweep_dict(tmp_path, grid={"train.lr": [0.05]}, seeds=1)
     d["base"]["train"]["epochs"] = 2
@@ -192,7 +197,10 @@ def test_interrupted_run_is_resumed_not_restarted_and_the_cli_reports(tmp_path, 
     assert re.search(r"lr=0\.05_s0 +train", capsys.readouterr().out)
     # the same run, stopped after its first epoch (what a killed sweep leaves behind)
     cfg = plan_sweep(path).runs[0].config
-    first = train(cfg.with_overrides(["train.epochs=1"]), quiet=True)
+    monkeypatch.setattr(loop, "StopSignals", Stop)
+    first = train(cfg, quiet=True)
+    monkeypatch.undo()
+    assert first["status"] == "interrupted"
     row1 = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()[0]
     assert main(["sweep", str(path), "--dry-run"]) == 0
     assert "resume  (from epoch 1 of 2)" in capsys.readouterr().out
@@ -208,6 +216,10 @@ def test_interrupted_run_is_resumed_not_restarted_and_the_cli_reports(tmp_path, 
     assert first["epoch"] == 1
     assert main(["sweep", str(path), "--dry-run"]) == 0
     assert "skip    (finished earlier at epoch 2" in capsys.readouterr().out
+    d["base"]["train"]["epochs"] = 3  # a run of another length is another run: refused before anything runs
+    path.write_text(yaml.safe_dump(d))
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    assert "train.epochs: saved 2, now 3" in capsys.readouterr().err
 
 
 def test_cli_bad_sweep_exits_2_with_one_line(tmp_path, capsys):

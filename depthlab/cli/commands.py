@@ -154,7 +154,7 @@ def _cmd_reproduce(args) -> int:
         return 0 if args.list else 2
     command = command_line(args)
     doc = reproduce(args.name, scale=args.scale, seeds=args.seeds, out=args.out, params=parse_params(args.param),
-                    device=args.device, fresh=args.fresh, quiet=args.quiet, command=command)
+                    device=args.device, fresh=args.fresh, quiet=args.quiet, command=command, jobs=args.jobs)
     for v in doc["verdicts"]:
         print(f"{v['status'].upper():<14} {v['claim']}\n{'':<14} {v['detail']}")
     print(f"report: {doc['report']}")
@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--param", nargs="+", metavar="NAME=VALUE", help="experiment parameters, e.g. depths=8,20 epochs=3")
     s.add_argument("--device", default="auto")
     s.add_argument("--fresh", action="store_true", help="retrain every run instead of reusing finished ones")
+    s.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N runs at once, each in its own process with cores/N threads (0: one per core)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_reproduce)
 

@@ -18,7 +18,6 @@ import torch
 
 from depthlab.config import ConfigError, RunConfig
 from depthlab.fileio import atomic_write_text
-from depthlab.recipes import resolve_train
 from depthlab.training.loop import build_from_config, run_differences
 
 MADE_BY = "made_by.json"
@@ -99,11 +98,7 @@ def differs(run_dir: Path, wanted: RunConfig) -> str:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return "its config.json is unreadable"
-    why = run_differences(saved, wanted)
-    epochs = resolve_train(wanted.train, saved["model"].get("depth") or 0).epochs
-    if epochs != saved["train"]["epochs"]:
-        why = "; ".join(filter(None, [why, f"train.epochs: saved {saved['train']['epochs']}, now {epochs}"]))
-    return why
+    return run_differences(saved, wanted, epochs=True)
 
 
 def record_maker(run_dir: Path, command: str, experiment: str) -> None:

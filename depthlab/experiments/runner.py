@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -166,10 +167,14 @@ def load_experiment_data(name: str, quiet: bool = True):
 
 def reproduce(name: str, scale: str = "quick", seeds: int = 1, out: Optional[str] = None, *,
               params: Optional[Dict[str, Any]] = None, device: str = "auto", fresh: bool = False,
-              quiet: bool = False, report: bool = True, command: Optional[str] = None) -> dict:
+              quiet: bool = False, report: bool = True, command: Optional[str] = None, jobs: int = 1) -> dict:
     """Run experiment ``name`` at ``scale`` over ``seeds`` seeds (0..seeds-1) into ``out``
     (default ``runs/reproduce/<name>[-paper]``). Finished runs are reused, interrupted ones resumed,
-    ``fresh=True`` retrains everything. Returns the content of ``experiment.json`` (plus ``report``)."""
+    ``fresh=True`` retrains everything; ``jobs`` runs train at once in worker processes (0: one per
+    CPU core). Returns the content of ``experiment.json`` (plus ``report``)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
+        raise ConfigError(f"jobs must be an int >= 0 (0: one per CPU core), got {jobs!r}")
+    jobs = jobs or (os.cpu_count() or 1)
     exp: Experiment = EXPERIMENTS.get(name)()
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"seeds must be an int >= 1, got {seeds!r}")
@@ -191,14 +196,7 @@ def reproduce(name: str, scale: str = "quick", seeds: int = 1, out: Optional[str
     if not quiet:
         print(f"{exp.name} ({scale}, {seeds} seed{'s' if seeds > 1 else ''}): {len(grid)} runs -> {out_dir}",
               file=sys.stderr, flush=True)
-    for i, (spec, seed, cfg) in enumerate(grid, 1):
-        row = _train_one(spec, seed, cfg, dataset, fresh, quiet, command, exp.name)
-        ctx.results.append(row)
-        if not quiet:
-            acc = row.get("train_acc")
-            print(f"  [{i}/{len(grid)}] {row['run_id']:<28} {row['status']:<9} train acc "
-                  f"{'-' if acc is None else f'{acc:.3f}'}  {row.get('seconds', 0):.0f}s"
-                  f"{' (reused)' if row.get('reused') else ''}", file=sys.stderr, flush=True)
+    ctx.results = _train_grid(grid, dataset, fresh, quiet, command, exp.name, jobs)
     findings: Findings = exp.analyse(ctx)
     if seeds == 1 and specs:
         findings.notes.append("One seed: each verdict compares single runs, so a gap of a point or two can be "
@@ -215,6 +213,53 @@ def reproduce(name: str, scale: str = "quick", seeds: int = 1, out: Optional[str
 
         doc["report"] = str(write_report(out_dir))
     return doc
+
+
+def _train_grid(grid: list, dataset, fresh: bool, quiet: bool, command: str, experiment: str, jobs: int) -> list:
+    """Every run of the grid, in grid order: one after another in this process, or ``jobs`` at a time in
+    worker processes with ``cores / jobs`` torch threads each (the sweep's local executor)."""
+    rows: list = [None] * len(grid)
+    done = [0]
+
+    def report(i: int, row: dict) -> None:
+        rows[i] = row
+        done[0] += 1
+        if not quiet:
+            acc = row.get("train_acc")
+            print(f"  [{done[0]}/{len(grid)}] {row['run_id']:<28} {row['status']:<9} train acc "
+                  f"{'-' if acc is None else f'{acc:.3f}'}  {row.get('seconds') or 0:.0f}s"
+                  f"{' (reused)' if row.get('reused') else ''}", file=sys.stderr, flush=True)
+
+    if jobs <= 1 or len(grid) <= 1:
+        for i, (spec, seed, cfg) in enumerate(grid):
+            report(i, _train_one(spec, seed, cfg, dataset, fresh, quiet, command, experiment))
+        return rows
+    from depthlab.sweep.executors import run_local
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    tasks = [{"id": spec.id, "labels": spec.labels, "seed": seed, "config": cfg.to_dict(), "fresh": fresh,
+              "command": command, "experiment": experiment, "run_id": cfg.resolved_run_id, "resume": False,
+              "threads": threads} for spec, seed, cfg in grid]
+
+    def on_result(i: int, rec: dict) -> None:
+        if "id" not in rec:  # the worker process died
+            spec, seed, cfg = grid[i]
+            rec = {"id": spec.id, "seed": seed, "run_id": cfg.resolved_run_id, "run_dir": f"runs/{cfg.resolved_run_id}",
+                   **spec.labels, "status": f"error: {rec.get('error')}", "seconds": None}
+        report(i, rec)
+
+    run_local(tasks, workers=jobs, threads=threads, on_result=on_result, fn=_train_task)
+    return rows
+
+
+def _train_task(task: dict) -> dict:
+    """A worker process's run of the grid (see ``_train_grid``)."""
+    import torch
+
+    torch.set_num_threads(task["threads"])
+    cfg = RunConfig.from_dict(task["config"])
+    return _train_one(RunSpec(task["id"], [], task["labels"]), task["seed"], cfg, None, task["fresh"], True,
+                      task["command"], task["experiment"])
 
 
 def _param_text(v) -> str:

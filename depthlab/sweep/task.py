@@ -29,7 +29,7 @@ def existing_state(cfg: RunConfig) -> dict:
     if not saved_path.exists():
         return {"action": TRAIN, "epoch": 0, "epochs": None}
     saved = json.loads(saved_path.read_text())
-    details = run_differences(saved, cfg)
+    details = run_differences(saved, cfg, epochs=True)  # a run of another length is another run
     if details:
         raise ConfigError(f"run directory {str(run_dir)!r} holds a different run ({details}): the sweep's settings "
                           f"changed since it ran. Delete that directory to retrain it, or give the sweep a new name")

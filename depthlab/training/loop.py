@@ -110,15 +110,17 @@ def _flat(d, prefix=""):
     return out
 
 
-def run_differences(saved: dict, wanted: RunConfig) -> str:
+def run_differences(saved: dict, wanted: RunConfig, epochs: bool = False) -> str:
     """How a run directory's saved config (``config.json``) differs from the run ``wanted``
     describes, as ``"field: saved X, now Y; ..."``; empty when it is that run. Fields ``wanted``
-    leaves ``None`` and the resumable ones (epochs, device, threads, fast path) do not count;
-    recipe defaults are resolved first. For callers that reuse runs (experiments, sweeps)."""
+    leaves ``None`` and the resumable ones (device, threads, fast path; epochs unless ``epochs``)
+    do not count; recipe defaults are resolved first. For callers that reuse runs (experiments,
+    sweeps: they pass ``epochs=True``, since a run of another length is another run)."""
     want = wanted.to_dict()
     want["train"] = dataclasses.asdict(resolve_train(wanted.train, saved["model"].get("depth") or 0))
     old, new = _flat(saved), _flat(want)
-    diff = sorted(k for k, v in new.items() if v is not None and k not in _RESUMABLE_CHANGES and old.get(k) != v)
+    ignored = _RESUMABLE_CHANGES - ({"train.epochs"} if epochs else set())
+    diff = sorted(k for k, v in new.items() if v is not None and k not in ignored and old.get(k) != v)
     return "; ".join(f"{k}: saved {old.get(k)!r}, now {new[k]!r}" for k in diff)
 
 
