@@ -67,6 +67,15 @@ class Degradation(Experiment):
             f"resnet-{hi} trains at least as well as resnet-{lo} (within {p['tolerance']:.1%})", c["holds"],
             f"resnet-{lo} {fmt_mean_sd(err[('resnet', lo)], 100, unit='%')}, resnet-{hi} "
             f"{fmt_mean_sd(err[('resnet', hi)], 100, unit='%')} training error", n, c["spread"]))
+        # 2b. ... and at every other step of the depth grid (e.g. resnet-110 vs resnet-56)
+        for a, b in zip(depths, depths[1:]):
+            if (a, b) == (lo, hi):
+                continue
+            c = compare(err[("resnet", a)], err[("resnet", b)], -p["tolerance"])
+            f.verdicts.append(verdict(
+                f"resnet-{b} trains at least as well as resnet-{a} (within {p['tolerance']:.1%})", c["holds"],
+                f"resnet-{a} {fmt_mean_sd(err[('resnet', a)], 100, unit='%')}, resnet-{b} "
+                f"{fmt_mean_sd(err[('resnet', b)], 100, unit='%')} training error", n, c["spread"]))
         # 3-4. Fig. 7: mean branch-response std over layers (seed by seed), at the plain pair's deeper
         # depth (a plain net that failed to train has meaningless responses), and over resnet depths
         resp = ctx.measure("responses", lambda: _responses(ctx))
