@@ -117,15 +117,30 @@ def _curves(ax, runs: dict, metric: str, base_dir) -> None:
         raise ValueError(f"unknown curve metric {metric!r}; valid: {', '.join(CURVE_METRICS)}")
     key, label = CURVE_METRICS[metric]
     cmap = plt.get_cmap("viridis")
+    diverged = []
     for i, (name, run_dir) in enumerate(runs.items()):
-        rows = [r for r in read_metrics(Path(base_dir or ".") / run_dir) if r.get(key) is not None]
+        every = read_metrics(Path(base_dir or ".") / run_dir)
+        bad = next((r["epoch"] for r in every if r.get("status") == "diverged"), None)
+        rows = [r for r in every if r.get(key) is not None and _finite(r[key]) and r.get("status") != "diverged"]
+        if bad is not None:
+            diverged.append(f"{name}: diverged in epoch {bad}")
         if not rows:
             continue
         ys = [100 * (1 - r[key]) if metric.endswith("error") else r[key] for r in rows]
-        ax.plot([r["epoch"] for r in rows], ys, ls="--" if name.startswith("plain") else "-", lw=1.6,
-                color=cmap(0.85 * i / max(1, len(runs) - 1)), label=name)
+        line, = ax.plot([r["epoch"] for r in rows], ys, ls="--" if name.startswith("plain") else "-", lw=1.6,
+                        color=cmap(0.85 * i / max(1, len(runs) - 1)),
+                        label=name + (f" (diverged in epoch {bad})" if bad is not None else ""))
+        if bad is not None:  # where it broke: an x after its last completed epoch
+            ax.plot([rows[-1]["epoch"]], [ys[-1]], marker="x", ms=8, color=line.get_color())
     ax.set(xlabel="epoch", ylabel=label, title=label.split(" (")[0])
+    if not ax.lines and diverged:  # nothing completed an epoch: say why the axes are empty
+        ax.text(0.5, 0.5, "no completed epoch to draw\n" + "\n".join(diverged[:6]), transform=ax.transAxes,
+                ha="center", va="center", fontsize=8)
     if metric.endswith("loss"):
         ax.set_yscale("log")
     if ax.get_legend_handles_labels()[0]:  # a diverged run has no test accuracy to draw
         ax.legend(frameon=False, ncol=2 if len(runs) > 4 else 1)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)

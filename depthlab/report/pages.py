@@ -147,7 +147,9 @@ def run_status_text(row: dict) -> str:
     """An experiment run's status; a diverged run says in which epoch and what the diagnosis found."""
     status = row.get("status") or "-"
     if status == "diverged":
-        return (f"diverged in epoch {row.get('epoch', '?')}"
+        epoch = row.get("epoch")
+        done = f" ({epoch - 1} epoch(s) completed)" if isinstance(epoch, int) else ""
+        return (f"diverged in epoch {epoch if epoch is not None else '?'}{done}"
                 + (f": {row['diagnosis']}" if row.get("diagnosis") else ""))
     return status
 
