@@ -232,3 +232,24 @@ def test_parallel_runs_give_the_runs_of_a_sequential_call_in_grid_order(tmp_path
     assert all((tmp_path / "two" / "runs" / r["run_id"] / "made_by.json").exists() for r in two["runs"])
     with pytest.raises(ConfigError, match="jobs must be an int >= 0"):
         reproduce("degradation", params=params, out=str(tmp_path / "bad"), jobs=-1)
+
+
+def test_reproduce_all_runs_each_experiment_into_one_directory_with_an_index_and_a_time_breakdown(tmp_path):
+    from depthlab.experiments.suite import breakdown, reproduce_all, split_params
+
+    with pytest.raises(ConfigError, match="unknown parameter 'depthz' for every experiment; valid .*depths"):
+        reproduce_all(params={"depthz": 3}, out=str(tmp_path / "x"))
+    shares = split_params(["degradation", "shattered"], "quick", {"depths": [8, 14], "epochs": 1})
+    assert shares["degradation"] == {"depths": [8, 14], "epochs": 1} and "depths" not in shares["shattered"]
+    result = reproduce_all(params={"depths": [8, 14], "epochs": 1}, out=str(tmp_path), quiet=True, device="cpu",
+                           names=["degradation", "stochastic-depth"])
+    assert [r["name"] for r in result["experiments"]] == ["degradation", "stochastic-depth"]
+    for r in result["experiments"]:
+        doc = json.loads((tmp_path / r["name"] / "experiment.json").read_text())
+        assert r["runs"] == len(doc["runs"]) and r["reused"] == 0
+        assert r["observed"] + r["not observed"] + r["inconclusive"] == len(doc["verdicts"])
+    index = (tmp_path / "index.html").read_text()
+    assert "degradation/report.html" in index and "stochastic-depth/report.html" in index
+    table = breakdown(result)
+    assert table.splitlines()[-1].startswith("wall time: ") and " min; index: " in table
+    assert re.search(r"^all +\d+ +8 +0 ", table, re.M)  # 4 + 4 runs, none reused

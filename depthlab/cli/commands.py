@@ -153,6 +153,14 @@ def _cmd_reproduce(args) -> int:
             print(f"{e['name']:<18} {e['title']}\n{'':<18} {e['source']}\n{'':<18} expected: {e['expected']}")
         return 0 if args.list else 2
     command = command_line(args)
+    if args.name == "all":
+        from depthlab.experiments.suite import breakdown, reproduce_all
+
+        result = reproduce_all(scale=args.scale, seeds=args.seeds, out=args.out, params=parse_params(args.param),
+                               device=args.device, fresh=args.fresh, quiet=args.quiet, jobs=args.jobs,
+                               command=command)
+        print(breakdown(result))
+        return 0
     doc = reproduce(args.name, scale=args.scale, seeds=args.seeds, out=args.out, params=parse_params(args.param),
                     device=args.device, fresh=args.fresh, quiet=args.quiet, command=command, jobs=args.jobs)
     for v in doc["verdicts"]:
@@ -275,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_remedies)
 
     s = sub.add_parser("reproduce", help="reproduce a published finding (grid of runs + verdict + report)")
-    s.add_argument("name", nargs="?", help="experiment name (see --list)")
+    s.add_argument("name", nargs="?", help="experiment name (see --list), or all: every experiment and the index")
     s.add_argument("--list", action="store_true", help="list the experiments and what each expects")
     s.add_argument("--scale", default="quick", choices=["quick", "paper"],
                    help="quick: bundled data, minutes on a 2-core CPU (default); paper: CIFAR-10, the paper's recipe")

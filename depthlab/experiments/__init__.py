@@ -8,10 +8,14 @@ from depthlab.experiments.base import EXPERIMENTS, Experiment, Findings, RunSpec
 from depthlab.experiments.runner import list_experiments, parse_params, reproduce
 from depthlab.registry import plugin_modules
 
-HELPERS = ("base", "firststeps", "plan", "runner", "remedies")  # modules of this package that register no experiment
+# modules of this package that register no experiment
+HELPERS = ("base", "firststeps", "plan", "runner", "remedies", "suite")
 
 for _name in plugin_modules(__path__, skip=HELPERS):
     import_module(f"depthlab.experiments.{_name}")
 EXPERIMENTS.sort(key=lambda name: (EXPERIMENTS.get(name).year(), name))  # the field's order, not import order
 
-__all__ = ["EXPERIMENTS", "Experiment", "Findings", "RunSpec", "list_experiments", "parse_params", "reproduce"]
+from depthlab.experiments.suite import reproduce_all  # noqa: E402
+
+__all__ = ["EXPERIMENTS", "Experiment", "Findings", "RunSpec", "list_experiments", "parse_params", "reproduce",
+           "reproduce_all"]

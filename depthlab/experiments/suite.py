@@ -1,0 +1,72 @@
+"""``depthlab reproduce all``: every experiment in turn into one directory, the index of their reports,
+and where the time went (per experiment: wall time, runs trained and reused, verdict counts)."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from depthlab.config import ConfigError
+from depthlab.experiments.base import EXPERIMENTS
+from depthlab.experiments.runner import reproduce, resolve_params
+
+STATUSES = ("observed", "not observed", "inconclusive")
+
+
+def split_params(names: List[str], scale: str, params: Optional[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Each experiment's share of ``params``: the names it has (``dataset``, ``epochs``, ``depths``...).
+    A name no experiment has is an error, before anything runs."""
+    params = params or {}
+    valid = {n: set(resolve_params(EXPERIMENTS.get(n)(), scale)) for n in names}
+    unknown = sorted(k for k in params if not any(k in v for v in valid.values()))
+    if unknown:
+        raise ConfigError(f"unknown parameter {unknown[0]!r} for every experiment; valid parameters: "
+                          + ", ".join(sorted(set().union(*valid.values()))))
+    return {n: {k: v for k, v in params.items() if k in valid[n]} for n in names}
+
+
+def reproduce_all(scale: str = "quick", seeds: int = 1, out: Optional[str] = None, *,
+                  params: Optional[Dict[str, Any]] = None, device: str = "auto", fresh: bool = False,
+                  quiet: bool = False, jobs: int = 1, command: Optional[str] = None,
+                  names: Optional[List[str]] = None) -> dict:
+    """Every registered experiment (``reproduce``) into ``out/NAME`` (default ``runs/reproduce``), then
+    the index of the reports (``names``: a subset, in the registry's order by default). Returns
+    ``{"experiments": [per-experiment summary], "seconds", "index"}``."""
+    base = Path(out) if out else Path("runs") / "reproduce"
+    names = [EXPERIMENTS.get(n).name for n in names] if names else list(EXPERIMENTS)
+    shares = split_params(names, scale, params)
+    for n in names:  # every experiment's parameters are checked before the first one trains
+        resolve_params(EXPERIMENTS.get(n)(), scale, shares[n])
+    t0, rows = time.perf_counter(), []
+    for i, n in enumerate(names, 1):
+        if not quiet:
+            print(f"[{i}/{len(names)}] {n}", file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        doc = reproduce(n, scale=scale, seeds=seeds, out=str(base / (n if scale == "quick" else f"{n}-{scale}")),
+                        params=shares[n], device=device, fresh=fresh, quiet=quiet, jobs=jobs,
+                        command=f"{command} (experiment {n})" if command else None)
+        status = [v["status"].split(" (")[0] for v in doc["verdicts"]]
+        rows.append({"name": n, "seconds": time.perf_counter() - t, "runs": len(doc["runs"]),
+                     "reused": sum(1 for r in doc["runs"] if r.get("reused")),
+                     "train_seconds": sum(r.get("seconds") or 0 for r in doc["runs"] if not r.get("reused")),
+                     **{s: status.count(s) for s in STATUSES}})
+    from depthlab.report import write_report
+
+    index = write_report(base)
+    return {"experiments": rows, "seconds": time.perf_counter() - t0, "index": str(index)}
+
+
+def breakdown(result: dict) -> str:
+    """The per-experiment table and the total, as printed by ``depthlab reproduce all``."""
+    lines = [f"{'experiment':<18} {'wall s':>7} {'runs':>5} {'reused':>6} {'observed':>9} {'not obs.':>9} "
+             f"{'inconcl.':>9}"]
+    for r in result["experiments"]:
+        lines.append(f"{r['name']:<18} {r['seconds']:>7.0f} {r['runs']:>5} {r['reused']:>6} {r['observed']:>9} "
+                     f"{r['not observed']:>9} {r['inconclusive']:>9}")
+    total = {s: sum(r[s] for r in result["experiments"]) for s in STATUSES}
+    lines.append(f"{'all':<18} {result['seconds']:>7.0f} {sum(r['runs'] for r in result['experiments']):>5} "
+                 f"{sum(r['reused'] for r in result['experiments']):>6} {total['observed']:>9} "
+                 f"{total['not observed']:>9} {total['inconclusive']:>9}")
+    lines.append(f"wall time: {result['seconds'] / 60:.1f} min; index: {result['index']}")
+    return "\n".join(lines)
