@@ -43,7 +43,7 @@ def check_verdicts(out, doc):
 
 
 def test_end_to_end_verdicts_compare_the_shallow_and_deep_runs_they_name(tmp_path):
-    doc = reproduce("degradation", params=Degradation.smoke, out=str(tmp_path), quiet=True)
+    doc = reproduce("degradation", seeds=1, params=Degradation.smoke, out=str(tmp_path), quiet=True)
     assert (tmp_path / "experiment.json").exists() and (tmp_path / "report.html").stat().st_size > 1000
     assert len(doc["verdicts"]) == 4  # two depths: one step, the shallow/deep pair itself
     numbers = check_verdicts(tmp_path, doc)
@@ -54,7 +54,7 @@ def test_end_to_end_verdicts_compare_the_shallow_and_deep_runs_they_name(tmp_pat
 
 
 def test_every_step_of_a_longer_grid_checks_the_resnet(tmp_path):
-    doc = reproduce("degradation", params={**Degradation.smoke, "depths": [8, 14, 20]}, out=str(tmp_path),
+    doc = reproduce("degradation", seeds=1, params={**Degradation.smoke, "depths": [8, 14, 20]}, out=str(tmp_path),
                     quiet=True, report=False)
     claims = [v["claim"] for v in doc["verdicts"]]
     assert any(c.startswith("resnet-20 trains at least as well as resnet-8") for c in claims)  # shallowest/deepest

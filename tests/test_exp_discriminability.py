@@ -63,7 +63,7 @@ def check_verdicts(out, doc):
 
 @pytest.mark.parametrize("scale", ["quick", "paper"])
 def test_end_to_end_verdicts_show_the_probe_numbers_and_follow_the_rules_and_reuse(scale, tmp_path):
-    reproduce("discriminability", scale=scale, params=Discriminability.smoke, out=str(tmp_path), quiet=True)
+    reproduce("discriminability", seeds=1, scale=scale, params=Discriminability.smoke, out=str(tmp_path), quiet=True)
     assert (tmp_path / "experiment.json").exists() and (tmp_path / "report.html").exists()
     saved = json.loads((tmp_path / "experiment.json").read_text())
     assert len(saved["verdicts"]) == 3
@@ -77,8 +77,8 @@ def test_end_to_end_verdicts_show_the_probe_numbers_and_follow_the_rules_and_reu
             for r in saved["runs"] if r["part"] == "placement"}
     assert cfgs["early"]["stage_blocks"] == "2,1,1" and cfgs["late"]["stage_blocks"] == "1,1,2"
     assert cfgs["early"]["depth"] == cfgs["late"]["depth"] == 10
-    again = reproduce("discriminability", scale=scale, params=Discriminability.smoke, out=str(tmp_path), quiet=True,
-                      report=False)
+    again = reproduce("discriminability", seeds=1, scale=scale, params=Discriminability.smoke, out=str(tmp_path),
+                      quiet=True, report=False)
     assert all(r["reused"] for r in again["runs"])
 
 

@@ -37,7 +37,7 @@ def check_verdicts(out, doc):
 
 @pytest.mark.parametrize("scale", ["quick", "paper"])
 def test_end_to_end_verdicts_show_the_run_numbers_and_follow_the_rules_and_reuse(scale, tmp_path):
-    doc = reproduce("highway", scale=scale, params=Highway.smoke, out=str(tmp_path), quiet=True)
+    doc = reproduce("highway", seeds=1, scale=scale, params=Highway.smoke, out=str(tmp_path), quiet=True)
     assert (tmp_path / "experiment.json").exists() and (tmp_path / "report.html").exists()
     saved = json.loads((tmp_path / "experiment.json").read_text())
     assert len(saved["verdicts"]) == 3
@@ -49,7 +49,8 @@ def test_end_to_end_verdicts_show_the_run_numbers_and_follow_the_rules_and_reuse
     deepest = gates[f"highway{Highway.smoke['depths'][-1]}-s0"]
     assert len(deepest["mean_t"]) == (Highway.smoke["depths"][-1] - 2)  # 3n highway layers at depth 3n + 2
     assert all(0 < t < 1 for t in deepest["mean_t"])
-    again = reproduce("highway", scale=scale, params=Highway.smoke, out=str(tmp_path), quiet=True, report=False)
+    again = reproduce("highway", seeds=1, scale=scale, params=Highway.smoke, out=str(tmp_path), quiet=True,
+                      report=False)
     assert all(r["reused"] for r in again["runs"])
     assert doc["verdicts"] == again["verdicts"]
 

@@ -67,7 +67,7 @@ def check_verdicts(out, doc):
 
 @pytest.mark.parametrize("scale", ["quick", "paper"])
 def test_end_to_end_verdicts_show_the_lesion_numbers_and_follow_the_rules_and_reuse(scale, tmp_path):
-    doc = reproduce("lesion", scale=scale, params=Lesion.smoke, out=str(tmp_path), quiet=True)
+    doc = reproduce("lesion", seeds=1, scale=scale, params=Lesion.smoke, out=str(tmp_path), quiet=True)
     assert (tmp_path / "experiment.json").exists() and (tmp_path / "report.html").exists()
     saved = json.loads((tmp_path / "experiment.json").read_text())
     assert len(saved["verdicts"]) == 6
@@ -75,7 +75,7 @@ def test_end_to_end_verdicts_show_the_lesion_numbers_and_follow_the_rules_and_re
     assert saved["figures"] and all(f.get("series") or f.get("panels") for f in saved["figures"])
     for name in ("lesion", "paths"):  # every measurement is cached
         assert (tmp_path / "measurements" / f"{name}.json").exists()
-    again = reproduce("lesion", scale=scale, params=Lesion.smoke, out=str(tmp_path), quiet=True, report=False)
+    again = reproduce("lesion", seeds=1, scale=scale, params=Lesion.smoke, out=str(tmp_path), quiet=True, report=False)
     assert all(r["reused"] for r in again["runs"])
     assert again["verdicts"] == doc["verdicts"]  # measurements reused: the same numbers
 

@@ -63,7 +63,7 @@ def check_verdicts(doc, m):
 
 @pytest.mark.parametrize("scale", ["quick", "paper"])
 def test_end_to_end_verdicts_show_the_measured_numbers_and_follow_the_rules_and_reuse(scale, tmp_path):
-    doc = reproduce("shattered", scale=scale, params=Shattered.smoke, out=str(tmp_path), quiet=True)
+    doc = reproduce("shattered", seeds=1, scale=scale, params=Shattered.smoke, out=str(tmp_path), quiet=True)
     assert (tmp_path / "experiment.json").exists() and (tmp_path / "report.html").exists()
     assert doc["runs"] == [] and doc["data"]["name"] is None  # nothing trained, no dataset loaded
     assert len(doc["verdicts"]) == 4
@@ -73,7 +73,7 @@ def test_end_to_end_verdicts_show_the_measured_numbers_and_follow_the_rules_and_
     assert doc["figures"] and all(f.get("series") or f.get("panels") for f in doc["figures"])
     cache = tmp_path / "measurements" / "shattering.json"
     stamp = cache.stat().st_mtime_ns
-    again = reproduce("shattered", scale=scale, params=Shattered.smoke, out=str(tmp_path), quiet=True,
+    again = reproduce("shattered", seeds=1, scale=scale, params=Shattered.smoke, out=str(tmp_path), quiet=True,
                       report=False)
     assert all(r["reused"] for r in again["runs"])
     assert cache.stat().st_mtime_ns == stamp  # the measurement was reused, not recomputed

@@ -49,7 +49,7 @@ SCRIPT = textwrap.dedent('''
     twice("diagnose model", lambda: depthlab.diagnose(model, ["gradient_flow"], data=depthlab.load_dataset("digits")))
     twice("diagnose run", lambda: depthlab.diagnose(f"{out}/runs/a", ["responses"], device="cpu"))
     twice("list_experiments", lambda: depthlab.list_experiments())
-    twice("reproduce", lambda: depthlab.reproduce("shattered", params=depthlab.experiments.EXPERIMENTS.get(
+    twice("reproduce", lambda: depthlab.reproduce("shattered", seeds=1, params=depthlab.experiments.EXPERIMENTS.get(
         "shattered").smoke, out=f"{out}/shattered", quiet=True))
     twice("write_report", lambda: depthlab.write_report(f"{out}/runs/a"))
     twice("train last", lambda: depthlab.train(depthlab.RunConfig().with_overrides(tiny + ["run_id=a"]),

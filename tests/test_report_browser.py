@@ -59,8 +59,8 @@ def site(chromium_path, tmp_path_factory):
     from depthlab.training import train
 
     root = tmp_path_factory.mktemp("site")
-    reproduce("degradation", params={"depths": [8, 14], "epochs": 1}, out=str(root / "degradation"), device="cpu",
-              quiet=True)
+    reproduce("degradation", seeds=1, params={"depths": [8, 14], "epochs": 1}, out=str(root / "degradation"),
+              device="cpu", quiet=True)
     run = RunConfig().with_overrides(["model.name=resnet", "model.depth=8", "data.name=digits", "train.epochs=2",
                                       "train.batch_size=128", "train.device=cpu", f"out_dir={root / 'runs'}",
                                       "run_id=tiny", "diagnostics.quantities=responses@1,orthonormality@last"])

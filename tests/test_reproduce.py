@@ -99,7 +99,7 @@ def test_degradation_end_to_end_verdicts_follow_the_runs_reuses_finished_runs_an
     # gap 101%: "plain-14 trains worse than plain-8 by >= 101%" cannot hold for errors in [0, 1], so it must
     # come out not observed whatever the runs learned
     params = {**SMOKE, "epochs": 2, "gap": 1.01}
-    doc = reproduce("degradation", params=params, out=str(out), device="cpu", quiet=True)
+    doc = reproduce("degradation", seeds=1, params=params, out=str(out), device="cpu", quiet=True)
     assert [r["run_id"] for r in doc["runs"]] == ["plain8-s0", "resnet8-s0", "plain14-s0", "resnet14-s0"]
     assert all(r["status"] == "finished" and not r["reused"] for r in doc["runs"])
     assert len(doc["verdicts"]) == 4
@@ -114,9 +114,10 @@ def test_degradation_end_to_end_verdicts_follow_the_runs_reuses_finished_runs_an
     assert page.count("data:image/svg+xml;base64,") == len(saved["figures"]) >= 3
     assert "http://" not in page and "https://" not in page and "<script" not in page
 
-    again = reproduce("degradation", params=params, out=str(out), device="cpu", quiet=True)
+    again = reproduce("degradation", seeds=1, params=params, out=str(out), device="cpu", quiet=True)
     assert all(r["reused"] for r in again["runs"])
-    made_by = f"depthlab reproduce degradation --out {out} --param depths=8,14 --param epochs=2 --param gap=1.01"
+    made_by = (f"depthlab reproduce degradation --seeds 1 --out {out} --param depths=8,14 --param epochs=2 "
+               "--param gap=1.01")
     assert [r["made_by"] for r in again["runs"]] == [made_by] * 4  # the command that trained them
     assert made_by in (out / "report.html").read_text()
     assert [r["train_acc"] for r in again["runs"]] == [r["train_acc"] for r in doc["runs"]]
@@ -126,7 +127,7 @@ def test_degradation_end_to_end_verdicts_follow_the_runs_reuses_finished_runs_an
     (run / "checkpoints" / "epoch_0002.pt").unlink()
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")
-    resumed = reproduce("degradation", params=params, out=str(out), device="cpu", quiet=True)
+    resumed = reproduce("degradation", seeds=1, params=params, out=str(out), device="cpu", quiet=True)
     r0 = resumed["runs"][0]
     assert not r0["reused"] and all(r["reused"] for r in resumed["runs"][1:])
     assert r0["train_acc"] == doc["runs"][0]["train_acc"]  # exact resume
@@ -135,23 +136,23 @@ def test_degradation_end_to_end_verdicts_follow_the_runs_reuses_finished_runs_an
 
 def test_changed_settings_ask_for_fresh(tmp_path):
     out = tmp_path / "deg"
-    reproduce("degradation", params=SMOKE, out=str(out), device="cpu", quiet=True)
+    reproduce("degradation", seeds=1, params=SMOKE, out=str(out), device="cpu", quiet=True)
     with pytest.raises(ConfigError, match="train.lr: saved 0.05, now 0.01.*--fresh"):  # a finished run
-        reproduce("degradation", params={**SMOKE, "set": ["train.lr=0.01"]}, out=str(out),
+        reproduce("degradation", seeds=1, params={**SMOKE, "set": ["train.lr=0.01"]}, out=str(out),
                   device="cpu", quiet=True)
     run = out / "runs" / "plain8-s0"
     (run / "checkpoints" / "epoch_0001.pt").unlink()
     (run / "metrics.jsonl").write_text("")
     with pytest.raises(ConfigError, match="--fresh"):  # an interrupted run
-        reproduce("degradation", params={**SMOKE, "set": ["train.lr=0.01"]}, out=str(out),
+        reproduce("degradation", seeds=1, params={**SMOKE, "set": ["train.lr=0.01"]}, out=str(out),
                   device="cpu", quiet=True)
-    doc = reproduce("degradation", params={**SMOKE, "set": ["train.lr=0.01"]}, out=str(out),
+    doc = reproduce("degradation", seeds=1, params={**SMOKE, "set": ["train.lr=0.01"]}, out=str(out),
                     device="cpu", quiet=True, fresh=True)
     assert all(not r["reused"] for r in doc["runs"])
 
 
 def test_paper_scale_runs_end_to_end_on_synthetic_cifar_shaped_data_says_so_and_verdicts_follow_the_runs(tmp_path):
-    doc = reproduce("degradation", scale="paper", params={**SMOKE, "gap": 1.01}, out=str(tmp_path / "p"),
+    doc = reproduce("degradation", seeds=1, scale="paper", params={**SMOKE, "gap": 1.01}, out=str(tmp_path / "p"),
                     device="cpu", quiet=True)
     assert doc["data"]["name"] == "synthetic" and "cifar10 files are absent" in doc["data"]["note"]
     assert all(r["status"] == "finished" for r in doc["runs"])
@@ -169,8 +170,8 @@ def test_cli_list_report_index_and_markdown(tmp_path, capsys):
     assert main(["reproduce", "nope"]) == 2
     assert "valid experiment names: degradation" in capsys.readouterr().err.lower()
     out = tmp_path / "exps" / "deg"
-    assert main(["reproduce", "degradation", "--param", "depths=8,14", "epochs=1", "--out", str(out), "--device",
-                 "cpu", "--quiet"]) == 0
+    assert main(["reproduce", "degradation", "--seeds", "1", "--param", "depths=8,14", "epochs=1", "--out", str(out),
+                 "--device", "cpu", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "report:" in printed and ("OBSERVED" in printed or "NOT OBSERVED" in printed or "INCONCLUSIVE" in printed)
     check_degradation_verdicts(out, json.loads((out / "experiment.json").read_text()))
@@ -199,7 +200,7 @@ def test_a_grid_that_clashes_with_earlier_runs_or_cannot_be_built_stops_before_a
     """The sequence that used to mix runs: a first grid, then other epochs over the same directory, then
     a depth the family does not have. Each bad call exits 2 with one line and trains nothing."""
     out = tmp_path / "deg"
-    base = ["reproduce", "degradation", "--out", str(out), "--device", "cpu", "--quiet"]
+    base = ["reproduce", "degradation", "--seeds", "1", "--out", str(out), "--device", "cpu", "--quiet"]
     assert main(base + ["--param", "depths=8,14", "epochs=1"]) == 0
     files = lambda: {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}  # noqa: E731
     before = files()
@@ -222,16 +223,17 @@ def test_a_grid_that_clashes_with_earlier_runs_or_cannot_be_built_stops_before_a
 
 def test_parallel_runs_give_the_runs_of_a_sequential_call_in_grid_order(tmp_path):
     params = {**SMOKE, "set": ["train.threads=1"]}  # one thread in both, so the runs are bit for bit the same
-    one = reproduce("degradation", params=params, out=str(tmp_path / "one"), device="cpu", quiet=True, report=False)
-    two = reproduce("degradation", params=params, out=str(tmp_path / "two"), device="cpu", quiet=True, report=False,
-                    jobs=2)
+    one = reproduce("degradation", seeds=1, params=params, out=str(tmp_path / "one"), device="cpu", quiet=True,
+                    report=False)
+    two = reproduce("degradation", seeds=1, params=params, out=str(tmp_path / "two"), device="cpu", quiet=True,
+                    report=False, jobs=2)
     assert [r["run_id"] for r in two["runs"]] == [r["run_id"] for r in one["runs"]]
     assert [(r["status"], r["train_acc"], r["test_acc"]) for r in two["runs"]] == [
         (r["status"], r["train_acc"], r["test_acc"]) for r in one["runs"]]
     assert [v["status"] for v in two["verdicts"]] == [v["status"] for v in one["verdicts"]]
     assert all((tmp_path / "two" / "runs" / r["run_id"] / "made_by.json").exists() for r in two["runs"])
     with pytest.raises(ConfigError, match="jobs must be an int >= 0"):
-        reproduce("degradation", params=params, out=str(tmp_path / "bad"), jobs=-1)
+        reproduce("degradation", seeds=1, params=params, out=str(tmp_path / "bad"), jobs=-1)
 
 
 def test_reproduce_all_runs_each_experiment_into_one_directory_with_an_index_and_a_time_breakdown(tmp_path):
@@ -242,7 +244,7 @@ def test_reproduce_all_runs_each_experiment_into_one_directory_with_an_index_and
     shares = split_params(["degradation", "shattered"], "quick", {"depths": [8, 14], "epochs": 1})
     assert shares["degradation"] == {"depths": [8, 14], "epochs": 1} and "depths" not in shares["shattered"]
     result = reproduce_all(params={"depths": [8, 14], "epochs": 1}, out=str(tmp_path), quiet=True, device="cpu",
-                           names=["degradation", "stochastic-depth"])
+                           seeds=1, names=["degradation", "stochastic-depth"])
     assert [r["name"] for r in result["experiments"]] == ["degradation", "stochastic-depth"]
     for r in result["experiments"]:
         doc = json.loads((tmp_path / r["name"] / "experiment.json").read_text())
@@ -253,3 +255,13 @@ def test_reproduce_all_runs_each_experiment_into_one_directory_with_an_index_and
     table = breakdown(result)
     assert table.splitlines()[-1].startswith("wall time: ") and " min; index: " in table
     assert re.search(r"^all +\d+ +8 +0 ", table, re.M)  # 4 + 4 runs, none reused
+
+
+def test_three_seeds_by_default_at_the_quick_scale_one_at_the_paper_scale(tmp_path):
+    from depthlab.experiments.shattered import Shattered  # no training runs: measurements at init only
+
+    quick = reproduce("shattered", params=Shattered.smoke, out=str(tmp_path / "q"), quiet=True, report=False)
+    assert quick["seeds"] == 3 and " --seeds" not in quick["provenance"]["command"]
+    paper = reproduce("shattered", scale="paper", params=Shattered.smoke, out=str(tmp_path / "p"), quiet=True,
+                      report=False)
+    assert paper["seeds"] == 1

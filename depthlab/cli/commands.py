@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--list", action="store_true", help="list the experiments and what each expects")
     s.add_argument("--scale", default="quick", choices=["quick", "paper"],
                    help="quick: bundled data, minutes on a 2-core CPU (default); paper: CIFAR-10, the paper's recipe")
-    s.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1; tables show mean +- sd (default 1)")
+    s.add_argument("--seeds", type=int, default=None,
+                   help="seeds 0..N-1; tables show mean +- sd (default 3 at the quick scale, 1 at the paper scale)")
     s.add_argument("--out", help="experiment directory (default runs/reproduce/NAME[-paper])")
     s.add_argument("--param", nargs="+", metavar="NAME=VALUE", help="experiment parameters, e.g. depths=8,20 epochs=3")
     s.add_argument("--device", default="auto")

@@ -165,10 +165,14 @@ def load_experiment_data(name: str, quiet: bool = True):
 
 # ----------------------------------------------------------------------------- reproduce
 
-def reproduce(name: str, scale: str = "quick", seeds: int = 1, out: Optional[str] = None, *,
+DEFAULT_SEEDS = {"quick": 3, "paper": 1}  # quick: a verdict needs the spread over seeds; paper: one GPU run each
+
+
+def reproduce(name: str, scale: str = "quick", seeds: Optional[int] = None, out: Optional[str] = None, *,
               params: Optional[Dict[str, Any]] = None, device: str = "auto", fresh: bool = False,
               quiet: bool = False, report: bool = True, command: Optional[str] = None, jobs: int = 1) -> dict:
-    """Run experiment ``name`` at ``scale`` over ``seeds`` seeds (0..seeds-1) into ``out``
+    """Run experiment ``name`` at ``scale`` over ``seeds`` seeds (0..seeds-1; default 3 at the quick
+    scale, 1 at the paper scale) into ``out``
     (default ``runs/reproduce/<name>[-paper]``). Finished runs are reused, interrupted ones resumed,
     ``fresh=True`` retrains everything; ``jobs`` runs train at once in worker processes (0: one per
     CPU core). Returns the content of ``experiment.json`` (plus ``report``)."""
@@ -176,6 +180,8 @@ def reproduce(name: str, scale: str = "quick", seeds: int = 1, out: Optional[str
         raise ConfigError(f"jobs must be an int >= 0 (0: one per CPU core), got {jobs!r}")
     jobs = jobs or (os.cpu_count() or 1)
     exp: Experiment = EXPERIMENTS.get(name)()
+    if seeds is None:
+        seeds = DEFAULT_SEEDS.get(scale, 1)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"seeds must be an int >= 1, got {seeds!r}")
     p = resolve_params(exp, scale, params)
@@ -189,7 +195,8 @@ def reproduce(name: str, scale: str = "quick", seeds: int = 1, out: Optional[str
     ctx = Context(exp, scale, p, list(range(seeds)), out_dir, device, dataset, note, quiet)
     if command is None:  # called from Python: the equivalent command line
         command = (f"depthlab reproduce {name}" + (f" --scale {scale}" if scale != "quick" else "")
-                   + (f" --seeds {seeds}" if seeds != 1 else "") + (f" --out {out}" if out else "")
+                   + (f" --seeds {seeds}" if seeds != DEFAULT_SEEDS.get(scale, 1) else "")
+                   + (f" --out {out}" if out else "")
                    + "".join(f" --param {k}={_param_text(v)}" for k, v in (params or {}).items()))
     grid = [(s, k, run_config(s, k, p, data_name, out_dir, device)) for s in specs for k in ctx.seeds]
     check_plan(exp.name, grid, dataset, fresh)  # before anything trains

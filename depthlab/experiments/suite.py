@@ -26,7 +26,7 @@ def split_params(names: List[str], scale: str, params: Optional[Dict[str, Any]])
     return {n: {k: v for k, v in params.items() if k in valid[n]} for n in names}
 
 
-def reproduce_all(scale: str = "quick", seeds: int = 1, out: Optional[str] = None, *,
+def reproduce_all(scale: str = "quick", seeds: Optional[int] = None, out: Optional[str] = None, *,
                   params: Optional[Dict[str, Any]] = None, device: str = "auto", fresh: bool = False,
                   quiet: bool = False, jobs: int = 1, command: Optional[str] = None,
                   names: Optional[List[str]] = None) -> dict:
