@@ -55,7 +55,8 @@ def _checkout_files() -> "set[str]":
 
 
 def pytest_sessionstart(session):
-    if not os.environ.get("MUTANT_UNDER_TEST"):  # mutmut runs the suite inside its own copy
+    # mutmut runs the suite inside its own copy; under pytest-xdist the controller process checks
+    if not os.environ.get("MUTANT_UNDER_TEST") and not os.environ.get("PYTEST_XDIST_WORKER"):
         _before.update(_checkout_files())
 
 
