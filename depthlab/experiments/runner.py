@@ -224,7 +224,7 @@ def reproduce(name: str, scale: str = "quick", seeds: Optional[int] = None, out:
 
 def _train_grid(grid: list, dataset, fresh: bool, quiet: bool, command: str, experiment: str, jobs: int) -> list:
     """Every run of the grid, in grid order: one after another in this process, or ``jobs`` at a time in
-    worker processes with ``cores / jobs`` torch threads each (the sweep's local executor)."""
+    worker processes with ``cores / jobs`` torch threads each."""
     rows: list = [None] * len(grid)
     done = [0]
 
@@ -241,7 +241,8 @@ def _train_grid(grid: list, dataset, fresh: bool, quiet: bool, command: str, exp
         for i, (spec, seed, cfg) in enumerate(grid):
             report(i, _train_one(spec, seed, cfg, dataset, fresh, quiet, command, experiment))
         return rows
-    from depthlab.sweep.executors import run_local
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     tasks = [{"id": spec.id, "labels": spec.labels, "seed": seed, "config": cfg.to_dict(), "fresh": fresh,
@@ -249,13 +250,19 @@ def _train_grid(grid: list, dataset, fresh: bool, quiet: bool, command: str, exp
               "threads": threads} for spec, seed, cfg in grid]
 
     def on_result(i: int, rec: dict) -> None:
-        if "id" not in rec:  # the worker process died
+        if "id" not in rec:  # the worker process died or raised
             spec, seed, cfg = grid[i]
             rec = {"id": spec.id, "seed": seed, "run_id": cfg.resolved_run_id, "run_dir": f"runs/{cfg.resolved_run_id}",
                    **spec.labels, "status": f"error: {rec.get('error')}", "seconds": None}
         report(i, rec)
 
-    run_local(tasks, workers=jobs, threads=threads, on_result=on_result, fn=_train_task)
+    # fresh interpreters (spawn): no inherited torch thread pools; a run that raises is an error row
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=spawn) as pool:
+        futures = {pool.submit(_train_task, t): i for i, t in enumerate(tasks)}
+        for fut in as_completed(futures):
+            exc = fut.exception()
+            on_result(futures[fut], fut.result() if exc is None else {"error": f"{type(exc).__name__}: {exc}"})
     return rows
 
 
