@@ -3,6 +3,9 @@ eval-mode BatchNorm by hand, and BN layers given non-trivial statistics."""
 import torch
 from torch import nn
 
+from depthlab.config import RunConfig
+from depthlab.models import build_model
+
 
 def assert_close(actual, expected, rtol=1e-5, atol=1e-8):
     """torch.allclose with matching shapes and dtypes (torch.testing's first import alone takes seconds)."""
@@ -29,3 +32,16 @@ def randomise_bn(module, seed=0):
                 m.weight.copy_(torch.randn(c, generator=g, dtype=m.weight.dtype))
                 m.bias.copy_(torch.randn(c, generator=g, dtype=m.bias.dtype))
     return module
+
+
+def tiny_resnet():
+    """3 residual blocks, 4-channel stem: the smallest resnet."""
+    return build_model("resnet", depth=8, width=4, in_channels=1, num_classes=10)
+
+
+def methods_cfg(*overrides):
+    return RunConfig().with_overrides(list(overrides)).validate().methods
+
+
+def rms(t):
+    return t.double().pow(2).mean().sqrt()

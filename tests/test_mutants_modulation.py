@@ -6,30 +6,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from modelkit import assert_close
+from modelkit import assert_close, methods_cfg, tiny_resnet
 from torch import nn
 
-from depthlab.config import ConfigError, RunConfig
+from depthlab.config import ConfigError
 from depthlab.methods import (
     ErrorModulation,
     ModulationProfile,
 )
-from depthlab.models import build_model
 from depthlab.training.methods import TrainingMethods
-
-
-def tiny_resnet():
-    """3 residual blocks, 4-channel stem: the smallest resnet."""
-    return build_model("resnet", depth=8, width=4, in_channels=1, num_classes=10)
-
-
-def methods_cfg(*overrides):
-    return RunConfig().with_overrides(list(overrides)).validate().methods
-
-
-def rms(t):
-    return t.double().pow(2).mean().sqrt()
-
 
 # backward error modulation (Xie et al. 2017; rule unverified)
 

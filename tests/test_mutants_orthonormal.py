@@ -4,31 +4,15 @@ import math
 
 import pytest
 import torch
-from modelkit import assert_close
+from modelkit import assert_close, methods_cfg, tiny_resnet
 from torch import nn
 
-from depthlab.config import RunConfig
 from depthlab.methods import (
     orthonormal_weights,
     orthonormality_penalty,
     orthonormality_per_layer,
 )
-from depthlab.models import build_model
 from depthlab.training.methods import TrainingMethods
-
-
-def tiny_resnet():
-    """3 residual blocks, 4-channel stem: the smallest resnet."""
-    return build_model("resnet", depth=8, width=4, in_channels=1, num_classes=10)
-
-
-def methods_cfg(*overrides):
-    return RunConfig().with_overrides(list(overrides)).validate().methods
-
-
-def rms(t):
-    return t.double().pow(2).mean().sqrt()
-
 
 # orthonormality regulariser (Xie et al. 2017)
 

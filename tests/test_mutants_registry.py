@@ -2,8 +2,8 @@
 from types import SimpleNamespace
 
 import pytest
+from modelkit import methods_cfg
 
-from depthlab.config import RunConfig
 from depthlab.methods import (
     METHODS,
     Option,
@@ -12,21 +12,6 @@ from depthlab.methods import (
     enabled_methods,
     register,
 )
-from depthlab.models import build_model
-
-
-def tiny_resnet():
-    """3 residual blocks, 4-channel stem: the smallest resnet."""
-    return build_model("resnet", depth=8, width=4, in_channels=1, num_classes=10)
-
-
-def methods_cfg(*overrides):
-    return RunConfig().with_overrides(list(overrides)).validate().methods
-
-
-def rms(t):
-    return t.double().pow(2).mean().sqrt()
-
 
 # the method registry (depthlab.methods.base)
 

@@ -3,30 +3,16 @@ any block count, validation of L and p_L naming the field, and the contract with
 blocks only; a block without ``enabled`` always runs)."""
 
 import pytest
+from modelkit import methods_cfg, tiny_resnet
 from torch import nn
 
-from depthlab.config import ConfigError, RunConfig
+from depthlab.config import ConfigError
 from depthlab.methods import (
     apply_stochastic_depth,
     expected_active_blocks,
     survival_probs,
 )
-from depthlab.models import build_model
 from depthlab.training.methods import TrainingMethods
-
-
-def tiny_resnet():
-    """3 residual blocks, 4-channel stem: the smallest resnet."""
-    return build_model("resnet", depth=8, width=4, in_channels=1, num_classes=10)
-
-
-def methods_cfg(*overrides):
-    return RunConfig().with_overrides(list(overrides)).validate().methods
-
-
-def rms(t):
-    return t.double().pow(2).mean().sqrt()
-
 
 # stochastic depth (Huang et al. 2016)
 
