@@ -8,11 +8,13 @@ install:
 demo: install
 	$(PYTHON) -m depthlab demo
 
+# pytest-xdist: one worker per core, whole files per worker (module fixtures built once); -n 0 runs serially
+TEST_WORKERS ?= auto
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-all: install
-	$(PYTHON) -m pytest -q -m "slow or not slow"
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "slow or not slow"
 
 # ruff with the configuration in pyproject.toml ([tool.ruff]); CI runs it before the tests
 lint: install

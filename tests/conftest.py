@@ -10,6 +10,11 @@ from hypothesis.configuration import set_hypothesis_home_dir
 
 from depthlab.data import files
 
+# Under pytest-xdist (``make test`` runs ``-n auto``) the workers share the cores: each gets its share
+# of torch's intra-op threads instead of all of them, so two workers on two cores do not oversubscribe.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):

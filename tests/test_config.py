@@ -51,7 +51,7 @@ def test_wrong_type_names_the_field(override, field):
     ("train.recipe=fast", "train.recipe 'fast' is unknown.*he2015"),
     ("methods.stochastic_depth=0", r"methods\.stochastic_depth"), ("methods.stochastic_depth=1.5", "p_L"),
     ("methods.stochastic_depth_mode=layer", "batch or sample"), ("methods.orthonormal=-1", "lambda"),
-    ("methods.modulation=bottom", "top, next"), ("methods.modulation_epochs=0", "modulation_epochs"),
+    ("methods.modulation=bottom", "top-conv, fc, next"), ("methods.modulation_epochs=0", "modulation_epochs"),
 ])
 def test_validate_rejects_bad_values(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -73,10 +73,10 @@ def test_yaml_file(tmp_path):
 def test_yaml_selects_methods_and_model_options(tmp_path):
     p = tmp_path / "remedy.yaml"
     p.write_text("model:\n  name: plain\n  depth: 56\n  activation: crelu\n  init: looks-linear\n"
-                 "methods:\n  orthonormal: 1e-3\n  modulation: top\n  modulation_epochs: 2\n")
+                 "methods:\n  orthonormal: 1e-3\n  modulation: top-conv\n  modulation_epochs: 2\n")
     cfg = RunConfig.from_yaml(p).validate()
     assert cfg.model.activation == "crelu" and cfg.model.init == "looks-linear"
-    assert cfg.methods.orthonormal == pytest.approx(1e-3) and cfg.methods.modulation == "top"
+    assert cfg.methods.orthonormal == pytest.approx(1e-3) and cfg.methods.modulation == "top-conv"
     assert cfg.methods.modulation_epochs == 2 and cfg.methods.stochastic_depth is None
     again = cfg.with_overrides(["methods.stochastic_depth=0.5", "model.name=resnet", "model.rezero=true"])
     assert again.methods.stochastic_depth == 0.5 and again.model.rezero is True
