@@ -2,14 +2,18 @@
 and where the time went (per experiment: wall time, runs trained and reused, verdict counts)."""
 from __future__ import annotations
 
+import json
+import os
+import platform
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from depthlab.config import ConfigError
 from depthlab.experiments.base import EXPERIMENTS
-from depthlab.experiments.runner import reproduce, resolve_params
+from depthlab.experiments.runner import git_commit, reproduce, resolve_params
 
 STATUSES = ("observed", "not observed", "inconclusive")
 
@@ -53,8 +57,29 @@ def reproduce_all(scale: str = "quick", seeds: Optional[int] = None, out: Option
                      **{s: status.count(s) for s in STATUSES}})
     from depthlab.report import write_report
 
-    index = write_report(base)
-    return {"experiments": rows, "seconds": time.perf_counter() - t0, "index": str(index)}
+    result = {"experiments": rows, "seconds": time.perf_counter() - t0, "index": str(base / "index.html"),
+              "command": command, "scale": scale, "seeds": seeds, "jobs": jobs, "commit": git_commit(),
+              "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
+    # suite.json: the wall time and machine of the whole suite, the first line of `depthlab report --markdown`
+    (base / "suite.json").write_text(json.dumps(result, indent=2) + "\n")
+    result["index"] = str(write_report(base))
+    return result
+
+
+def machine() -> str:
+    """The CPU model (``/proc/cpuinfo`` where there is one), its core count and the torch build."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}; {platform.system()}"
 
 
 def breakdown(result: dict) -> str:
