@@ -41,6 +41,12 @@ def test_the_reference_rule_puts_every_bias_and_scale_at_a_tenth_of_the_lr():
     assert len({g["weight_decay"] for g in opt.param_groups}) == 1  # weight decay alike for all groups
 
 
+def test_the_reference_rule_is_the_default_reading():
+    model = fixup()
+    assert fixup_scalar_parameters(model) == fixup_scalar_parameters(model, "reference")
+    assert len(fixup_scalar_parameters(model)) > len(fixup_scalar_parameters(model, "scalars"))
+
+
 def test_the_scalars_reading_leaves_the_classifier_bias_at_the_full_lr():
     model = fixup()
     opt, t = optimizer(model, "methods.fixup_scalar_params=scalars", "methods.fixup_scalar_lr=0.25")

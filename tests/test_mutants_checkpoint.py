@@ -8,6 +8,7 @@ import torch
 from depthlab.training.checkpoint import (
     CheckpointError,
     checkpoint_name,
+    checkpoint_position,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -20,6 +21,16 @@ def test_checkpoint_names_follow_the_documented_pattern():
     assert checkpoint_name(3) == "epoch_0003.pt"
     assert checkpoint_name(3, 12) == "epoch_0003_step_000012.pt"
     assert checkpoint_name(12345, 1) == "epoch_12345_step_000001.pt"
+
+
+def test_a_checkpoint_position_is_read_back_from_its_name_and_a_stray_name_is_refused(tmp_path):
+    for e, s in [(0, 0), (3, 0), (3, 12), (12345, 1), (2, 1000000)]:
+        assert checkpoint_position(tmp_path / checkpoint_name(e, s)) == (e, s)
+    assert checkpoint_position("epoch_0007.pt") == (7, 0)  # a str path too; no step part: step 0
+    for bad in ("best.pt", "epoch_001.pt", "epoch_0007.pt.tmp"):
+        with pytest.raises(ValueError, match=rf"'{bad}' is not named like a checkpoint \(epoch_NNNN.pt or "
+                                             r"epoch_NNNN_step_NNNNNN.pt\)"):
+            checkpoint_position(bad)
 
 
 def test_checkpoints_are_listed_in_position_order_and_other_files_ignored(tmp_path):

@@ -242,7 +242,7 @@ class BackwardErrorModulation(TrainingMethod):
         reference, which = READINGS[self.cfg.modulation]
         # record=False: nothing reads the per-layer profile during training
         self.modulation = ErrorModulation(model, reference=reference, layers=modulated_layers(model, which),
-                                          record=False, measure=self.cfg.modulation_measure or "rms").attach()
+                                          record=False, measure=self.cfg.modulation_measure).attach()
 
     def start_epoch(self, epoch: int) -> None:
         if self.cfg.modulation_epochs is not None:
