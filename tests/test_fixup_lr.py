@@ -41,6 +41,11 @@ def test_the_reference_rule_puts_every_bias_and_scale_at_a_tenth_of_the_lr():
     assert len({g["weight_decay"] for g in opt.param_groups}) == 1  # weight decay alike for all groups
 
 
+def test_only_nets_with_fixup_blocks_are_fixup_nets():
+    assert is_fixup(fixup()) and not is_fixup(build_model("resnet", depth=8, num_classes=10, in_channels=1, width=4))
+    assert not is_fixup(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10)))  # no .blocks at all
+
+
 def test_the_reference_rule_is_the_default_reading():
     model = fixup()
     assert fixup_scalar_parameters(model) == fixup_scalar_parameters(model, "reference")
@@ -55,6 +60,16 @@ def test_the_scalars_reading_leaves_the_classifier_bias_at_the_full_lr():
         scalar = p.numel() == 1  # ScalarBias / ScalarScale hold one number each; the classifier bias has 10
         assert lrs[id(p)] == pytest.approx(t.lr * (0.25 if scalar else 1.0), rel=1e-12), n
     assert fixup_scalar_parameters(model, "scalars") == [p for p in model.parameters() if p.numel() == 1]
+
+
+def test_a_group_that_already_has_a_factor_multiplies_it():
+    model = fixup()
+    method = TrainingMethods(RunConfig().with_overrides(["methods.fixup_scalar_lr=0.25"]).validate().methods).get(
+        "fixup_lr")
+    slow = {id(p) for p in fixup_scalar_parameters(model)}
+    groups = method.param_groups(model, [{"params": list(model.parameters()), "lr_factor": 0.5, "weight_decay": 0.1}])
+    assert [g["lr_factor"] for g in groups] == [0.5, 0.125] and all(g["weight_decay"] == 0.1 for g in groups)
+    assert {id(p) for p in groups[1]["params"]} == slow and not slow & {id(p) for p in groups[0]["params"]}
 
 
 def test_factor_one_and_other_families_keep_a_single_group():

@@ -84,7 +84,7 @@ class FixupScalarLR(TrainingMethod):
         factor = self.cfg.fixup_scalar_lr
         if factor == 1 or not is_fixup(model):
             return groups
-        chosen = {id(p) for p in fixup_scalar_parameters(model, self.cfg.fixup_scalar_params or "reference")}
+        chosen = {id(p) for p in fixup_scalar_parameters(model, self.cfg.fixup_scalar_params)}
         out = []
         for g in groups:
             rest = [p for p in g["params"] if id(p) not in chosen]
