@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 from depthlab.config import ConfigError
 from depthlab.experiments.base import EXPERIMENTS
 from depthlab.experiments.runner import git_commit, reproduce, resolve_params
+from depthlab.fileio import atomic_write_text
 
 STATUSES = ("observed", "not observed", "inconclusive")
 
@@ -57,12 +58,12 @@ def reproduce_all(scale: str = "quick", seeds: Optional[int] = None, out: Option
                      **{s: status.count(s) for s in STATUSES}})
     from depthlab.report import write_report
 
-    result = {"experiments": rows, "seconds": time.perf_counter() - t0, "index": str(base / "index.html"),
+    index = write_report(base)
+    result = {"experiments": rows, "seconds": time.perf_counter() - t0, "index": str(index),
               "command": command, "scale": scale, "seeds": seeds, "jobs": jobs, "commit": git_commit(),
               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
     # suite.json: the wall time and machine of the whole suite, the first line of `depthlab report --markdown`
-    (base / "suite.json").write_text(json.dumps(result, indent=2) + "\n")
-    result["index"] = str(write_report(base))
+    atomic_write_text(base / "suite.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
