@@ -1,5 +1,7 @@
 """The looks-linear experiment: end to end at both scales (smoke params) with each verdict's numbers
 and status recomputed from the run directories, and its verdict logic on fabricated results."""
+import re
+
 import expcheck as ec
 import pytest
 
@@ -30,11 +32,21 @@ def check_verdicts(out, doc):
     ec.check(ec.verdict(doc, f"at depth {deep}, CReLU + LL tracks the ResNet"),
              ec.rule([test["crelu-ll"]], [test["resnet"]], -p["gap"]),
              f"test accuracy: {shown('crelu-ll')}, {shown('resnet')}")
+    # the linear net's verdict also shows the measured linear-classifier ceiling (the number in the note)
+    noted = re.search(r"test accuracy (-?\d+\.\d)%\.", " ".join(doc["notes"])).group(1)
+    found = re.search(r"; a linear classifier on the pixels reaches (-?\d+\.\d)% test accuracy, so a linear net "
+                      r"can fall at most (-?\d+\.\d)% below CReLU \+ LL here$", ec.verdict(doc, "linear net")["detail"])
+    if test["crelu-ll"] is None:  # no CReLU + LL number to measure the room from: no room shown
+        assert found is None
+    else:
+        assert found and found.group(1) == noted
+        assert abs(float(found.group(2)) / 100 - (test["crelu-ll"] - float(noted) / 100)) <= 0.0011
     for v, what in (("relu", "ReLU plain collapses"), ("crelu", "CReLU without LL falls away"),
                     ("linear", "the linear net falls away")):
+        room = found.group(0) if v == "linear" and found else ""
         ec.check(ec.verdict(doc, f"at depth {deep}, {what}"), ec.rule([test["crelu-ll"]], [test[v]], p["collapse"]),
                  f"test accuracy: {shown(v)}, {shown('crelu-ll')}; train accuracy {ec.pct([train[v]])} vs "
-                 f"{ec.pct([train['crelu-ll']])}")
+                 f"{ec.pct([train['crelu-ll']])}{room}")
 
 
 @pytest.mark.parametrize("scale", ["quick", "paper"])
@@ -110,3 +122,22 @@ def test_failed_runs_count_as_missing_and_noisy_seeds_are_inconclusive(tmp_path)
     assert f.verdicts[3]["status"].startswith(INCONCLUSIVE)  # no linear result at all
     assert f.verdicts[3]["detail"] == ("test accuracy: linear (BN, no ReLU) -, CReLU + looks-linear 90.0 +- 1.4%; "
                                        "train accuracy - vs 90.0 +- 1.4%")
+
+
+def test_the_linear_nets_ceiling_is_measured_on_the_data(tmp_path):
+    """A linear classifier of the pixels bounds how far the linear net can fall: on noise-free
+    synthetic data (one template per class: linearly separable) it reaches 100%, so a CReLU + LL
+    net at 90% leaves the linear net no room to fall 10 points below it."""
+    from depthlab.data import load_dataset
+    from depthlab.experiments.looks_linear import linear_ceiling
+
+    exp, ctx = _ctx(tmp_path, {"crelu-ll": (0.90, 0.01), "resnet": (0.92, 0.01), "crelu": (0.5, 0.01),
+                               "relu": (0.3, 0.01), "linear": (0.4, 0.01)})
+    ctx.dataset = load_dataset("synthetic", shape=(1, 4, 4), n_train=200, n_test=100, noise=0.0)
+    assert linear_ceiling(ctx.dataset) == 1.0 and linear_ceiling(None) is None
+    f = exp.analyse(ctx)
+    assert f.verdicts[3]["detail"].endswith("; a linear classifier on the pixels reaches 100.0% test accuracy, so a "
+                                            "linear net can fall at most -10.0% below CReLU + LL here")
+    assert "test accuracy 100.0%" in f.notes[-1]
+    noisy = load_dataset("synthetic", shape=(1, 4, 4), n_train=400, n_test=400, noise=30.0)
+    assert linear_ceiling(noisy) < 0.3  # noise 30x the signal: near chance (10%)
