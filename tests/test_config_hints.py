@@ -6,7 +6,7 @@ from depthlab.config import ConfigError, RunConfig
 
 
 @pytest.mark.parametrize("override,suggestion", [
-    ("model.nme=resnet20", "did you mean 'model.name'?"),
+    ("model.nme=resnet20", "did you mean 'model.name' or 'model.norm'?"),
     ("train.lrr=0.1", "did you mean 'train.lr'?"),
     ("modl.name=plain20", "did you mean 'model.name'?"),
     ("methods.clip_grad=1", "did you mean 'methods.clip_grad_norm'?"),
@@ -20,7 +20,8 @@ def test_unknown_keys_suggest_the_closest_valid_key_before_listing_them_all(over
 
 def test_unknown_nested_key_in_a_file_suggests_too(tmp_path):
     (tmp_path / "c.yaml").write_text("model:\n  nme: plain20\n")
-    with pytest.raises(ConfigError, match=r"unknown config key 'model\.nme'; did you mean 'model\.name'\?"):
+    with pytest.raises(ConfigError,
+                       match=r"unknown config key 'model\.nme'; did you mean 'model\.name' or 'model\.norm'\?"):
         RunConfig.from_yaml(tmp_path / "c.yaml")
 
 

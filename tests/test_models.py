@@ -59,6 +59,11 @@ EXPECTED.update({"densenet40": 1_019_722, "densenet-bc100": 769_162, "densenet-b
                  "xie-plain44": 658_586, "xie-plain110": 1_727_962,
                  "highway20": 537_658, "highway32": 926_074, "highway110": 3_450_778,
                  "fixup-resnet20": 268_393, "fixup-resnet56": 849_091, "fixup-resnet110": 1_720_138})
+# The toolkit issue's presets, by the arithmetic in tests/test_toolkit_models.py: the MNIST plain net
+# equals the lecture's ResNet (identity shortcuts carry no parameters); vanilla = stem conv (3 -> 16,
+# bias) + (depth - 2) convs 16 -> 16 with bias + fc 16 -> 10.
+EXPECTED.update({"mnist-plain": 117_802, "vanilla32": 448 + 30 * 2_320 + 170,
+                 "vanilla1002": 448 + 1000 * 2_320 + 170})
 SLOW_TO_BUILD = {"densenet-bc190", "resnet1202"}  # counted on the meta device only
 
 
@@ -309,7 +314,7 @@ def test_init_functions():
 
 def test_init_schemes_on_models():
     assert set(INITS.names()) == {"kaiming", "kaiming-fan-in", "orthogonal", "xavier", "torch-default",
-                                  "delta-orthogonal", "looks-linear", "fixup"}
+                                  "delta-orthogonal", "looks-linear", "fixup", "gaussian", "small-gaussian"}
     torch.manual_seed(0)
     w = build_model("resnet56").blocks[-1].branch.conv2.weight  # (64, 64, 3, 3)
     assert abs(w.std().item() / math.sqrt(2 / (64 * 9)) - 1) < 0.03

@@ -239,8 +239,9 @@ def test_model_options_are_config_keys_checked_against_their_declaration(tmp_pat
 
     cfg = RunConfig()
     assert set(model_options()) <= set(vars(cfg.model)) and all(getattr(cfg.model, k) is None for k in model_options())
-    with pytest.raises(ConfigError, match="model.activation 'tanh' is not valid; use relu, crelu or linear"):
-        RunConfig().with_overrides(["model.activation=tanh"]).validate()
+    with pytest.raises(ConfigError, match="model.activation .swish. is not valid; use relu, leaky_relu, tanh, "
+                                          "sigmoid, crelu or linear"):
+        RunConfig().with_overrides(["model.activation=swish"]).validate()
     with pytest.raises(ValueError, match="depth 57 is not valid for model family 'resnet'"):
         train(_cfg(tmp_path / "out", "bad", "model.depth=57"), quiet=True)  # caught by a build on meta
     assert not (tmp_path / "out").exists()  # before anything is written

@@ -245,14 +245,15 @@ def test_crelu_params_taps_and_validation():
     assert model_summary("resnet56")["params"] == 853_018
     budgets = {w: model_summary("resnet56", activation="crelu", width=w)["params"] for w in (11, 12, 16)}
     assert budgets == {11: 805_485, 12: 958_198, 16: 1_701_530}  # crelu.py docstring
-    assert resolve_spec("resnet20").options == {"activation": "relu", "rezero": False}
+    assert resolve_spec("resnet20").options == {"activation": "relu", "norm": "batch", "dropout": 0.0,
+                                                "dropout_mode": "channel", "rezero": False}
     with pytest.raises(ValueError) as err:
         build_model("resnet20", init="looks-linear")
     assert "activation='crelu'" in str(err.value)
     with pytest.raises(ValueError, match="activation='crelu'"):
         build_model("preact-resnet20", init="looks-linear")
     with pytest.raises(ValueError, match="activation"):
-        build_model("resnet20", activation="tanh")
+        build_model("resnet20", activation="swish")
     with pytest.raises(TypeError, match="activation"):
         build_model("preact-resnet20", activation="crelu")  # unknown override for this family
     m = build_model("resnet20", activation="crelu", rezero=True, zero_init_residual=True)

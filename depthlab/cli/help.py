@@ -13,11 +13,22 @@ def _value(v) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
+def _option_defaults(key: str, default) -> str:
+    """``default relu; resnet, plain`` and, for families whose default differs, ``vanilla: tanh``."""
+    from depthlab.models import FAMILIES
+    from depthlab.models.spec import families_with
+
+    fams = families_with(key)
+    same = [f for f in fams if FAMILIES.meta(f)["options"][key] == default]
+    other = [f"{f}: {_value(FAMILIES.meta(f)['options'][key])}" for f in fams if f not in same]
+    return f"default {_value(default)}; {', '.join(same + other)}"
+
+
 def train_epilog() -> str:
     from depthlab.config import valid_keys
     from depthlab.methods import METHODS
     from depthlab.models import FAMILIES, INITS
-    from depthlab.models.spec import families_with, model_options
+    from depthlab.models.spec import model_options
     from depthlab.recipes import RECIPES
 
     recipes = _rows((n, RECIPES.get(n).description) for n in RECIPES)
@@ -26,7 +37,7 @@ def train_epilog() -> str:
               ("model.zero_init_residual=true", "last BN gamma of each residual branch = 0 (identity at init)")]
     options = _rows(common
                     + [(f"model.init={n}", INITS.meta(n)["paper"]) for n in INITS]
-                    + [(f"model.{k}", f"{o.help} (default {_value(o.default)}; {', '.join(families_with(k))})")
+                    + [(f"model.{k}", f"{o.help} ({_option_defaults(k, o.default)})")
                        for k, o in model_options().items()])
     methods = []
     for name in METHODS:

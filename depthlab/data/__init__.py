@@ -102,6 +102,7 @@ DATASETS = Registry("dataset")
 DATASETS.register("digits", bundled.digits, default_augment="none", source="bundled")
 DATASETS.register("mnist1d", bundled.mnist1d, default_augment="none", source="bundled")
 DATASETS.register("synthetic", bundled.synthetic, default_augment="none", source="bundled")
+DATASETS.register("mnist-sample", bundled.mnist_sample, default_augment="none", source="bundled")
 DATASETS.register("mnist", _idx_builder("mnist"), default_augment="none", source="files")
 DATASETS.register("fashion-mnist", _idx_builder("fashion-mnist"), default_augment="none",
                   source="files")

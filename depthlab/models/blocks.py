@@ -10,7 +10,7 @@ forward hook on it reads the block's pre-``post`` output; it fires even when the
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -157,22 +157,32 @@ class BasicBlock(Block):
     lesions). ``bias=True`` adds conv biases (the MNIST lecture network). ``act`` makes the
     nonlinearity (``nn.Identity`` gives the linear network of Balduzzi et al. 2017, Fig. 6; the
     module names stay ``relu1`` / ``post`` so taps and state dicts keep their layout).
+
+    ``norm=False`` removes both BNs (no normalisation module is left; the convs get biases instead,
+    and an option-B projection has no BN). ``dropout`` (a module factory, e.g.
+    ``layers.dropout_layer``) puts a dropout module ``drop1`` right after the activation inside the
+    branch, the block's only activation before the sum; ``None`` (default) adds none.
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, residual: bool = True,
-                 shortcut: str = "A", bias: bool = False, act: Callable[[], nn.Module] = nn.ReLU):
-        branch = nn.Sequential(OrderedDict([
-            ("conv1", conv3x3(c_in, c_out, stride, bias)),  # (B, C_out, ceil(H/s), ceil(W/s))
-            ("bn1", nn.BatchNorm2d(c_out)),
-            ("relu1", act()),
-            ("conv2", conv3x3(c_out, c_out, 1, bias)),
-            ("bn2", nn.BatchNorm2d(c_out)),
-        ]))
-        super().__init__(branch, make_shortcut(shortcut if residual else "A", c_in, c_out, stride),
+                 shortcut: str = "A", bias: bool = False, act: Callable[[], nn.Module] = nn.ReLU,
+                 norm: bool = True, dropout: Optional[Callable[[], nn.Module]] = None):
+        bias = bias or not norm
+        layers = [("conv1", conv3x3(c_in, c_out, stride, bias))]  # (B, C_out, ceil(H/s), ceil(W/s))
+        layers += [("bn1", nn.BatchNorm2d(c_out))] if norm else []
+        layers += [("relu1", act())] + ([("drop1", dropout())] if dropout is not None else [])
+        layers += [("conv2", conv3x3(c_out, c_out, 1, bias))]
+        layers += [("bn2", nn.BatchNorm2d(c_out))] if norm else []
+        super().__init__(nn.Sequential(OrderedDict(layers)),
+                         make_shortcut(shortcut if residual else "A", c_in, c_out, stride, norm=norm),
                          has_shortcut=residual, post=act())
 
     def zero_init_residual_(self) -> None:
-        nn.init.zeros_(self.branch.bn2.weight)
+        if hasattr(self.branch, "bn2"):
+            nn.init.zeros_(self.branch.bn2.weight)
+        else:  # no BN: the last conv itself
+            nn.init.zeros_(self.branch.conv2.weight)
+            nn.init.zeros_(self.branch.conv2.bias)
 
 
 class PreActBlock(Block):

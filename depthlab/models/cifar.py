@@ -6,10 +6,18 @@ Families: ``resnet`` (post-activation, option A), ``plain`` (same layers, no add
 
 Family options (model overrides, defaults keep the published networks and their parameter counts):
 
-- ``activation`` on ``resnet`` and ``plain``: ``"relu"`` (default), ``"crelu"`` (Balduzzi et al.
+- ``activation`` on ``resnet`` and ``plain``: ``"relu"`` (default), ``"leaky_relu"`` (slope 0.01),
+  ``"tanh"``, ``"sigmoid"`` (every ReLU replaced, same parameters), ``"crelu"`` (Balduzzi et al.
   2017, Sec. 5; the CReLU layout is described in ``crelu.py``; pair it with ``init="looks-linear"``
   for a network that is exactly linear at init) or ``"linear"`` (every ReLU replaced by the
   identity, BN kept: the linear baseline of Balduzzi et al. Fig. 6; same parameters as ReLU).
+- ``norm`` on ``resnet`` and ``plain``: ``"batch"`` (default) or ``"none"``: no normalisation module
+  anywhere; every conv gets a bias instead (an option-B projection has no BN), so the parameter
+  count changes by (biases - BN affine parameters).
+- ``dropout`` on ``resnet`` and ``plain``: drop probability p in [0, 1), 0.0 (default: no dropout
+  module at all); placed after the activation inside every block's branch (``relu1`` -> ``drop1``;
+  not in the stem, not after the sum). ``dropout_mode``: ``"channel"`` (default, ``nn.Dropout2d``:
+  whole feature maps) or ``"element"`` (``nn.Dropout``). Dropout is the identity in eval mode.
 - ``rezero`` on ``resnet`` and ``preact-resnet``: ``False`` (default) or ``True``: every block's
   branch output times a learnable scalar ``block.alpha``, 0 at init (SkipInit, De & Smith 2020;
   ReZero, Bachlechner et al. 2020; see ``Block``). BN is kept.
@@ -27,14 +35,20 @@ from torch import nn
 
 from depthlab.models.blocks import BasicBlock, Block, PreActBlock
 from depthlab.models.crelu import CReLU, CReLUBlock, mark_after_crelu
-from depthlab.models.layers import conv3x3
+from depthlab.models.layers import DROPOUT_MODES, activation_layer, conv3x3, dropout_layer
 from depthlab.models.net import DepthNet
 from depthlab.models.spec import DepthRule, ModelSpec, register_family, register_preset
 from depthlab.registry import Option
 
 CIFAR_DEPTHS = DepthRule(step=6, offset=2)
-ACTIVATIONS = ("relu", "crelu", "linear")
-ACTIVATION = Option(str, "relu", "relu | crelu (with init looks-linear) | linear", choices=ACTIVATIONS)
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "crelu", "linear")
+ACTIVATION = Option(str, "relu", "relu | leaky_relu | tanh | sigmoid | crelu (with init looks-linear) | linear",
+                    choices=ACTIVATIONS)
+NORMS = ("batch", "none")
+NORM = Option(str, "batch", "batch | none (no normalisation; convs get biases)", choices=NORMS)
+DROPOUT = Option(float, 0.0, "drop probability after each activation inside a block (0: none)")
+DROPOUT_MODE = Option(str, "channel", "channel (Dropout2d) | element (Dropout)", choices=DROPOUT_MODES)
+TOOLKIT_OPTIONS = dict(activation=ACTIVATION, norm=NORM, dropout=DROPOUT, dropout_mode=DROPOUT_MODE)
 REZERO = Option(bool, False, "SkipInit/ReZero: branch * alpha, alpha = 0 at init")
 STAGE_BLOCKS = Option(str, None, "blocks per stage, e.g. '5,1,1' (depth = 2*sum+2)")
 
@@ -60,11 +74,26 @@ def stage_blocks_depth(options) -> Optional[int]:
 
 
 def validate_options(spec: ModelSpec) -> None:
-    """``activation`` in ACTIVATIONS, ``rezero`` a bool; ``init="looks-linear"`` needs CReLU."""
+    """``activation`` in ACTIVATIONS, ``norm`` in NORMS, ``dropout`` in [0, 1), ``dropout_mode`` in
+    DROPOUT_MODES, ``rezero`` a bool; ``init="looks-linear"`` needs CReLU, and CReLU nets keep BN
+    and take no dropout (their layout, crelu.py, has neither switch)."""
     opts = spec.options
     if "activation" in opts and opts["activation"] not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))} for model family "
                          f"{spec.family!r}, got {opts['activation']!r}")
+    if "norm" in opts and opts["norm"] not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))} for model family {spec.family!r}, "
+                         f"got {opts['norm']!r}")
+    if "dropout" in opts:
+        p = opts["dropout"]
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be a drop probability in [0, 1), got {p!r}")
+    if "dropout_mode" in opts and opts["dropout_mode"] not in DROPOUT_MODES:
+        raise ValueError(f"dropout_mode must be one of {', '.join(map(repr, DROPOUT_MODES))}, "
+                         f"got {opts['dropout_mode']!r}")
+    if opts.get("activation") == "crelu" and (opts.get("norm", "batch") != "batch" or opts.get("dropout", 0.0)):
+        raise ValueError(f"activation 'crelu' (model family {spec.family!r}) needs norm='batch' and dropout=0.0: "
+                         f"the CReLU layout has no norm-free or dropout variant")
     if "rezero" in opts and not isinstance(opts["rezero"], bool):
         raise ValueError(f"rezero must be True or False, got {opts['rezero']!r}")
     if spec.init == "looks-linear" and opts.get("activation") != "crelu":
@@ -106,41 +135,51 @@ def cifar_stages(spec: ModelSpec, make_block: Callable[[int, int, int], Block],
 
 
 def _act(spec: ModelSpec):
-    """The nonlinearity factory of a ReLU-layout net: nn.ReLU, or nn.Identity for ``linear``."""
-    return nn.Identity if spec.options.get("activation") == "linear" else nn.ReLU
+    """The nonlinearity factory of a ReLU-layout net (``activation`` option; ReLU without it)."""
+    return activation_layer(spec.options.get("activation", "relu"))
 
 
-def cifar_stem(spec: ModelSpec, norm: bool = True, act=nn.ReLU) -> nn.Sequential:
-    layers = [("conv", conv3x3(spec.in_channels, spec.width))]  # (B, w, H, W)
-    if norm:
-        layers += [("bn", nn.BatchNorm2d(spec.width)), ("relu", act())]
+def block_kwargs(spec: ModelSpec) -> dict:
+    """``BasicBlock`` keyword arguments of the toolkit options: act, norm, dropout."""
+    opts = spec.options
+    p, mode = float(opts.get("dropout", 0.0)), opts.get("dropout_mode", "channel")
+    return dict(act=_act(spec), norm=opts.get("norm", "batch") == "batch",
+                dropout=(lambda: dropout_layer(p, mode)) if p > 0 else None)
+
+
+def cifar_stem(spec: ModelSpec, bare: bool = False, act=nn.ReLU, norm: bool = True) -> nn.Sequential:
+    """conv3x3 (in_channels -> width), then BN (``norm``) and ``act``; ``bare``: the conv alone
+    (pre-activation nets). Without BN the conv has a bias."""
+    layers = [("conv", conv3x3(spec.in_channels, spec.width, bias=not (norm or bare)))]  # (B, w, H, W)
+    if not bare:
+        layers += ([("bn", nn.BatchNorm2d(spec.width))] if norm else []) + [("relu", act())]
     return nn.Sequential(OrderedDict(layers))
 
 
 @register_family("resnet", layout="cifar", residual=True, depths=CIFAR_DEPTHS, depth=20, width=16,
                  description="He et al. 2015 CIFAR ResNet, post-activation basic blocks",
-                 options=dict(activation=ACTIVATION, rezero=REZERO, stage_blocks=STAGE_BLOCKS),
+                 options=dict(**TOOLKIT_OPTIONS, rezero=REZERO, stage_blocks=STAGE_BLOCKS),
                  validate=validate_options,
                  depth_from_options=stage_blocks_depth)
 def cifar_resnet(spec: ModelSpec) -> DepthNet:
     if spec.options["activation"] == "crelu":
         return crelu_net(spec, residual=True)
-    act = _act(spec)
+    kw = block_kwargs(spec)
     stages = cifar_stages(spec, lambda c_in, c_out, s: _rezero(
-        BasicBlock(c_in, c_out, s, True, spec.shortcut, act=act), spec))
-    return DepthNet(spec, cifar_stem(spec, act=act), stages, features=4 * spec.width)
+        BasicBlock(c_in, c_out, s, True, spec.shortcut, **kw), spec))
+    return DepthNet(spec, cifar_stem(spec, act=kw["act"], norm=kw["norm"]), stages, features=4 * spec.width)
 
 
 @register_family("plain", layout="cifar", residual=False, depths=CIFAR_DEPTHS, depth=20, width=16,
                  description="He et al. 2015 CIFAR plain net: the ResNet without shortcut additions",
-                 options=dict(activation=ACTIVATION, stage_blocks=STAGE_BLOCKS), validate=validate_options,
+                 options=dict(**TOOLKIT_OPTIONS, stage_blocks=STAGE_BLOCKS), validate=validate_options,
                  depth_from_options=stage_blocks_depth)
 def cifar_plain(spec: ModelSpec) -> DepthNet:
     if spec.options["activation"] == "crelu":
         return crelu_net(spec, residual=False)
-    act = _act(spec)
-    stages = cifar_stages(spec, lambda c_in, c_out, s: BasicBlock(c_in, c_out, s, False, act=act))
-    return DepthNet(spec, cifar_stem(spec, act=act), stages, features=4 * spec.width)
+    kw = block_kwargs(spec)
+    stages = cifar_stages(spec, lambda c_in, c_out, s: BasicBlock(c_in, c_out, s, False, **kw))
+    return DepthNet(spec, cifar_stem(spec, act=kw["act"], norm=kw["norm"]), stages, features=4 * spec.width)
 
 
 @register_family("preact-resnet", layout="cifar", residual=True, depths=CIFAR_DEPTHS, depth=20, width=16,
@@ -151,7 +190,7 @@ def cifar_preact_resnet(spec: ModelSpec) -> DepthNet:
     c = 4 * spec.width
     final = nn.Sequential(OrderedDict([("bn", nn.BatchNorm2d(c)), ("relu", nn.ReLU())]))
     # The stem is the bare conv: the first block's BN-ReLU pre-activates it.
-    return DepthNet(spec, cifar_stem(spec, norm=False), stages, features=c, final=final)
+    return DepthNet(spec, cifar_stem(spec, bare=True), stages, features=c, final=final)
 
 
 for _depth in (20, 32, 44, 56, 110, 1202):

@@ -161,13 +161,76 @@ def torch_default_init_(model: nn.Module) -> nn.Module:
     return _reset_scalars(model)
 
 
+def scales(model: nn.Module) -> tuple[float, float]:
+    """``(sigma_w, sigma_b)`` of a model whose family has those options (``vanilla``), else (1.0, 0.0)."""
+    options = getattr(getattr(model, "spec", None), "options", {}) or {}
+    return float(options.get("sigma_w", 1.0)), float(options.get("sigma_b", 0.0))
+
+
+def _scaled_init(model: nn.Module, conv_fn, linear_fn, sigma_b: float) -> nn.Module:
+    """``conv_fn`` on every conv weight and ``linear_fn`` on every linear weight; every bias
+    N(0, sigma_b^2) (zeros when sigma_b = 0); BN gamma 1, beta 0, fresh running statistics."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            (conv_fn if isinstance(m, nn.Conv2d) else linear_fn)(m.weight)
+            if m.bias is not None:
+                if sigma_b > 0:
+                    with torch.no_grad():
+                        m.bias.normal_(0.0, sigma_b)
+                else:
+                    nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_parameters()
+    return _reset_scalars(model)
+
+
 @INITS.register("delta-orthogonal", paper="Xiao et al. 2018, arXiv 1806.05393, Algorithm 2")
 def delta_orthogonal_init_(model: nn.Module) -> nn.Module:
-    """Every conv delta-orthogonal with gain 1 (``delta_orthogonal_``; a 1x1 projection is then
-    plainly orthogonal), conv biases 0; fc orthogonal (gain 1) with bias 0, as the "orthogonal"
-    scheme; BN gamma 1, beta 0, fresh running statistics (in BN nets the gain is irrelevant: BN
-    rescales; Xiao et al.'s vanilla tanh nets need no BN). Raises ``ValueError`` on an even kernel."""
-    return _reinit(model, delta_orthogonal_, orthogonal_)
+    """Every conv delta-orthogonal with gain sigma_w (``delta_orthogonal_``; a 1x1 projection is then
+    plainly orthogonal), conv biases N(0, sigma_b^2); the fc orthogonal with gain 1 and bias 0 (as the
+    "orthogonal" scheme); BN gamma 1, beta 0, fresh running statistics. sigma_w and sigma_b are the
+    model's options (``vanilla``: Xiao et al.'s vanilla tanh nets, which need no BN), 1 and 0 for
+    families without them (in BN nets the gain is irrelevant: BN rescales). Raises ``ValueError``
+    on an even kernel."""
+    sigma_w, sigma_b = scales(model)
+
+    def conv_fn(w):
+        return delta_orthogonal_(w, gain=sigma_w)
+
+    model = _scaled_init(model, conv_fn, orthogonal_, sigma_b)
+    for m in model.modules():  # the classifier keeps a zero bias
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+    return model
+
+
+@INITS.register("gaussian",
+                paper="Xiao et al. 2018 / Schoenholz et al. 2017 (arXiv 1611.01232): N(0, sigma_w^2/fan_in)")
+def gaussian_init_(model: nn.Module) -> nn.Module:
+    """The mean-field Gaussian init at the model's scales (``scales``): every conv and fc weight
+    N(0, sigma_w^2 / fan_in) with fan_in = C_in k k, every bias N(0, sigma_b^2); BN gamma 1, beta 0.
+    The baseline Xiao et al. compare delta-orthogonal with, at the same sigma_w and sigma_b."""
+    sigma_w, sigma_b = scales(model)
+
+    def weight_fn(w):
+        fan_in, _ = _fans(w, "gaussian")
+        with torch.no_grad():
+            return w.normal_(0.0, sigma_w / math.sqrt(fan_in))
+
+    return _scaled_init(model, weight_fn, weight_fn, sigma_b)
+
+
+@INITS.register("small-gaussian", paper="the naive init of early deep nets: N(0, 0.01^2), e.g. Krizhevsky et al. 2012")
+def small_gaussian_init_(model: nn.Module) -> nn.Module:
+    """Every conv and fc weight N(0, 0.01^2) whatever its fan-in, biases 0, BN gamma 1, beta 0: the
+    fixed small-Gaussian init under which deep ReLU nets' signals vanish (Simonyan & Zisserman 2014,
+    He et al. 2015 Sec. 2.2)."""
+    def weight_fn(w):
+        _fans(w, "small-gaussian")
+        with torch.no_grad():
+            return w.normal_(0.0, 0.01)
+
+    return _scaled_init(model, weight_fn, weight_fn, 0.0)
 
 
 def _after_crelu(m: nn.Module) -> bool:

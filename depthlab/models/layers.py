@@ -7,6 +7,7 @@ in-place ReLU downstream would overwrite the tensor the hook captured.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Callable, Dict
 
 import torch
 import torch.nn.functional as F
@@ -111,3 +112,33 @@ class ScalarScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale
+
+
+# The nonlinearities a family's ``activation`` option selects (``crelu`` doubles channels and is built
+# by crelu.py). Each is a zero-argument module factory; every module here is out of place.
+ACTIVATION_LAYERS: Dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,  # negative slope 0.01, torch's default
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "linear": nn.Identity,       # the identity: a linear network (Balduzzi et al. 2017, Fig. 6)
+}
+DROPOUT_MODES = ("channel", "element")
+
+
+def activation_layer(name: str) -> Callable[[], nn.Module]:
+    """The module factory of activation ``name`` (a key of ``ACTIVATION_LAYERS``)."""
+    try:
+        return ACTIVATION_LAYERS[name]
+    except KeyError:
+        raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATION_LAYERS))} here, "
+                         f"got {name!r}") from None
+
+
+def dropout_layer(p: float, mode: str = "channel") -> nn.Module:
+    """Dropout with drop probability ``p``: ``"channel"`` zeroes whole feature maps (``nn.Dropout2d``,
+    Tompson et al. 2015), ``"element"`` single activations (``nn.Dropout``, Srivastava et al. 2014);
+    both rescale the kept values by 1 / (1 - p) in training and are the identity in eval mode."""
+    if mode not in DROPOUT_MODES:
+        raise ValueError(f"dropout_mode must be one of {', '.join(map(repr, DROPOUT_MODES))}, got {mode!r}")
+    return nn.Dropout2d(p) if mode == "channel" else nn.Dropout(p)
