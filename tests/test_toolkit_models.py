@@ -6,7 +6,7 @@ from arith import bn, conv
 from torch import nn
 
 from depthlab.config import ConfigError, RunConfig
-from depthlab.diagnostics.jacobian import exact_jacobian, jacobian_spectrum
+from depthlab.diagnostics.jacobian import exact_jacobian, jacobian_spectrum, spectrum_over_depth
 from depthlab.models import build_model, count_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -175,3 +175,24 @@ def test_linear_vanilla_net_has_jacobian_singular_values_sigma_w_to_the_depth():
 def test_jacobian_output_is_checked():
     with pytest.raises(ValueError, match="output must be one of 'logits', 'features'"):
         exact_jacobian(build_model("vanilla", depth=3, width=2), torch.randn(3, 4, 4), output="body")
+
+
+def test_spectrum_over_depth_stays_at_one_for_delta_orthogonal_and_spreads_for_gaussian():
+    """Linear vanilla nets at sigma_w = 1: delta-orthogonal keeps every singular value of the feature
+    Jacobian exactly 1 at every depth; Gaussian init of the same scale spreads with depth."""
+    x = torch.randn(2, 1, 4, 4)
+
+    def build(init):
+        def make(depth):
+            torch.manual_seed(depth)
+            return build_model("vanilla", depth=depth, width=4, in_channels=1, activation="linear", init=init)
+        return make
+
+    delta = spectrum_over_depth(build("delta-orthogonal"), [3, 10, 30], x)
+    assert [r["depth"] for r in delta] == [3, 10, 30]
+    for r in delta:
+        assert abs(r["max"] - 1) < 1e-5 and abs(r["min"] - 1) < 1e-5 and abs(r["q0.5"] - 1) < 1e-5
+    gauss = spectrum_over_depth(build("gaussian"), [3, 10, 30], x)
+    spreads = [r["spread"] for r in gauss]
+    assert spreads[0] > 1.5 and spreads[0] < spreads[1] < spreads[2]
+    assert all(r["min"] <= r["q0.1"] <= r["q0.5"] <= r["q0.9"] <= r["max"] for r in gauss)

@@ -31,7 +31,7 @@ inputs are moved to the model's device and dtype. Nothing is written to ``.grad`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import Callable, List, Sequence
 
 import torch
 from torch import nn
@@ -153,6 +153,26 @@ def jacobian_spectrum(model: nn.Module, x: torch.Tensor, exact_max: int = 4096, 
     return JacobianSpectrum("exact" if exact else "randomized", svals, msq, conds)
 
 
+def spectrum_over_depth(build: Callable[[int], nn.Module], depths: Sequence[int], x: torch.Tensor,
+                        output: str = "features", quantiles: Sequence[float] = (0.1, 0.5, 0.9),
+                        exact_max: int = 4096, seed: int = 0) -> List[dict]:
+    """Dynamical isometry over depth: for each ``depth``, the singular values of the Jacobian of the
+    freshly built ``build(depth)`` (in eval mode; ``output="features"``: the body's last feature map,
+    Xiao et al. 2018's quantity) at every row of ``x``, pooled over the rows. Returns one row per depth:
+    ``{"depth", "max", "min", "q<quantile>" ..., "spread"}`` where spread = max / min over the pooled
+    values (inf when the smallest is 0). Build the models under a seeded RNG for reproducible spectra."""
+    rows = []
+    for depth in depths:
+        model = build(int(depth))
+        spectrum = jacobian_spectrum(model, x, exact_max=exact_max, seed=seed, output=output)
+        s = torch.tensor([v for per_input in spectrum.singular_values for v in per_input], dtype=torch.float64)
+        row = {"depth": int(depth), "max": s.max().item(), "min": s.min().item()}
+        row.update({f"q{q:g}": torch.quantile(s, q).item() for q in quantiles})
+        row["spread"] = row["max"] / row["min"] if row["min"] > 0 else float("inf")
+        rows.append(row)
+    return rows
+
+
 @DIAGNOSTICS.register(QUANTITY,
                       description="singular values of the input-output Jacobian (exact on small inputs, randomised "
                                   "otherwise)")
@@ -165,5 +185,5 @@ def compute(model: nn.Module, data, num_inputs: int = 4, exact_max: int = 4096, 
     return jacobian_spectrum(model, x, exact_max, rank, oversample, power_iters, seed, output).records()
 
 
-__all__ = ["OUTPUTS", "JacobianSpectrum", "compute", "exact_jacobian", "jacobian_spectrum",
+__all__ = ["OUTPUTS", "JacobianSpectrum", "compute", "spectrum_over_depth", "exact_jacobian", "jacobian_spectrum",
            "randomized_singular_values"]
