@@ -71,7 +71,7 @@ def validate_vanilla(spec: ModelSpec) -> None:
                                        choices=VANILLA_ACTIVATIONS),
                      sigma_w=Option(float, 1.0, "weight scale of the delta-orthogonal / gaussian init"),
                      sigma_b=Option(float, 0.0, "bias scale: biases N(0, sigma_b^2) at init"),
-                     strided=Option(int, 0, "stride-2 convs at the start (vanilla)")),
+                     strided=Option(int, 0, "how many of the first convs have stride 2")),
                  validate=validate_vanilla)
 def vanilla(spec: ModelSpec) -> DepthNet:
     act, w, strided = activation_layer(spec.options["activation"]), spec.width, spec.options["strided"]
