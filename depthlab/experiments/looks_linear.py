@@ -90,12 +90,13 @@ class LooksLinear(Experiment):
                                   f"{p['gap']:.0%} of it (or above)", c["holds"],
                                   f"test accuracy: {acc('crelu-ll')}, {acc('resnet')}", n, c["spread"]))
         ceiling = linear_ceiling(ctx.dataset)
+        room = (f"; a linear classifier on the pixels reaches {ceiling:.1%} test accuracy, so a linear net "
+                f"can fall at most {mean_sd(test[('crelu-ll', D)])[0] - ceiling:.1%} below CReLU + LL here"
+                if ceiling is not None and test[("crelu-ll", D)] else "")
         for v, what in (("relu", "ReLU plain collapses"), ("crelu", "CReLU without LL falls away"),
                         ("linear", "the linear net falls away")):
             c = compare(test[("crelu-ll", D)], test[(v, D)], p["collapse"])
-            extra = (f"; a linear classifier on the pixels reaches {ceiling:.1%} test accuracy, so a linear net "
-                     f"can fall at most {mean_sd(test[('crelu-ll', D)])[0] - ceiling:.1%} below CReLU + LL here"
-                     if v == "linear" and ceiling is not None and test[("crelu-ll", D)] else "")
+            extra = room if v == "linear" else ""
             f.verdicts.append(verdict(f"at depth {D}, {what}: test accuracy below CReLU + LL's by >= "
                                       f"{p['collapse']:.0%}", c["holds"],
                                       f"test accuracy: {acc(v)}, {acc('crelu-ll')}; train accuracy "

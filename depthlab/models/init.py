@@ -115,13 +115,20 @@ def _reset_scalars(model: nn.Module) -> nn.Module:
     return model
 
 
-def _reinit(model: nn.Module, weight_fn, linear_fn=None) -> nn.Module:
-    """Apply ``weight_fn`` to every conv (and ``linear_fn`` to every linear) weight; zero their
-    biases; reset BatchNorm. ``linear_fn=None`` keeps torch's default Linear init (as torchvision)."""
+def _reinit(model: nn.Module, weight_fn, linear_fn=None, conv_bias_std: float = 0.0,
+            linear_bias_std: float = 0.0) -> nn.Module:
+    """Apply ``weight_fn`` to every conv (and ``linear_fn`` to every linear) weight; their biases
+    N(0, std^2) with ``conv_bias_std`` / ``linear_bias_std`` (zeros when 0, the default); reset
+    BatchNorm. ``linear_fn=None`` keeps torch's default Linear init (as torchvision)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d) or (isinstance(m, nn.Linear) and linear_fn is not None):
-            (weight_fn if isinstance(m, nn.Conv2d) else linear_fn)(m.weight)
-            if m.bias is not None:
+            conv = isinstance(m, nn.Conv2d)
+            (weight_fn if conv else linear_fn)(m.weight)
+            std = conv_bias_std if conv else linear_bias_std
+            if m.bias is not None and std > 0:
+                with torch.no_grad():
+                    m.bias.normal_(0.0, std)
+            elif m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.Linear, nn.modules.batchnorm._BatchNorm)):
             m.reset_parameters()
@@ -167,23 +174,6 @@ def scales(model: nn.Module) -> tuple[float, float]:
     return float(options.get("sigma_w", 1.0)), float(options.get("sigma_b", 0.0))
 
 
-def _scaled_init(model: nn.Module, conv_fn, linear_fn, sigma_b: float) -> nn.Module:
-    """``conv_fn`` on every conv weight and ``linear_fn`` on every linear weight; every bias
-    N(0, sigma_b^2) (zeros when sigma_b = 0); BN gamma 1, beta 0, fresh running statistics."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            (conv_fn if isinstance(m, nn.Conv2d) else linear_fn)(m.weight)
-            if m.bias is not None:
-                if sigma_b > 0:
-                    with torch.no_grad():
-                        m.bias.normal_(0.0, sigma_b)
-                else:
-                    nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_parameters()
-    return _reset_scalars(model)
-
-
 @INITS.register("delta-orthogonal", paper="Xiao et al. 2018, arXiv 1806.05393, Algorithm 2")
 def delta_orthogonal_init_(model: nn.Module) -> nn.Module:
     """Every conv delta-orthogonal with gain sigma_w (``delta_orthogonal_``; a 1x1 projection is then
@@ -197,11 +187,7 @@ def delta_orthogonal_init_(model: nn.Module) -> nn.Module:
     def conv_fn(w):
         return delta_orthogonal_(w, gain=sigma_w)
 
-    model = _scaled_init(model, conv_fn, orthogonal_, sigma_b)
-    for m in model.modules():  # the classifier keeps a zero bias
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-    return model
+    return _reinit(model, conv_fn, orthogonal_, conv_bias_std=sigma_b)  # the classifier's bias stays 0
 
 
 @INITS.register("gaussian",
@@ -217,7 +203,7 @@ def gaussian_init_(model: nn.Module) -> nn.Module:
         with torch.no_grad():
             return w.normal_(0.0, sigma_w / math.sqrt(fan_in))
 
-    return _scaled_init(model, weight_fn, weight_fn, sigma_b)
+    return _reinit(model, weight_fn, weight_fn, conv_bias_std=sigma_b, linear_bias_std=sigma_b)
 
 
 @INITS.register("small-gaussian", paper="the naive init of early deep nets: N(0, 0.01^2), e.g. Krizhevsky et al. 2012")
@@ -230,7 +216,7 @@ def small_gaussian_init_(model: nn.Module) -> nn.Module:
         with torch.no_grad():
             return w.normal_(0.0, 0.01)
 
-    return _scaled_init(model, weight_fn, weight_fn, 0.0)
+    return _reinit(model, weight_fn, weight_fn)
 
 
 def _after_crelu(m: nn.Module) -> bool:
