@@ -46,6 +46,7 @@ from depthlab.experiments.beyond import _fmt_ratio, _geo, _within
 from depthlab.experiments.highway import train_acc
 from depthlab.training.loop import build_from_config
 
+DROPOUT_PAIRS = ("full", "full-dropout", "bare+dropout", "bare")  # the cells whose trained nets are probed
 TOOLS = ("rectifier", "dropout", "batch-norm", "identity", "init")
 LABEL = {"rectifier": "ReLU", "dropout": "dropout", "batch-norm": "batch norm", "identity": "identity shortcuts",
          "init": "He init"}
@@ -118,7 +119,7 @@ class Toolkit(Experiment):
         ratio = {c: [init.get(f"{c}-s{s}", math.nan) for s in ctx.seeds] for c in ids}
         robust = ctx.measure("robustness", lambda: _robustness(ctx), key=[p["delete_channels"], p["draws"]])
         rob = {(c, k): [robust[r["run_id"]][k] for r in ctx.rows(cell=c) if r["run_id"] in robust]
-               for c in ("full", "full-dropout", "bare", "bare+dropout") for k in ("intact", "train", "channels", "blocks")}
+               for c in DROPOUT_PAIRS for k in ("intact", "train", "channels", "blocks")}
         pct = lambda v: fmt_mean_sd(v, 100, unit="%")  # noqa: E731
         f, bound = Findings(), p["ratio_bound"]
 
@@ -163,6 +164,7 @@ class Toolkit(Experiment):
         v(f"with identity shortcuts alone the error ratio at init is within [1/{bound:g}, {bound:g}]",
           _within(ratio["bare+identity"], bound), f"bare+identity {_fmt_ratio(ratio['bare+identity'])}")
 
+        data_name = ctx.dataset.name if ctx.dataset else "-"
         for name, base in (("remove-one", "full"), ("add-one", "bare")):
             rows = [[c, "-" if tool is None else ("off: " if base == "full" else "on: ") + LABEL[tool], pct(tr[c]),
                      pct(te[c]), pct([a - b for a, b in zip(tr[c], te[c])]), _fmt_ratio(ratio[c]),
@@ -170,16 +172,15 @@ class Toolkit(Experiment):
                     for c, t, tool, _ in cells(p) if t == name]
             f.tables.append(table(f"{name.capitalize()}: from the {base} net", [
                 "cell", "switched", "train acc", "test acc", "train - test", "error ratio at init (per seed)",
-                "status"], rows, note=f"depth {p['depth']}, {p['recipe']} recipe on "
-                                      f"{ctx.dataset.name if ctx.dataset else '-'}; mean +- sd over {n} seed(s); a "
-                                      f"diverged run counts as chance"))
-        rrows = [[c, pct(rob[(c, "train")]), pct(rob[(c, "intact")]), pct(rob[(c, "channels")]), pct(rob[(c, "blocks")])]
-                 for c in ("full", "full-dropout", "bare+dropout", "bare")]
+                "status"], rows, note=f"depth {p['depth']}, {p['recipe']} recipe on {data_name}; mean +- sd over "
+                                      f"{n} seed(s); a diverged run counts as chance"))
+        rrows = [[c] + [pct(rob[(c, k)]) for k in ("train", "intact", "channels", "blocks")] for c in DROPOUT_PAIRS]
         f.tables.append(table("What dropout buys: test accuracy when parts are deleted", [
-            "cell", "train acc (eval mode)", "test acc", f"{p['delete_channels']:.0%} channels deleted", "one block deleted (mean)"], rrows,
+            "cell", "train acc (eval mode)", "test acc", f"{p['delete_channels']:.0%} channels deleted",
+            "one block deleted (mean)"], rrows,
             note=f"channels: a random {p['delete_channels']:.0%} of the channels zeroed after every branch "
                  f"activation, mean of {p['draws']} draws; blocks: every block deleted in turn, mean"))
-        for name, base in (("remove-one", "full"), ("add-one", "bare")):
+        for name in ("remove-one", "add-one"):
             cs = [c for c, t, _, _ in cells(p) if t == name]
             ms = [mean_sd(te[c]) for c in cs]
             f.figures.append(bar_figure(f"{name.capitalize()}: test accuracy", "test accuracy (%)", cs,
@@ -231,11 +232,12 @@ def _robustness(ctx) -> dict:
     (mean over blocks)."""
     out = {}
     for r in ctx.results:
-        if r.get("cell") not in ("full", "full-dropout", "bare", "bare+dropout") or r.get("status") != "finished":
+        if r.get("cell") not in DROPOUT_PAIRS or r.get("status") != "finished":
             continue
         model, data = ctx.load(r)
         x, y = data.test_x, data.test_y
-        acc = lambda: 1 - error_rate(model, x, y)  # noqa: E731
+        def acc(model=model, x=x, y=y):
+            return 1 - error_rate(model, x, y)
         chans = []
         for draw in range(ctx.p["draws"]):
             g = torch.Generator().manual_seed(1000 * r["seed"] + draw)
