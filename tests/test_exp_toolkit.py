@@ -84,16 +84,19 @@ def test_end_to_end_cells_verdicts_and_measurements(tmp_path):
     # verdicts recomputed from the run directories
     tr = {c: ec.acc(tmp_path, rid, if_diverged=0.1) for c, rid in run_of.items()}
     sp = doc["params"]
-    ec.check(ec.verdict(saved, "full toolkit trains"), ec.rule([tr["full"]], [sp["trains"]], 0),
-             f"full {ec.pct([tr['full']])}")
+
+    def shown(c):  # a cell as a verdict shows it: accuracy and the init ratio it rests on
+        r = init[f"{c}-s0"]
+        return f"{c} {ec.pct([tr[c]])} (error ratio at init {'overflow' if r == math.inf else f'{r:.3g}'})"
+
+    ec.check(ec.verdict(saved, "full toolkit trains"), ec.rule([tr["full"]], [sp["trains"]], 0), shown("full"))
     ec.check(ec.verdict(saved, "without identity shortcuts"), ec.rule([tr["full"]], [tr["full-identity"]], sp["gap"]),
-             f"full {ec.pct([tr['full']])}, full-identity {ec.pct([tr['full-identity']])}")
+             f"{shown('full')}, {shown('full-identity')}")
     ec.check(ec.verdict(saved, "the bare net stays near chance"), ec.rule([0.1 + sp["near_chance"]], [tr["bare"]], 0),
-             f"bare {ec.pct([tr['bare']])}")
+             shown("bare"))
     for tool in ("batch-norm", "identity"):
         ec.check(ec.verdict(saved, "alone makes the bare net train", "batch" if tool == "batch-norm" else "identity"),
-                 ec.rule([tr[f"bare+{tool}"]], [0.1 + sp["near_chance"]], 0),
-                 f"bare+{tool} {ec.pct([tr[f'bare+{tool}']])}")
+                 ec.rule([tr[f"bare+{tool}"]], [0.1 + sp["near_chance"]], 0), shown(f"bare+{tool}"))
     gap = {c: rob[run_of[c]]["train"] - rob[run_of[c]]["intact"] for c in ("full", "full-dropout")}
     ec.check(ec.verdict(saved, "dropout narrows the train-test gap"), ec.rule([gap["full-dropout"]], [gap["full"]], 0),
              f"train - test: full {ec.pct([gap['full']])}, full-dropout {ec.pct([gap['full-dropout']])}")
