@@ -17,7 +17,7 @@ from depthlab.report.markdown import report_markdown
 
 SMOKE = {"depths": [8, 14], "epochs": 1}
 ALL = ("degradation", "shattered", "looks-linear", "discriminability", "lesion", "stochastic-depth",
-       "orthonormal", "highway", "beyond")
+       "orthonormal", "highway", "beyond", "toolkit")
 
 
 def test_every_named_experiment_is_registered_with_its_source_and_expectation():

@@ -195,7 +195,8 @@ class Toolkit(Experiment):
             "activation vs none (model.dropout), model.norm batch vs none (convs get biases), resnet vs plain, "
             "model.init kaiming vs small-gaussian (N(0, 0.01^2)). The dropout rate is our reading.",
             "Error ratio: gradient_flow's backward error RMS at the first tap / the last tap, one batch of "
-            f"{p['probe_batch']} training images, a fresh net per seed, BN in batch mode and dropout active. 0: the "
+            f"{p['probe_batch']} training images, a fresh net per seed, BN in batch mode, dropout off (eval "
+            "mode). 0: the "
             "error underflows float32 before the first tap; nan: no error reaches even the last tap (0 / 0, e.g. "
             "ReLU units whose input underflowed to exactly 0 pass no gradient).",
             _post_activation_note(p, ratio, (p["depth"] - 2) // 2),  # CIFAR layout: 2 convs a block
