@@ -14,6 +14,7 @@ from depthlab.version import __version__
 
 _EXPORTS = {
     "build_model": "depthlab.models",
+    "adapt": "depthlab.models.adapt",
     "list_models": "depthlab.models",
     "count_params": "depthlab.models",
     "load_dataset": "depthlab.data",

@@ -7,6 +7,7 @@ from typing import Dict, Iterable, List, Optional, Union
 from torch import nn
 
 from depthlab.diagnostics.registry import DIAGNOSTICS
+from depthlab.models.adapt import adapt
 
 log = logging.getLogger("depthlab")
 
@@ -40,7 +41,9 @@ def run_quantities(model: nn.Module, data, quantities="all",
     With ``quantities="all"`` a quantity the model cannot support (paths on a plain net, responses
     without BN) is skipped with one line on the ``depthlab`` logger; named explicitly, its
     ValueError is raised. ``options`` maps a quantity to its keyword options, e.g.
-    ``{"lesion": {"max_k": 5}}``."""
+    ``{"lesion": {"max_k": 5}}``. A model depthlab did not build is read through ``adapt`` (its
+    readable points and blocks found by layout; ``depthlab.models.adapt``)."""
+    model = adapt(model)
     names = resolve_quantities(quantities)
     skip_inapplicable = quantities is None or quantities == "all"
     options = options or {}

@@ -1,0 +1,159 @@
+"""depthlab.models.adapt: the model contract on networks depthlab did not build (a torchvision-layout
+ResNet with basic and bottleneck blocks, an nn.Sequential MLP), each checked against the original
+module and against brute-force references."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from tvnets import Bottleneck, TVResNet, mlp
+
+from depthlab import diagnose
+from depthlab.data import load_dataset
+from depthlab.diagnostics.gradient_flow import gradient_flow
+from depthlab.diagnostics.jacobian import jacobian_spectrum
+from depthlab.diagnostics.lesion import blocks_disabled, blocks_permuted, lesion_study
+from depthlab.models import build_model
+from depthlab.models.adapt import AdaptedNet, adapt, find_blocks
+
+
+def _resnet(block=None, seed=0):
+    torch.manual_seed(seed)
+    net = TVResNet() if block is None else TVResNet(block=block, layers=(1, 2), width=4)
+    for m in net.modules():  # non-trivial BN statistics and affine parameters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+@pytest.mark.parametrize("block", [None, Bottleneck])
+def test_adapting_keeps_the_function_and_the_state_dict(block):
+    net = _resnet(block)
+    ref = copy.deepcopy(net)
+    x = torch.randn(5, 1, 8, 8)
+    keys = list(net.state_dict())
+    model = adapt(net)
+    assert isinstance(model, AdaptedNet) and list(model.net.state_dict()) == keys
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref(x), atol=1e-6)
+        model.train(), ref.train()
+        assert torch.allclose(model(x), ref(x), atol=1e-6)
+    assert model.block_names == (["layer1.0", "layer1.1", "layer2.0", "layer2.1"] if block is None
+                                 else ["layer1.0", "layer2.0", "layer2.1"])
+    assert adapt(build_model("resnet20")) is not None and not isinstance(adapt(build_model("resnet20")), AdaptedNet)
+
+
+def test_taps_fire_once_each_in_forward_order_and_sums_are_branch_plus_shortcut():
+    model = adapt(_resnet())
+    taps = model.taps()
+    assert list(taps)[:4] == ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.0.sum"]
+    assert "layer2.0.downsample.0" in taps and list(taps)[-1] == "fc"
+    order, outs = [], {}
+    def read(name):
+        def hook(module, inputs, output):
+            order.append(name)
+            outs[name] = output.clone()
+        return hook
+
+    hooks = [m.register_forward_hook(read(n)) for n, m in taps.items()]
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    assert sorted(order) == sorted(taps) and len(order) == len(taps)
+    b = model.net.layer2[0]  # the sum is exactly shortcut + branch, read by hand
+    with torch.no_grad():
+        inp = model.net.layer1(model.net.relu(model.net.bn1(model.net.conv1(x))))
+        by_hand = b.downsample(inp) + b.bn2(b.conv2(torch.relu(b.bn1(b.conv1(inp)))))
+    assert torch.allclose(outs["layer2.0.sum"], by_hand, atol=1e-6)
+
+
+def test_a_deleted_block_returns_relu_of_its_shortcut_and_swaps_run_the_other_block():
+    net = _resnet()
+    model = adapt(net)
+    x = torch.randn(4, 1, 8, 8)
+
+    def by_hand(replace):
+        h = net.relu(net.bn1(net.conv1(x)))
+        for name, blk in [("layer1.0", net.layer1[0]), ("layer1.1", net.layer1[1]), ("layer2.0", net.layer2[0]),
+                          ("layer2.1", net.layer2[1])]:
+            h = replace.get(name, blk._compute)(h)
+        return net.fc(torch.flatten(net.avgpool(h), 1))
+
+    with torch.no_grad():
+        with blocks_disabled(model, [1]):
+            assert torch.allclose(model(x), by_hand({"layer1.1": lambda h: torch.relu(h)}), atol=1e-6)
+        with blocks_disabled(model, [2]):
+            down = net.layer2[0].downsample
+            assert torch.allclose(model(x), by_hand({"layer2.0": lambda h: torch.relu(down(h))}), atol=1e-6)
+        with blocks_permuted(model, [1, 0, 2, 3]):
+            swapped = by_hand({"layer1.0": net.layer1[1]._compute, "layer1.1": net.layer1[0]._compute})
+            assert torch.allclose(model(x), swapped, atol=1e-6)
+        assert torch.allclose(model(x), by_hand({}), atol=1e-6)  # restored
+
+
+def test_gradient_flow_on_an_adapted_resnet_matches_autograd_on_the_tap_outputs():
+    model = adapt(_resnet())
+    x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    g = gradient_flow(model, x, y)
+    outs = {}
+    def keep(name):
+        def hook(module, inputs, output):
+            outs[name] = output
+        return hook
+
+    hooks = [m.register_forward_hook(keep(n)) for n, m in model.taps().items()]
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.train()
+    saved = copy.deepcopy(model.net.state_dict())
+    loss = nn.functional.cross_entropy(model(x), y)
+    names = list(outs)
+    grads = torch.autograd.grad(loss, [outs[n] for n in names])
+    for h in hooks:
+        h.remove()
+    model.net.load_state_dict(saved)
+    assert g.taps == names
+    for name, want, got in zip(names, grads, g.error_norm):
+        assert got == pytest.approx(want.norm().item(), rel=1e-4), name
+
+
+def test_an_mlp_gets_taps_blocks_and_features_and_its_jacobian_matches_brute_force():
+    torch.manual_seed(0)
+    net = mlp()
+    model = adapt(net)
+    assert find_blocks(net) == ["1", "3", "5", "7"] and list(model.taps()) == ["1", "3", "5", "7"]
+    x = torch.randn(2, 1, 8, 8)
+    feats = model.forward_features(x)
+    assert torch.allclose(net[7](feats), net(x)) and feats.shape == (2, 32)
+    spec = jacobian_spectrum(model, x, exact_max=4096)
+    J = torch.autograd.functional.jacobian(lambda v: net(v.unsqueeze(0))[0], x[0]).reshape(10, 64)
+    want = torch.linalg.svdvals(J.double())
+    assert torch.allclose(torch.tensor(spec.singular_values[0], dtype=torch.float64)[:len(want)], want, rtol=1e-4)
+
+
+def test_diagnose_runs_the_model_free_quantities_on_any_module_and_says_what_is_missing():
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    names = "gradient_flow,jacobian,shattering,dead_features,discriminability"
+    for net in (mlp(), _resnet()):
+        records = diagnose(net, names, data)
+        assert {r["quantity"] for r in records} == set(names.split(","))
+    records = diagnose(_resnet(), "lesion,paths,responses", data, options={"lesion": {"max_k": 1, "samples": 1}})
+    assert {r["quantity"] for r in records} == {"lesion", "paths", "responses"}
+    with pytest.raises(ValueError, match="residual blocks"):
+        diagnose(mlp(), "paths", data)
+    with pytest.raises(ValueError, match="blocks not found"):
+        adapt(mlp(), blocks=["layer9"])
+
+
+def test_lesion_study_on_an_adapted_resnet_deletes_and_swaps():
+    data = load_dataset("digits")
+    model = adapt(_resnet())
+    r = lesion_study(model, data, max_k=2, samples=2, n_test=64)
+    assert [b["name"] for b in r["blocks"]] == model.block_names
+    assert [b["downsampling"] for b in r["blocks"]] == [False, False, True, False]
+    assert r["swap_k"] and r["swap_k"][0]["k"] == 1
