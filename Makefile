@@ -37,3 +37,4 @@ bench: install
 	cd bench && $(PYTHON) bench_methods.py --device $(DEVICE)
 	cd bench && $(PYTHON) bench_memory.py --device $(DEVICE)
 	cd bench && $(PYTHON) bench_numerics.py --device $(DEVICE)
+	cd bench && $(PYTHON) bench_track.py --device $(DEVICE)

@@ -25,6 +25,7 @@ _EXPORTS = {
     "evaluate_run": "depthlab.training",
     "run_demo": "depthlab.demo",
     "diagnose": "depthlab.diagnosis",
+    "track": "depthlab.tracking",
     "reproduce": "depthlab.experiments",
     "list_experiments": "depthlab.experiments",
     "write_report": "depthlab.report",

@@ -18,7 +18,7 @@ LAYERS = [
     {"methods", "diagnostics"},
     {"config"},
     {"training"},
-    {"diagnosis", "demo", "report"},
+    {"diagnosis", "demo", "report", "tracking"},
     {"experiments"},
     {"sweep"},
     {"cli", "__main__", "__init__"},

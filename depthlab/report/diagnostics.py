@@ -92,8 +92,46 @@ def axis_labels(ax) -> dict:
     return {"xlabel": ax.get_xlabel(), "xticklabels": [t.get_text() for t in ax.get_xticklabels()]}
 
 
+STEP_SERIES = "weight_grad_norm_per_step"  # gradient_tracking: one record per layer and flush, a value per step
+MAX_STEP_LINES = 8
+
+
+def step_series(records: List[dict]) -> Dict[str, tuple]:
+    """Per layer, the per-step gradient norms of every flush joined in step order: ``{layer: (steps,
+    values)}`` (a resumed run's repeated steps keep their latest value)."""
+    by_layer: Dict[str, Dict[int, float]] = {}
+    for r in sorted((r for r in records if r.get("name") == STEP_SERIES), key=lambda r: r.get("step", 0)):
+        first = int(r.get("first_step", 1))
+        by_layer.setdefault(r["layer"], {}).update({first + i: _f(v) for i, v in enumerate(r["value"])})
+    return {layer: (sorted(d), [d[k] for k in sorted(d)]) for layer, d in by_layer.items()}
+
+
+def draw_step_series(runs: Dict[str, List[dict]]):
+    """Per run, the weight-gradient norm of up to 8 layers (first to last, evenly picked) per step."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(6.4 * len(runs), 4.2), squeeze=False)
+    for ax, (label, records) in zip(axes.flat, runs.items()):
+        series = step_series(records)
+        if not series:
+            raise ValueError("no per-step gradient norms")
+        layers = list(series)
+        pick = sorted({round(i * (len(layers) - 1) / max(1, MAX_STEP_LINES - 1)) for i in range(MAX_STEP_LINES)})
+        for i in pick:
+            steps, values = series[layers[i]]
+            ax.plot(steps, values, lw=1, label=layers[i])
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("||dL/dW|| per layer")
+        ax.set_title(label, fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("gradient_tracking: weight-gradient norm per step")
+    return fig
+
+
 def draw_quantity(runs: Dict[str, List[dict]], quantity: str):
     """The figure for ``quantity`` (``runs``: label -> records); the caller saves or closes it."""
+    if quantity == "gradient_tracking":
+        return draw_step_series({k: [r for r in rs if r["quantity"] == quantity] for k, rs in runs.items()})
     by_name: Dict[str, Dict[str, List[dict]]] = {}
     for label, records in runs.items():
         for r in _latest([r for r in records if r["quantity"] == quantity]):

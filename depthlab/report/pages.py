@@ -34,6 +34,8 @@ def write_report(path) -> Path:
         return write_experiment_report(path)
     if (path / "config.json").exists():
         return write_run_page(path)
+    if (path / "tracked.json").exists():
+        return write_tracked_page(path)
     found = _find(path)
     if not found:
         raise FileNotFoundError(f"{str(path)!r} holds no experiment (experiment.json) or run (config.json) "
@@ -45,7 +47,7 @@ def write_report(path) -> Path:
 def _find(root: Path, depth: int = 3) -> List[Path]:
     out = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        if (d / "experiment.json").exists() or (d / "config.json").exists():
+        if any((d / f).exists() for f in ("experiment.json", "config.json", "tracked.json")):
             out.append(d)
         elif depth > 1:
             out += _find(d, depth - 1)
@@ -193,6 +195,26 @@ def write_run_page(run_dir) -> Path:
     return path
 
 
+def write_tracked_page(run_dir) -> Path:
+    """``report.html`` for a directory ``depthlab.track`` wrote (your own loop): what was tracked and
+    one figure per quantity in its diagnostics.jsonl."""
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "tracked.json").read_text())
+    parts = ["<section id=summary><h2>Tracked run</h2>" + _dl([
+        ("model", f"{meta['model']} ({meta['params']:,} parameters, {len(meta['layers'])} Conv2d / Linear layers)"),
+        ("every", f"{meta['every']} steps"), ("quantities", ", ".join(meta["quantities"]) or "-"),
+        ("data", meta.get("data") or "-"), ("started", meta["started"])]) + "</section>",
+        "<section id=figures><h2>Diagnostics</h2>"]
+    if (run_dir / "diagnostics.jsonl").exists():
+        for png in plot_diagnostics([str(run_dir)], run_dir / "report_files"):
+            parts.append(f"<figure><img alt='{png.stem}' src='{_data_uri(png.read_bytes(), 'image/png')}'>"
+                         f"<figcaption>{html.escape(png.stem.replace('diagnostics_', ''))}</figcaption></figure>")
+    parts.append("</section>")
+    path = run_dir / "report.html"
+    path.write_text(_styled(_page(f"depthlab tracked run {run_dir.name}", "".join(parts))))
+    return path
+
+
 def write_index(root, pages: List[Path]) -> Path:
     """``index.html`` linking every page under ``root`` with its verdicts (experiments) or final
     accuracy (runs)."""
@@ -207,6 +229,9 @@ def write_index(root, pages: List[Path]) -> Path:
             rows.append(f"<tr><td class=l><a href='{html.escape(rel)}'>{html.escape(doc['name'])}</a></td>"
                         f"<td class=l>{html.escape(doc['title'])}</td><td class=l>{doc['scale']}, {doc['seeds']} "
                         f"seed(s)</td><td class=l>{html.escape(verdicts)}</td></tr>")
+        elif (d / "tracked.json").exists():
+            rows.append(f"<tr><td class=l><a href='{html.escape(rel)}'>{html.escape(d.name)}</a></td><td class=l>"
+                        "tracked run (depthlab.track)</td><td class=l>-</td><td class=l>-</td></tr>")
         else:
             m = read_metrics(d)
             last = m[-1] if m else {}

@@ -76,6 +76,14 @@ class TensorBoardLog:
         for r in scalars:
             w.add_scalar(diagnostic_tag(r), r["value"], global_step=r["step"])
 
+    def series(self, tag: str, values: Iterable[float], first_step: int) -> None:
+        """One scalar per step: ``values[i]`` at step ``first_step + i`` (per-step gradient norms)."""
+        w = self._get()
+        if w is None:
+            return
+        for i, v in enumerate(values):
+            w.add_scalar(tag, v, global_step=first_step + i)
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

@@ -1,0 +1,134 @@
+"""``depthlab.track``: depthlab's instruments inside your own training loop, on any model::
+
+    with depthlab.track(model, "runs/mine", every=50, data=(x_val, y_val)) as tracker:
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward()
+            tracker.step()            # per-layer gradient norms, kept on the device: no sync
+            opt.step()
+
+Per step, ``step()`` reads every Conv2d / Linear weight gradient's norm into a tensor on the
+model's device (one fused ``_foreach_norm``, no host-device synchronisation). Every ``every`` steps
+(and at the end) the buffered norms go to ``<run_dir>/diagnostics.jsonl`` in one transfer, as
+``gradient_tracking`` records (one per layer, a value per step), and to TensorBoard when it is
+installed. With ``data`` (a depthlab dataset or ``(x, y)`` tensors), the heavier ``quantities``
+(default ``gradient_flow``) also run at init, every ``every`` steps and at the end, on the model
+read through ``depthlab.adapt``; they restore the model's mode and every RNG, so the loop trains
+exactly as without them. ``depthlab report <run_dir>`` draws it all.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
+
+import torch
+from torch import nn
+
+from depthlab.diagnostics import run_quantities
+from depthlab.diagnostics.gradient_flow import GradientFlowTracker
+from depthlab.diagnostics.runner import resolve_quantities
+from depthlab.fileio import append_jsonl, atomic_write_text
+from depthlab.models.adapt import adapt
+from depthlab.training.checkpoint import rng_state, set_rng_state
+from depthlab.training.tensorboard import TensorBoardLog
+
+MARKER = "tracked.json"  # what a tracked run directory holds instead of a config.json
+
+
+def as_dataset(data):
+    """A depthlab dataset as is; ``(x, y)`` tensors as a dataset whose train and test split are both them."""
+    if data is None or hasattr(data, "test_x"):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+        return SimpleNamespace(name="user data", train_x=x, train_y=y, test_x=x, test_y=y,
+                               num_classes=int(y.max()) + 1, in_channels=x.shape[1] if x.dim() > 1 else 1)
+    raise TypeError("data must be a depthlab dataset (load_dataset) or an (x, y) pair of tensors, "
+                    f"got {type(data).__name__}")
+
+
+class Tracker:
+    """See the module docstring; made by ``track``."""
+
+    def __init__(self, model: nn.Module, run_dir, every: int = 50, data=None, quantities: Optional[str] = None,
+                 tensorboard: bool = True):
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"every must be a positive number of steps, got {every!r}")
+        self.model, self.run_dir, self.every = model, Path(run_dir), every
+        self.data = as_dataset(data)
+        if quantities is not None and self.data is None:
+            raise ValueError("quantities need data=: a depthlab dataset or an (x, y) pair of tensors")
+        self.quantities = resolve_quantities(quantities or "gradient_flow") if self.data is not None else []
+        self.path = self.run_dir / "diagnostics.jsonl"
+        self.tb = TensorBoardLog(self.run_dir / "tensorboard") if tensorboard else None
+        self.steps, self._pending, self._first = 0, [], 1
+        self._grads = GradientFlowTracker(model)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def __enter__(self) -> "Tracker":
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._grads.attach()
+        params = sum(p.numel() for p in self.model.parameters())
+        atomic_write_text(self.run_dir / MARKER, json.dumps({
+            "model": type(self.model).__name__, "params": params, "layers": self._grads.names,
+            "every": self.every, "quantities": self.quantities,
+            "data": getattr(self.data, "name", None), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
+        self._diagnose()  # at init (step 0)
+        return self
+
+    def step(self) -> None:
+        """Call after ``loss.backward()``, before the optimiser step (or after: the gradients stay)."""
+        self._pending.append(self._grads.read())
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self.flush()
+            self._diagnose()
+
+    def flush(self) -> None:
+        """Write the buffered per-step gradient norms (one host-device transfer)."""
+        if not self._pending:
+            return
+        norms = torch.stack(self._pending).float().cpu()  # (steps, layers)
+        self._pending = []
+        first, self._first = self._first, self.steps + 1
+        rows = [{"step": self.steps, "quantity": "gradient_tracking", "layer": name,
+                 "name": "weight_grad_norm_per_step", "value": norms[:, i].tolist(), "first_step": first}
+                for i, name in enumerate(self._grads.names)]
+        self._write(rows)
+        for r in rows if self.tb is not None else []:
+            self.tb.series(f"gradient_tracking/weight_grad_norm/{r['layer']}", r["value"], first)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.flush()
+            if exc[0] is None and self.steps % self.every:
+                self._diagnose()  # at the end, unless the last step just ran them
+        finally:
+            self._grads.detach()
+            if self.tb is not None:
+                self.tb.close()
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _diagnose(self) -> None:
+        if not self.quantities:
+            return
+        was_training, rng = self.model.training, rng_state()
+        try:
+            rows = [{"step": self.steps, **r} for r in run_quantities(adapt(self.model), self.data, self.quantities)]
+        finally:  # the loop continues exactly as it would have without the measurement
+            self.model.train(was_training)
+            set_rng_state(rng)
+        self._write(rows)
+
+    def _write(self, rows) -> None:
+        append_jsonl(self.path, rows)
+        if self.tb is not None:
+            self.tb.diagnostics(rows)
+
+
+def track(model: nn.Module, run_dir="runs/tracked", every: int = 50, data=None, quantities: Optional[str] = None,
+          tensorboard: bool = True) -> Tracker:
+    """A ``Tracker`` to use as a context manager around your loop; see the module docstring."""
+    return Tracker(model, run_dir, every=every, data=data, quantities=quantities, tensorboard=tensorboard)
