@@ -73,7 +73,7 @@ class Tracker:
         params = sum(p.numel() for p in self.model.parameters())
         atomic_write_text(self.run_dir / MARKER, json.dumps({
             "model": type(self.model).__name__, "params": params, "layers": self._grads.names,
-            "every": self.every, "quantities": self.quantities,
+            "every": self.every, "quantities": self.quantities, "blocks": [],
             "data": getattr(self.data, "name", None), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
         self._diagnose()  # at init (step 0)
         return self
@@ -132,3 +132,80 @@ def track(model: nn.Module, run_dir="runs/tracked", every: int = 50, data=None, 
           tensorboard: bool = True) -> Tracker:
     """A ``Tracker`` to use as a context manager around your loop; see the module docstring."""
     return Tracker(model, run_dir, every=every, data=data, quantities=quantities, tensorboard=tensorboard)
+
+
+# -- a user's model from the command line (``depthlab diagnose --model pkg.mod:make_net``) -----------
+
+def load_factory(spec: str):
+    """``"pkg.module:function"`` or ``"path/to/file.py:function"`` -> the callable it names."""
+    import importlib
+    import importlib.util
+
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise ValueError(f"--model must look like package.module:function or file.py:function, got {spec!r}")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.exists():
+            raise FileNotFoundError(f"--model: no file {where!r}")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"--model: {where!r} has no callable {name!r}")
+    return fn
+
+
+def load_user_model(spec: str, weights=None) -> nn.Module:
+    """The model ``spec``'s factory builds (called without arguments), with the state dict in
+    ``weights`` (a ``torch.save``d state dict, or a dict holding one under ``model`` or
+    ``state_dict``; tensors only, ``weights_only=True``)."""
+    model = load_factory(spec)()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"--model {spec!r} returned a {type(model).__name__}, not an nn.Module")
+    if weights is not None:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        for key in ("model", "state_dict"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+        model.load_state_dict(state)
+    return model
+
+
+def load_user_data(spec: str):
+    """A registered dataset name, or a ``.pt`` file holding ``(x, y)`` or ``{"x": ..., "y": ...}``."""
+    if spec.endswith(".pt"):
+        obj = torch.load(spec, map_location="cpu", weights_only=True)
+        if isinstance(obj, dict):
+            obj = (obj.get("x"), obj.get("y"))
+        return as_dataset(tuple(obj) if isinstance(obj, (tuple, list)) else obj)
+    from depthlab.data import load_dataset
+
+    return load_dataset(spec)
+
+
+def diagnose_user_model(spec: str, data: str, out, quantities="all", weights=None, blocks=None,
+                        options=None) -> list:
+    """``depthlab diagnose --model``: the quantities on the user's model, written to
+    ``out/diagnostics.jsonl`` with a ``tracked.json`` saying what was diagnosed (``depthlab report
+    out`` draws it)."""
+    model = load_user_model(spec, weights)
+    dataset = load_user_data(data)
+    adapted = adapt(model, blocks=blocks)
+    records = [{"step": 0, **r} for r in run_quantities(adapted, dataset, quantities, options)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    atomic_write_text(out / MARKER, json.dumps({
+        "model": spec, "params": sum(p.numel() for p in model.parameters()), "layers": layers, "every": None,
+        "quantities": sorted({r["quantity"] for r in records}), "data": getattr(dataset, "name", data),
+        "weights": str(weights) if weights else None, "blocks": list(getattr(adapted, "block_names", [])),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
+    path = out / "diagnostics.jsonl"
+    if path.exists():
+        path.unlink()  # one diagnosis per directory: a second run replaces the first
+    append_jsonl(path, records)
+    return records

@@ -71,3 +71,32 @@ def test_report_draws_a_tracked_directory_and_bad_arguments_say_what_is_wrong(tm
         depthlab.track(model, tmp_path / "x", quantities="jacobian")
     with pytest.raises(TypeError, match="data must be"):
         depthlab.track(model, tmp_path / "x", data=[1, 2, 3])
+
+
+def test_the_cli_diagnoses_a_users_model_from_a_factory_a_state_dict_and_a_tensor_file(tmp_path, capsys):
+    (tmp_path / "mynets.py").write_text(
+        "import sys\nsys.path.insert(0, %r)\nfrom tvnets import TVResNet\n\ndef make_net():\n    return TVResNet()\n"
+        % str(__import__("pathlib").Path(__file__).parent))
+    torch.manual_seed(3)
+    net = TVResNet()
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    data = load_dataset("digits")
+    torch.save({"x": data.test_x[:64], "y": data.test_y[:64]}, tmp_path / "val.pt")
+    out = tmp_path / "diag"
+    assert main(["diagnose", "--model", f"{tmp_path / 'mynets.py'}:make_net", "--weights", str(tmp_path / "net.pt"),
+                 "--data", str(tmp_path / "val.pt"), "--quantities", "gradient_flow,lesion", "--out", str(out),
+                 "--option", "lesion.max_k=1", "lesion.samples=1"]) == 0
+    meta = json.loads((out / "tracked.json").read_text())
+    assert meta["blocks"] == ["layer1.0", "layer1.1", "layer2.0", "layer2.1"]
+    records = [json.loads(line) for line in (out / "diagnostics.jsonl").read_text().splitlines()]
+    flow = {r["layer"]: r["value"] for r in records if r["quantity"] == "gradient_flow" and r["name"] == "error_rms"}
+    assert "layer2.0.sum" in flow
+    # the weights were loaded: the intact error is that of the saved net on the file's 64 images
+    intact = next(r["value"] for r in records if r["name"] == "intact_error")
+    with torch.no_grad():
+        want = (net.eval()(data.test_x[:64]).argmax(1) != data.test_y[:64]).float().mean().item()
+    assert intact == pytest.approx(want)
+    assert (out / "report.html").exists()
+    capsys.readouterr()
+    assert main(["diagnose", "--model", f"{tmp_path / 'mynets.py'}:make_net"]) == 2
+    assert "--model needs --data" in capsys.readouterr().err

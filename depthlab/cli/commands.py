@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 from depthlab.cli.help import quantities_text, train_epilog
 from depthlab.cli.output import cli_spelling, command_line, interrupted, log_to_stderr
@@ -122,9 +123,9 @@ def _cmd_diagnose(args) -> int:
     if args.list:
         print(quantities_text())
         return 0
-    if not args.run_dirs:
-        raise ValueError("diagnose needs one or more run directories (depthlab diagnose RUN_DIR ...); "
-                         "--list shows the quantities")
+    if not args.run_dirs and not args.model:
+        raise ValueError("diagnose needs one or more run directories (depthlab diagnose RUN_DIR ...) or "
+                         "--model package.module:function --data NAME; --list shows the quantities")
     names = resolve_quantities(args.quantities)
     options = {}
     for item in args.option or []:
@@ -135,6 +136,8 @@ def _cmd_diagnose(args) -> int:
         import yaml
 
         options.setdefault(q, {})[opt] = yaml.safe_load(raw)
+    if args.model:
+        return _diagnose_user_model(args, options)
     for run_dir in args.run_dirs:
         records = diagnose(run_dir, args.quantities, checkpoint=args.checkpoint, device=args.device,
                            options=options)
@@ -142,6 +145,24 @@ def _cmd_diagnose(args) -> int:
     out = args.out or args.run_dirs[0]
     for path in plot_diagnostics(args.run_dirs, out, quantities=names):
         print(path)
+    return 0
+
+
+def _diagnose_user_model(args, options) -> int:
+    """``depthlab diagnose --model pkg.mod:fn [--weights W] --data D``: your own network."""
+    from depthlab.report import write_report
+    from depthlab.tracking import diagnose_user_model
+
+    if args.run_dirs:
+        raise ValueError("give either run directories or --model, not both")
+    if not args.data:
+        raise ValueError("--model needs --data: a dataset name (digits, mnist1d, ...) or a .pt file with (x, y)")
+    out = Path(args.out or f"runs/diagnose-{args.model.rpartition(':')[2]}")
+    blocks = [b for b in args.blocks.split(",") if b] if args.blocks else None
+    records = diagnose_user_model(args.model, args.data, out, args.quantities, weights=args.weights, blocks=blocks,
+                                  options=options)
+    print(f"{args.model}: {len(records)} records -> {out}/diagnostics.jsonl", file=sys.stderr)
+    print(write_report(out))
     return 0
 
 
@@ -267,8 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quantities", default="all", help="comma-separated quantities (see below), or all")
     s.add_argument("--checkpoint", default="last", help="last, best, init or a checkpoint file name")
     s.add_argument("--option", nargs="+", metavar="Q.KEY=VALUE", help="per-quantity options, e.g. lesion.max_k=5")
-    s.add_argument("--out", help="where the PNGs go (default: the first run directory)")
+    s.add_argument("--out", help="where the PNGs go (default: the first run directory; with --model: "
+                                 "runs/diagnose-FUNCTION)")
     s.add_argument("--device", default="auto")
+    s.add_argument("--model", help="your own network instead of run directories: package.module:function or "
+                                   "file.py:function, called without arguments")
+    s.add_argument("--weights", help="with --model: a state dict saved with torch.save")
+    s.add_argument("--data", help="with --model: a dataset name or a .pt file holding (x, y)")
+    s.add_argument("--blocks", help="with --model: comma-separated module names of the depth units, where the "
+                                    "layout is not recognised")
     s.set_defaults(func=_cmd_diagnose)
 
     s = sub.add_parser("remedies", help="which remedies restore a deep plain net's trainability (digits, CPU)")

@@ -202,7 +202,8 @@ def write_tracked_page(run_dir) -> Path:
     meta = json.loads((run_dir / "tracked.json").read_text())
     parts = ["<section id=summary><h2>Tracked run</h2>" + _dl([
         ("model", f"{meta['model']} ({meta['params']:,} parameters, {len(meta['layers'])} Conv2d / Linear layers)"),
-        ("every", f"{meta['every']} steps"), ("quantities", ", ".join(meta["quantities"]) or "-"),
+        ("every", f"{meta['every']} steps" if meta.get("every") else "once (depthlab diagnose --model)"),
+        ("quantities", ", ".join(meta["quantities"]) or "-"), ("blocks", ", ".join(meta.get("blocks") or []) or "-"),
         ("data", meta.get("data") or "-"), ("started", meta["started"])]) + "</section>",
         "<section id=figures><h2>Diagnostics</h2>"]
     if (run_dir / "diagnostics.jsonl").exists():
