@@ -138,8 +138,8 @@ def track(model: nn.Module, run_dir="runs/tracked", every: int = 50, data=None, 
 
 def load_factory(spec: str):
     """``"pkg.module:function"`` or ``"path/to/file.py:function"`` -> the callable it names."""
-    import importlib
     import importlib.util
+    import pkgutil
 
     where, _, name = spec.rpartition(":")
     if not where or not name:
@@ -151,9 +151,12 @@ def load_factory(spec: str):
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
+        fn = getattr(module, name, None)
     else:
-        module = importlib.import_module(where)
-    fn = getattr(module, name, None)
+        try:
+            fn = pkgutil.resolve_name(spec)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"--model {spec!r}: {e}") from e
     if not callable(fn):
         raise ValueError(f"--model: {where!r} has no callable {name!r}")
     return fn

@@ -18,7 +18,7 @@ LAYERS = [
     {"methods", "diagnostics"},
     {"config"},
     {"training"},
-    {"diagnosis", "demo", "report", "tracking"},
+    {"diagnosis", "demo", "report", "tracking", "integrations"},
     {"experiments"},
     {"sweep"},
     {"cli", "__main__", "__init__"},

@@ -100,3 +100,15 @@ def test_the_cli_diagnoses_a_users_model_from_a_factory_a_state_dict_and_a_tenso
     capsys.readouterr()
     assert main(["diagnose", "--model", f"{tmp_path / 'mynets.py'}:make_net"]) == 2
     assert "--model needs --data" in capsys.readouterr().err
+
+
+def test_factories_resolve_from_a_module_path_or_a_file_and_bad_ones_say_so(tmp_path):
+    from depthlab.tracking import load_factory
+
+    assert load_factory("tvnets:TVResNet") is TVResNet
+    with pytest.raises(ValueError, match="must look like"):
+        load_factory("tvnets.TVResNet")
+    with pytest.raises(ValueError, match="--model 'tvnets:Nope'"):
+        load_factory("tvnets:Nope")
+    with pytest.raises(FileNotFoundError, match="no file"):
+        load_factory(f"{tmp_path / 'missing.py'}:f")

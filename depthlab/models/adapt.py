@@ -33,8 +33,8 @@ from typing import List, Optional, Sequence
 
 from torch import nn
 
-RESNET_BLOCK = re.compile(r"^layer\d+\.\d+$")
-DENSE_LAYER = re.compile(r"^(features\.)?denseblock\d+\.denselayer\d+$")
+RESNET_BLOCK = re.compile(r"(^|\.)layer\d+\.\d+$")  # also inside a wrapper: model.layer1.0
+DENSE_LAYER = re.compile(r"(^|\.)denseblock\d+\.denselayer\d+$")
 PARAMETRIC = (nn.Conv2d, nn.Linear)
 BRANCH_LAYERS = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
 
@@ -193,7 +193,7 @@ def find_blocks(net: nn.Module) -> List[str]:
     """Depth units of the common layouts: ResNet ``layerN.i``, DenseNet dense layers, or the
     children of an ``nn.Sequential`` model; [] when none is recognised."""
     names = [n for n, _ in net.named_modules()]
-    found = [n for n in names if RESNET_BLOCK.match(n)] or [n for n in names if DENSE_LAYER.match(n)]
+    found = [n for n in names if RESNET_BLOCK.search(n)] or [n for n in names if DENSE_LAYER.search(n)]
     if not found and isinstance(net, nn.Sequential):
         found = [n for n, m in net.named_children() if any(True for _ in m.parameters())]
     return found
