@@ -1,5 +1,6 @@
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from urllib.error import URLError
@@ -9,6 +10,8 @@ import torch
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from depthlab.data import files
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # tvnets: the user-layout nets
 
 # Under pytest-xdist (``make test`` runs ``-n auto``) the workers share the cores: each gets its share
 # of torch's intra-op threads instead of all of them, so two workers on two cores do not oversubscribe.

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 from torch import nn
-from tvnets import Bottleneck, TVResNet, mlp
+from tvnets import Bottleneck, TVResNet, mlp, resnet18_layout
 
 from depthlab import diagnose
 from depthlab.data import load_dataset
@@ -157,3 +157,16 @@ def test_lesion_study_on_an_adapted_resnet_deletes_and_swaps():
     assert [b["name"] for b in r["blocks"]] == model.block_names
     assert [b["downsampling"] for b in r["blocks"]] == [False, False, True, False]
     assert r["swap_k"] and r["swap_k"][0]["k"] == 1
+
+
+def test_the_resnet18_layout_has_its_eight_blocks_and_keeps_its_function():
+    torch.manual_seed(0)
+    net = resnet18_layout().eval()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        before = net(x)
+        model = adapt(net)
+        assert torch.allclose(model(x), before, atol=1e-6)
+    assert model.block_names == [f"layer{s}.{b}" for s in (1, 2, 3, 4) for b in (0, 1)]
+    assert [hasattr(model.net.get_submodule(n), "downsample") and model.net.get_submodule(n).downsample is not None
+            for n in model.block_names] == [False, False, True, False, True, False, True, False]

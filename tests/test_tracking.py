@@ -76,7 +76,7 @@ def test_report_draws_a_tracked_directory_and_bad_arguments_say_what_is_wrong(tm
 def test_the_cli_diagnoses_a_users_model_from_a_factory_a_state_dict_and_a_tensor_file(tmp_path, capsys):
     (tmp_path / "mynets.py").write_text(
         "import sys\nsys.path.insert(0, %r)\nfrom tvnets import TVResNet\n\ndef make_net():\n    return TVResNet()\n"
-        % str(__import__("pathlib").Path(__file__).parent))
+        % str(__import__("pathlib").Path(__file__).parents[1] / "examples"))
     torch.manual_seed(3)
     net = TVResNet()
     torch.save(net.state_dict(), tmp_path / "net.pt")

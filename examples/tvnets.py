@@ -1,6 +1,8 @@
-"""Small networks in the layouts depthlab.adapt recognises, written here because torchvision is not
-a dependency: a torchvision-layout ResNet (the same module names and forward as
-torchvision.models.resnet: BasicBlock / Bottleneck with ``downsample``), and an MLP."""
+"""Networks in the layouts depthlab.adapt recognises, written here because torchvision is not a
+dependency of depthlab: a torchvision-layout ResNet (the same module names and forward as
+torchvision.models.resnet: ``conv1``, ``bn1``, ``relu``, ``layer1`` ... ``layerN`` of BasicBlock /
+Bottleneck with ``downsample``, ``avgpool``, ``fc``) and an MLP. Used by docs/own-model.md and the
+tests; with torchvision installed, ``torchvision.models.resnet18()`` has the same layout."""
 import torch
 from torch import nn
 
@@ -53,8 +55,9 @@ class Bottleneck(nn.Module):
 
 
 class TVResNet(nn.Module):
-    """torchvision.models.ResNet's layout, small: a 3x3 stem (no max-pool, for 8x8 inputs), stages
-    ``layer1``, ``layer2``, global average pool, ``fc``."""
+    """torchvision.models.ResNet's layout: a 3x3 stem (no max-pool: for 8x8 and 28x28 inputs),
+    stages ``layer1`` ... ``layerN`` (``len(layers)``; width doubling and stride 2 from the second),
+    global average pool, ``fc``."""
 
     def __init__(self, block=BasicBlock, layers=(2, 2), width=8, in_channels=1, num_classes=10):
         super().__init__()
@@ -62,10 +65,11 @@ class TVResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = self._make_layer(block, width, layers[0])
-        self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
+        self.stages = len(layers)
+        for i, n in enumerate(layers):
+            setattr(self, f"layer{i + 1}", self._make_layer(block, width * 2 ** i, n, stride=1 if i == 0 else 2))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(2 * width * block.expansion, num_classes)
+        self.fc = nn.Linear(width * 2 ** (len(layers) - 1) * block.expansion, num_classes)
 
     def _make_layer(self, block, planes, blocks, stride=1):
         downsample = None
@@ -79,8 +83,14 @@ class TVResNet(nn.Module):
 
     def forward(self, x):
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer2(self.layer1(x))
+        for i in range(1, self.stages + 1):
+            x = getattr(self, f"layer{i}")(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet18_layout(width=16, in_channels=1, num_classes=10):
+    """ResNet-18's layout (4 stages of 2 basic blocks) at ``width`` (torchvision's is 64)."""
+    return TVResNet(BasicBlock, (2, 2, 2, 2), width, in_channels, num_classes)
 
 
 def mlp(d_in=64, width=32, depth=4, num_classes=10):
