@@ -53,7 +53,7 @@ class Tracker:
     """See the module docstring; made by ``track``."""
 
     def __init__(self, model: nn.Module, run_dir, every: int = 50, data=None, quantities: Optional[str] = None,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, overwrite: bool = False):
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"every must be a positive number of steps, got {every!r}")
         self.model, self.run_dir, self.every = model, Path(run_dir), every
@@ -63,11 +63,17 @@ class Tracker:
         self.quantities = resolve_quantities(quantities or "gradient_flow") if self.data is not None else []
         self.path = self.run_dir / "diagnostics.jsonl"
         self.tb = TensorBoardLog(self.run_dir / "tensorboard") if tensorboard else None
-        self.steps, self._pending, self._first = 0, [], 1
+        self.steps, self._pending, self._first, self.overwrite = 0, [], 1, overwrite
         self._grads = GradientFlowTracker(model)
 
     # -- the loop ---------------------------------------------------------------------------------
     def __enter__(self) -> "Tracker":
+        if self.path.exists() or (self.run_dir / MARKER).exists():
+            if not self.overwrite:
+                raise FileExistsError(f"{str(self.run_dir)!r} already holds a tracked run; pass overwrite=True to "
+                                      "replace it, or track into a new directory")
+            for old in (self.path, self.run_dir / MARKER):
+                old.unlink(missing_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._grads.attach()
         params = sum(p.numel() for p in self.model.parameters())
@@ -129,9 +135,11 @@ class Tracker:
 
 
 def track(model: nn.Module, run_dir="runs/tracked", every: int = 50, data=None, quantities: Optional[str] = None,
-          tensorboard: bool = True) -> Tracker:
-    """A ``Tracker`` to use as a context manager around your loop; see the module docstring."""
-    return Tracker(model, run_dir, every=every, data=data, quantities=quantities, tensorboard=tensorboard)
+          tensorboard: bool = True, overwrite: bool = False) -> Tracker:
+    """A ``Tracker`` to use as a context manager around your loop; see the module docstring. A
+    directory that already holds a tracked run is refused unless ``overwrite``."""
+    return Tracker(model, run_dir, every=every, data=data, quantities=quantities, tensorboard=tensorboard,
+                   overwrite=overwrite)
 
 
 # -- a user's model from the command line (``depthlab diagnose --model pkg.mod:make_net``) -----------

@@ -69,6 +69,12 @@ def test_report_draws_a_tracked_directory_and_bad_arguments_say_what_is_wrong(tm
         depthlab.track(model, tmp_path / "x", every=0)
     with pytest.raises(ValueError, match="quantities need data"):
         depthlab.track(model, tmp_path / "x", quantities="jacobian")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        depthlab.track(model, tmp_path / "mine").__enter__()
+    with depthlab.track(model, tmp_path / "mine", every=3, tensorboard=False, overwrite=True) as t:
+        _loop(model, data, 2, t)
+    kept = [json.loads(line) for line in (tmp_path / "mine" / "diagnostics.jsonl").read_text().splitlines()]
+    assert step_series(kept)[json.loads((tmp_path / "mine" / "tracked.json").read_text())["layers"][0]][0] == [1, 2]
     with pytest.raises(TypeError, match="data must be"):
         depthlab.track(model, tmp_path / "x", data=[1, 2, 3])
 

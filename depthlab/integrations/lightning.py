@@ -29,9 +29,10 @@ class DepthCallback(Callback):
     """See the module docstring; arguments as ``depthlab.track``."""
 
     def __init__(self, run_dir="runs/tracked", every: int = 50, data=None, quantities: Optional[str] = None,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, overwrite: bool = False):
         super().__init__()
-        self.kwargs = dict(run_dir=run_dir, every=every, data=data, quantities=quantities, tensorboard=tensorboard)
+        self.kwargs = dict(run_dir=run_dir, every=every, data=data, quantities=quantities, tensorboard=tensorboard,
+                           overwrite=overwrite)
         self.tracker: Optional[Tracker] = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
