@@ -20,9 +20,11 @@ from depthlab.report.diagnostics import step_series  # noqa: E402
 
 
 class Classifier(lightning.LightningModule):
-    def __init__(self):
+    """Any classifier ``net`` (default: the ResNet-18-layout net at width 16), trained with SGD."""
+
+    def __init__(self, net=None):
         super().__init__()
-        self.net = resnet18_layout(width=16)
+        self.net = net if net is not None else resnet18_layout(width=16)
 
     def forward(self, x):
         return self.net(x)

@@ -4,30 +4,15 @@ import json
 
 import pytest
 import torch
-from torch.nn import functional as F
 from tvnets import TVResNet
 
 from depthlab.data import load_dataset
 from depthlab.report.diagnostics import step_series
 
 lightning = pytest.importorskip("lightning")  # in the test extra: CI always has it
+from own_model_lightning import Classifier  # noqa: E402  (examples/, the documented LightningModule)
+
 from depthlab.integrations.lightning import DepthCallback  # noqa: E402
-
-
-class Classifier(lightning.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = TVResNet(width=4)
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, _):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
 
 def _fit(callbacks, tmp_path):
@@ -35,7 +20,7 @@ def _fit(callbacks, tmp_path):
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.train_x[:160], data.train_y[:160]),
                                          batch_size=32)
     torch.manual_seed(0)
-    model = Classifier()
+    model = Classifier(TVResNet(width=4))
     trainer = lightning.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                                 enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
                                 default_root_dir=str(tmp_path))
