@@ -106,6 +106,11 @@ class Toolkit(Experiment):
     }
     smoke = {"depth": 8, "epochs": 1, "width": 4, "probe_batch": 32, "draws": 2}
 
+    @classmethod
+    def year(cls) -> int:
+        """Listed (and run by ``reproduce all``) after the papers the lecture's summary draws on."""
+        return 9000
+
     def runs(self, p):
         return [RunSpec(cid, ov, {"cell": cid, "table": t, "tool": tool or "-"}) for cid, t, tool, ov in cells(p)]
 
