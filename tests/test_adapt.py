@@ -170,3 +170,56 @@ def test_the_resnet18_layout_has_its_eight_blocks_and_keeps_its_function():
     assert model.block_names == [f"layer{s}.{b}" for s in (1, 2, 3, 4) for b in (0, 1)]
     assert [hasattr(model.net.get_submodule(n), "downsample") and model.net.get_submodule(n).downsample is not None
             for n in model.block_names] == [False, False, True, False, True, False, True, False]
+
+
+class CustomResidual(nn.Module):
+    """A residual net in no recognised layout: the sums are found by tracing."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Conv2d(1, 4, 3, padding=1)
+        self.f1, self.f2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.out = nn.Linear(4, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        h = h + torch.relu(self.f1(h))
+        h = h + torch.relu(self.f2(h))
+        return self.out(h.mean((2, 3)))
+
+
+class Untraceable(CustomResidual):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            x = -x
+        return super().forward(x)
+
+
+def test_sums_of_an_unrecognised_residual_net_are_found_by_tracing_and_read_their_values():
+    torch.manual_seed(0)
+    net = CustomResidual()
+    model = adapt(net)
+    assert model.sums == "fx" and model.block_names == []
+    assert list(model.taps()) == ["inp", "f1", "sum.add", "f2", "sum.add_1", "out"]
+    assert list(model.state_dict()) == ["net." + k for k in net.state_dict()]
+    x, y = torch.randn(3, 1, 8, 8), torch.randint(0, 10, (3,))
+    seen = {}
+    hook = model.taps()["sum.add"].register_forward_hook(lambda m, i, o: seen.setdefault("sum", o.detach()))
+    with torch.no_grad():
+        assert torch.allclose(model(x), net(x))
+        h = torch.relu(net.inp(x))
+        assert torch.allclose(seen["sum"], h + torch.relu(net.f1(h)))
+    hook.remove()
+    g = gradient_flow(model, x, y)  # the error at the sum is autograd's gradient there
+    h0 = torch.relu(net.inp(x))
+    s1 = h0 + torch.relu(net.f1(h0))
+    s1.retain_grad()
+    nn.functional.cross_entropy(net.out((s1 + torch.relu(net.f2(s1))).mean((2, 3))), y).backward()
+    assert g.error_norm[g.taps.index("sum.add")] == pytest.approx(s1.grad.norm().item(), rel=1e-5)
+
+
+def test_a_model_that_does_not_trace_keeps_its_conv_and_linear_taps():
+    model = adapt(Untraceable())
+    assert model.sums == "none" and list(model.taps()) == ["inp", "f1", "f2", "out"]
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.allclose(model(x), model.net(x))

@@ -20,18 +20,25 @@ and its state dict keys are unchanged (``adapt(m).net.state_dict()`` is ``m.stat
     ``nn.Sequential`` model: depth units without an identity path (``has_shortcut = False``); a
     lesion or path count needs one and says so.
 - **forward_features(x)**: the input of the last ``Linear`` (the classifier), captured by a hook.
+- **sums in other models**: where no residual block is recognised, the model is traced with
+  ``torch.fx``; every tensor-tensor addition in the graph becomes a tap ``sum.<node>`` (an
+  ``nn.Identity`` inserted after it in a traced copy that shares every parameter, so the function
+  is unchanged), and taps come in the graph's (forward) order. A model that does not trace
+  (data-dependent control flow) keeps the Conv2d / Linear taps only; ``sums`` says which happened.
 
 Blocks recognised as residual can be reordered (``model.blocks[p] = other``: position ``p`` then
 runs ``other``'s computation), which the lesion study's swaps need.
 """
 from __future__ import annotations
 
+import operator
 import re
 import types
 from collections import OrderedDict
 from typing import List, Optional, Sequence
 
-from torch import nn
+import torch
+from torch import fx, nn
 
 RESNET_BLOCK = re.compile(r"(^|\.)layer\d+\.\d+$")  # also inside a wrapper: model.layer1.0
 DENSE_LAYER = re.compile(r"(^|\.)denseblock\d+\.denselayer\d+$")
@@ -150,13 +157,17 @@ class AdaptedNet(nn.Module):
         self.blocks = BlockSlots([modules[n] for n in names])
         linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
         object.__setattr__(self, "_classifier", linears[-1] if linears else None)
+        traced = None if any(hasattr(b, "_compute") for b in self.blocks._slots) else trace_sums(net)
+        object.__setattr__(self, "_traced", traced)  # not a child: the state dict stays the user's
+        self.sums = ("blocks" if traced is None and any(hasattr(b, "_compute") for b in self.blocks._slots)
+                     else "fx" if traced is not None else "none")
 
     @property
     def permutable(self) -> bool:
         return all(hasattr(b, "_compute") for b in self.blocks._slots)
 
     def forward(self, x):
-        return self.net(x)
+        return self.net(x) if self._traced is None else self._traced(x)
 
     def forward_features(self, x):
         """The classifier's input: what the last ``Linear`` receives."""
@@ -165,14 +176,25 @@ class AdaptedNet(nn.Module):
         seen = {}
         handle = self._classifier.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
         try:
-            self.net(x)
+            self(x)
         finally:
             handle.remove()
         return seen["x"]
 
     def taps(self) -> "OrderedDict[str, nn.Module]":
         """Every Conv2d / Linear output (module path) and each residual block's ``sum``, in
-        module order."""
+        module order (traced models: every addition's ``sum.<node>``, in graph order)."""
+        if self._traced is not None:
+            modules = dict(self.net.named_modules())
+            taps = OrderedDict()
+            for node in self._traced.graph.nodes:
+                if node.op != "call_module":
+                    continue
+                if node.target.startswith(SUM_PREFIX):
+                    taps[f"sum.{node.args[0].name}"] = self._traced.get_submodule(node.target)
+                elif isinstance(modules.get(node.target), PARAMETRIC):
+                    taps[node.target] = modules[node.target]
+            return taps
         sums = {id(b): n for n, b in zip(self.block_names, self.blocks._slots) if hasattr(b, "_compute")}
         taps: "OrderedDict[str, nn.Module]" = OrderedDict()
         pending = None
@@ -187,6 +209,33 @@ class AdaptedNet(nn.Module):
         if pending is not None:
             taps[f"{pending[0]}.sum"] = pending[1].sum
         return taps
+
+
+SUM_PREFIX = "depthlab_sum_"
+ADDS = (operator.add, operator.iadd, torch.add)
+
+
+def trace_sums(net: nn.Module) -> Optional[fx.GraphModule]:
+    """A traced copy of ``net`` (sharing its modules and parameters) with an ``nn.Identity`` after
+    every tensor-tensor addition; None if ``net`` does not trace or adds nothing."""
+    try:
+        gm = fx.symbolic_trace(net)
+    except Exception:  # noqa: BLE001 - any tracing failure means: no traced sums (documented fallback)
+        return None
+    found = 0
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in ADDS and len(node.args) >= 2 \
+                and all(isinstance(a, fx.Node) for a in node.args[:2]):
+            name = f"{SUM_PREFIX}{found}"
+            gm.add_submodule(name, nn.Identity())
+            with gm.graph.inserting_after(node):
+                tap = gm.graph.call_module(name, (node,))
+            node.replace_all_uses_with(tap, delete_user_cb=lambda user, tap=tap: user is not tap)
+            found += 1
+    if not found:
+        return None
+    gm.recompile()
+    return gm
 
 
 def find_blocks(net: nn.Module) -> List[str]:
