@@ -223,3 +223,28 @@ def test_a_model_that_does_not_trace_keeps_its_conv_and_linear_taps():
     assert model.sums == "none" and list(model.taps()) == ["inp", "f1", "f2", "out"]
     x = torch.randn(2, 1, 8, 8)
     assert torch.allclose(model(x), model.net(x))
+
+
+def test_paths_and_responses_on_an_adapted_resnet_match_brute_force():
+    from test_diag_shattering import brute_force_grad
+
+    from depthlab.diagnostics.paths import input_gradients
+    from depthlab.diagnostics.responses import responses
+
+    model = adapt(_resnet(seed=2))
+    x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 10, (5,))
+    n = len(model.blocks)
+    g0, gn = input_gradients(model, x, y, [[], range(n)], mode="single_path")
+    torch.testing.assert_close(g0, brute_force_grad(model, x, y, True, False))  # shortcuts only
+    torch.testing.assert_close(gn, brute_force_grad(model, x, y, False, True))  # branches only
+    r = responses(model, x)
+    assert r.blocks == model.block_names and r.bn == ["branch.bn2"] * n
+    outs = []
+    hooks = [model.net.get_submodule(name).bn2.register_forward_hook(lambda m, i, o: outs.append(o.std(correction=0)))
+             for name in model.block_names]
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    assert r.std == pytest.approx([o.item() for o in outs], rel=1e-5)
