@@ -192,9 +192,11 @@ class Toolkit(Experiment):
                                         [100 * m for m, _, _ in ms], [100 * s for _, s, _ in ms],
                                         caption=f"Mean +- sd over {n} seed(s); chance {chance:.0%}."))
         f.figures.append(bar_figure("Error ratio at init (log10 of first/last tap)", "log10 ratio", ids,
-                                    [math.log10(_geo(ratio[c])) if _geo(ratio[c]) > 0 else None for c in ids],
+                                    [_log_ratio(ratio[c]) for c in ids],
                                     caption="0 = the error reaches the first layer intact; < 0 vanishes, > 0 "
-                                            "explodes. Geometric mean over seeds."))
+                                            f"explodes. Geometric mean over seeds; a ratio of 0 (the error "
+                                            f"underflows float32) is drawn at {UNDERFLOW:.1f}, the log10 of "
+                                            "float32's smallest number; nan (0 / 0) has no bar."))
         f.notes += [
             f"Switches: ReLU vs sigmoid (model.activation), dropout {p['dropout']} channel-wise after every branch "
             "activation vs none (model.dropout), model.norm batch vs none (convs get biases), resnet vs plain, "
@@ -217,6 +219,18 @@ def _post_activation_note(p, ratio, nb) -> str:
             f"init: bare+identity {_fmt_ratio(ratio['bare+identity'])}, full-rectifier (sigmoid with BN, shortcuts, "
             f"He init) {_fmt_ratio(ratio['full-rectifier'])}. A clean identity path needs the activation off it "
             "(pre-activation blocks, He et al. 2016), which these tables do not switch.")
+
+
+UNDERFLOW = math.log10(1.4e-45)  # float32's smallest subnormal: where a ratio of exactly 0 is drawn
+
+
+def _log_ratio(values):
+    """log10 of the seeds' geometric mean; ``UNDERFLOW`` when every finite ratio is 0; None for nan."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if finite and all(v == 0 for v in finite):
+        return UNDERFLOW
+    g = _geo(values)
+    return math.log10(g) if g > 0 else None
 
 
 def _above(values, bound):
