@@ -10,7 +10,7 @@ and its state dict keys are unchanged (``adapt(m).net.state_dict()`` is ``m.stat
   branch and shortcut before the block's final activation.
 - **blocks**, found for these layouts, or given by name (``blocks=["layer1.0", ...]``):
 
-  * torchvision / timm-style ResNets: ``layer{N}.{i}`` modules with ``conv1``, ``bn1``, ``conv2``,
+  * torchvision-layout ResNets: ``layer{N}.{i}`` modules with ``conv1``, ``bn1``, ``conv2``,
     ``bn2`` (``conv3``, ``bn3`` for bottlenecks), ``relu`` and an optional ``downsample``. Their
     forward is re-expressed as ``relu(branch(x) + shortcut(x))`` with the same modules (checked
     equal to the original in the tests), so they get ``branch``, ``shortcut``, ``sum``,
