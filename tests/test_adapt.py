@@ -146,6 +146,8 @@ def test_diagnose_runs_the_model_free_quantities_on_any_module_and_says_what_is_
     assert {r["quantity"] for r in records} == {"lesion", "paths", "responses"}
     with pytest.raises(ValueError, match="residual blocks"):
         diagnose(mlp(), "paths", data)
+    with pytest.raises(ValueError, match="blocks that can be deleted"):  # never a silent no-op deletion
+        diagnose(mlp(), "lesion", data)
     with pytest.raises(ValueError, match="blocks not found"):
         adapt(mlp(), blocks=["layer9"])
 
@@ -248,3 +250,29 @@ def test_paths_and_responses_on_an_adapted_resnet_match_brute_force():
     for h in hooks:
         h.remove()
     assert r.std == pytest.approx([o.item() for o in outs], rel=1e-5)
+
+
+class TimmLikeBlock(nn.Module):
+    """timm's BasicBlock names (act1, act2): found by name, not re-expressed."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn1, self.act1 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()
+        self.conv2, self.bn2, self.act2 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()
+
+    def forward(self, x):
+        return self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))) + x)
+
+
+def test_blocks_of_another_layout_are_found_with_traced_sums_but_never_silently_deleted():
+    net = nn.Sequential()
+    net.add_module("stem", nn.Conv2d(1, 4, 3, padding=1))
+    net.add_module("layer1", nn.Sequential(TimmLikeBlock(4), TimmLikeBlock(4)))
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flat", nn.Flatten())
+    net.add_module("fc", nn.Linear(4, 10))
+    model = adapt(net)
+    assert model.block_names == ["layer1.0", "layer1.1"] and model.sums == "fx"
+    assert [t for t in model.taps() if t.startswith("sum.")] == ["sum.add", "sum.add_1"]
+    with pytest.raises(ValueError, match="blocks that can be deleted"):
+        lesion_study(model, load_dataset("digits"), max_k=1, samples=1)

@@ -150,9 +150,8 @@ class AdaptedNet(nn.Module):
             b = modules[n]
             if is_resnet_block(b) and not hasattr(b, "_compute"):
                 _adapt_residual(b)
-            elif not hasattr(b, "_compute"):
+            elif not hasattr(b, "_compute"):  # no identity path depthlab can run: never deletable
                 b.has_shortcut = getattr(b, "has_shortcut", False)
-                b.enabled = getattr(b, "enabled", True)
         self.block_names = names
         self.blocks = BlockSlots([modules[n] for n in names])
         linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
