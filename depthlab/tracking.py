@@ -63,8 +63,9 @@ class Tracker:
         self.quantities = resolve_quantities(quantities or "gradient_flow") if self.data is not None else []
         self.path = self.run_dir / "diagnostics.jsonl"
         self.tb = TensorBoardLog(self.run_dir / "tensorboard") if tensorboard else None
-        self.steps, self._pending, self._first, self.overwrite = 0, [], 1, overwrite
+        self.overwrite, self.steps, self._pending = overwrite, 0, []
         self._grads = GradientFlowTracker(model)
+        self._view = None  # the model read through ``adapt``, made once, on the first measurement
 
     # -- the loop ---------------------------------------------------------------------------------
     def __enter__(self) -> "Tracker":
@@ -97,14 +98,14 @@ class Tracker:
         if not self._pending:
             return
         norms = torch.stack(self._pending).float().cpu()  # (steps, layers)
-        self._pending = []
-        first, self._first = self._first, self.steps + 1
+        first, self._pending = self.steps - len(self._pending) + 1, []
         rows = [{"step": self.steps, "quantity": "gradient_tracking", "layer": name,
                  "name": "weight_grad_norm_per_step", "value": norms[:, i].tolist(), "first_step": first}
                 for i, name in enumerate(self._grads.names)]
         self._write(rows)
-        for r in rows if self.tb is not None else []:
-            self.tb.series(f"gradient_tracking/weight_grad_norm/{r['layer']}", r["value"], first)
+        if self.tb is not None:
+            for r in rows:
+                self.tb.series(f"gradient_tracking/weight_grad_norm/{r['layer']}", r["value"], first)
 
     def __exit__(self, *exc) -> None:
         try:
@@ -120,9 +121,11 @@ class Tracker:
     def _diagnose(self) -> None:
         if not self.quantities:
             return
+        if self._view is None:  # adapting traces the model (torch.fx) at most once, not at every measurement
+            self._view = adapt(self.model)
         was_training, rng = self.model.training, rng_state()
         try:
-            rows = [{"step": self.steps, **r} for r in run_quantities(adapt(self.model), self.data, self.quantities)]
+            rows = [{"step": self.steps, **r} for r in run_quantities(self._view, self.data, self.quantities)]
         finally:  # the loop continues exactly as it would have without the measurement
             self.model.train(was_training)
             set_rng_state(rng)

@@ -190,13 +190,13 @@ def lesion_study(model: nn.Module, data, *, max_k: int = 3, samples: int = 5, se
     blocks = getattr(model, "blocks", None)
     if blocks is None or not len(blocks):
         raise ValueError("lesion needs a model with blocks (depth units to delete)")
-    fixed = [n for n, b in zip(getattr(model, "block_names", range(len(blocks))), blocks) if not hasattr(b, "enabled")]
+    names = list(getattr(model, "block_names", [f"block{i}" for i in range(len(blocks))]))
+    fixed = [name for name, b in zip(names, blocks) if not hasattr(b, "enabled")]
     if fixed:
         raise ValueError(f"lesion needs blocks that can be deleted (an identity path depthlab can run); "
                          f"{len(fixed)} of {len(blocks)} cannot, e.g. {fixed[0]!r}")
     m = len(data.test_x) if n_test is None else min(int(n_test), len(data.test_x))
     x, y = data.test_x[:m], data.test_y[:m]
-    names = list(getattr(model, "block_names", [f"block{i}" for i in range(len(model.blocks))]))
     n = len(model.blocks)
     rng = random.Random(seed)
     result: dict = {"blocks": [], "delete_k": [], "swap_k": []}

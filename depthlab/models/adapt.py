@@ -156,14 +156,10 @@ class AdaptedNet(nn.Module):
         self.blocks = BlockSlots([modules[n] for n in names])
         linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
         object.__setattr__(self, "_classifier", linears[-1] if linears else None)
-        traced = None if any(hasattr(b, "_compute") for b in self.blocks._slots) else trace_sums(net)
+        residual = any(hasattr(b, "_compute") for b in self.blocks._slots)
+        traced = None if residual else trace_sums(net)
         object.__setattr__(self, "_traced", traced)  # not a child: the state dict stays the user's
-        self.sums = ("blocks" if traced is None and any(hasattr(b, "_compute") for b in self.blocks._slots)
-                     else "fx" if traced is not None else "none")
-
-    @property
-    def permutable(self) -> bool:
-        return all(hasattr(b, "_compute") for b in self.blocks._slots)
+        self.sums = "blocks" if residual else "fx" if traced is not None else "none"
 
     def forward(self, x):
         return self.net(x) if self._traced is None else self._traced(x)

@@ -179,11 +179,7 @@ def write_run_page(run_dir) -> Path:
     if rows:
         svg = _render(curves, run_dir, fmt="svg")
         parts.append(f"<figure><img alt='training curves' src='{_data_uri(svg, 'image/svg+xml')}'></figure>")
-    if (run_dir / "diagnostics.jsonl").exists():
-        tmp = run_dir / "report_files"
-        for png in plot_diagnostics([str(run_dir)], tmp):
-            parts.append(f"<figure><img alt='{png.stem}' src='{_data_uri(png.read_bytes(), 'image/png')}'>"
-                         f"<figcaption>{html.escape(png.stem.replace('diagnostics_', ''))}</figcaption></figure>")
+    parts += _diagnostic_figures(run_dir)
     parts.append("</section><section id=results><h2>Metrics per epoch</h2>")
     parts.append(_table({"title": "", "columns": ["epoch", "lr", "train loss", "train acc", "test acc", "seconds"],
                          "rows": [[r["epoch"], r["lr"], r["train_loss"], _pct(r["train_acc"]), _pct(r.get("test_acc")),
@@ -193,6 +189,15 @@ def write_run_page(run_dir) -> Path:
     path = run_dir / "report.html"
     path.write_text(_styled(_page(f"depthlab run {run_dir.name}", "".join(parts))))
     return path
+
+
+def _diagnostic_figures(run_dir: Path) -> List[str]:
+    """One inline PNG figure per quantity of the directory's diagnostics.jsonl (none without one)."""
+    if not (run_dir / "diagnostics.jsonl").exists():
+        return []
+    return [f"<figure><img alt='{png.stem}' src='{_data_uri(png.read_bytes(), 'image/png')}'>"
+            f"<figcaption>{html.escape(png.stem.replace('diagnostics_', ''))}</figcaption></figure>"
+            for png in plot_diagnostics([str(run_dir)], run_dir / "report_files")]
 
 
 def write_tracked_page(run_dir) -> Path:
@@ -205,12 +210,7 @@ def write_tracked_page(run_dir) -> Path:
         ("every", f"{meta['every']} steps" if meta.get("every") else "once (depthlab diagnose --model)"),
         ("quantities", ", ".join(meta["quantities"]) or "-"), ("blocks", ", ".join(meta.get("blocks") or []) or "-"),
         ("data", meta.get("data") or "-"), ("started", meta["started"])]) + "</section>",
-        "<section id=figures><h2>Diagnostics</h2>"]
-    if (run_dir / "diagnostics.jsonl").exists():
-        for png in plot_diagnostics([str(run_dir)], run_dir / "report_files"):
-            parts.append(f"<figure><img alt='{png.stem}' src='{_data_uri(png.read_bytes(), 'image/png')}'>"
-                         f"<figcaption>{html.escape(png.stem.replace('diagnostics_', ''))}</figcaption></figure>")
-    parts.append("</section>")
+        "<section id=figures><h2>Diagnostics</h2>"] + _diagnostic_figures(run_dir) + ["</section>"]
     path = run_dir / "report.html"
     path.write_text(_styled(_page(f"depthlab tracked run {run_dir.name}", "".join(parts))))
     return path
