@@ -56,3 +56,29 @@ def test_it_stops_at_the_first_non_finite_loss_and_says_where(tmp_path):
     assert not rows[-1]["finite"] and all(r["finite"] for r in rows[:-1]) and len(rows) < 40
     assert not math.isfinite(rows[-1]["loss"]) or rows[-1]["penalty"] is not None
     assert describe(rows).startswith(f"loss not finite at step {rows[-1]['step']}")
+
+
+def test_the_replay_separates_the_plain_nets_filter_inflation_from_the_regularisers_overflow(tmp_path):
+    """xie-plain-110 on digits, the orthonormal experiment's setting: the first step inflates the bare
+    plain net's filters (BN keeps it finite); with the regulariser the penalty, quartic in the filters,
+    overflows. The experiment's sentence carries exactly the replayed numbers."""
+    from depthlab.experiments.orthonormal import _mechanism
+    data = load_dataset("digits")
+    probe = {}
+    for v, extra in (("plain", []), ("plain+orthonormal", ["methods.orthonormal=1e-3"])):
+        cfg = _cfg(tmp_path, "model.name=xie-plain", "model.depth=110", "model.width=16", "train.recipe=quick",
+                   "train.epochs=12", *extra)
+        probe[v] = first_steps(resolve_config(cfg, build_from_config(cfg, data), data), data, steps=5)
+    plain, orth = probe["plain"], probe["plain+orthonormal"]
+    assert all(r["finite"] for r in plain) and len(plain) == 5
+    assert plain[1]["filter_norm_mean"] > 10 * plain[0]["filter_norm_mean"]
+    assert plain[0]["filter_norm_mean"] == pytest.approx(orth[0]["filter_norm_mean"])  # the same start
+    assert not orth[-1]["finite"] and orth[1]["penalty"] > 1e6 * orth[0]["penalty"]
+    text = _mechanism(probe)
+    assert f"{plain[0]['filter_norm_mean']:.3g} -> {plain[1]['filter_norm_mean']:.3g}" in text
+    assert f"plain+orthonormal: {orth[0]['penalty']:.3g} -> {orth[1]['penalty']:.3g} after one step" in text
+    assert f"loss not finite at step {orth[-1]['step']}" in text
+    assert "regulariser penalty" in describe(orth) and "after one step" in describe(plain)
+    # no inflation in the reference net (or no failure): no mechanism is claimed
+    assert _mechanism({"plain": plain[:1] + plain[:1], "plain+orthonormal": orth}) is None
+    assert _mechanism({"plain": plain, "plain+orthonormal": plain}) is None

@@ -74,6 +74,10 @@ def describe(rows: List[dict]) -> str:
     ratio = f"first/last conv gradient ratio {first.get('grad_ratio', math.nan):.3g} at step 0"
     norms = (f"mean conv filter norm {first['filter_norm_mean']:.3g} -> {last['filter_norm_mean']:.3g}, largest "
              f"{first['filter_norm_max']:.3g} -> {last['filter_norm_max']:.3g}")
+    if len(rows) > 1:
+        norms += f" ({rows[1]['filter_norm_mean']:.3g} after one step)"
+    if first.get("penalty") is not None:
+        norms += f"; regulariser penalty {first['penalty']:.3g} -> {last['penalty']:.3g}"
     if not last["finite"]:
         return (f"loss not finite at step {last['step']} (lr {last['lr']:.3g}); {ratio}; {norms} by then")
     return f"loss finite over {len(rows)} steps ({first['loss']:.3g} -> {last['loss']:.3g}); {ratio}; {norms}"

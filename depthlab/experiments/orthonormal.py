@@ -180,6 +180,9 @@ class Orthonormal(Experiment):
                 yscale="log", caption="Stops where the loss stopped being finite."))
             f.notes.append(f"Why a deep run fails, measured (first {p.get('probe_steps')} steps at depth {deep}): "
                            + "; ".join(f"{v}: {describe(rows)}" for v, rows in probe.items()) + ".")
+            mechanism = _mechanism(probe)
+            if mechanism:
+                f.notes.append(mechanism)
         if p.get("width"):
             f.notes.append(f"Width {p['width']} (channels {p['width']}/{2 * p['width']}/{4 * p['width']}) instead of "
                            "the paper's 16/32/64.")
@@ -202,15 +205,36 @@ def _init_gradients(ctx) -> dict:
 
 
 def _first_steps(ctx, depth: int) -> dict:
-    """``{variant: first_steps rows}`` of every orthonormal variant at ``depth``, seed ``ctx.seeds[0]``."""
+    """``{variant: first_steps rows}`` of every plain variant at ``depth``, seed ``ctx.seeds[0]``: the bare
+    plain net is the reference that tells the regulariser's part from the net's own."""
     out = {}
     for v in _variants(ctx.p):
-        rs = ctx.rows(variant=v, depth=depth, seed=ctx.seeds[0]) if "orthonormal" in v else []
+        rs = ctx.rows(variant=v, depth=depth, seed=ctx.seeds[0]) if v != "resnet" else []
         if rs and ctx.dataset is not None:
             cfg = RunConfig.from_dict(json.loads((ctx.run_dir(rs[0]) / "config.json").read_text()))
             out[v] = first_steps(cfg, ctx.dataset, int(ctx.p.get("probe_steps") or 0),
                                  device=str(resolve_device(ctx.device)))
     return {v: rows for v, rows in out.items() if rows}
+
+
+def _mechanism(probe: dict):
+    """A sentence from the replay when it shows the mechanism of a regularised variant's divergence: the bare
+    plain net's first step inflates its filters >= 10x and it stays finite, while a regularised variant's loss
+    stops being finite; None otherwise."""
+    plain = probe.get("plain") or []
+    failed = [v for v, rows in probe.items() if v != "plain" and len(rows) > 1 and not rows[-1]["finite"]]
+    if len(plain) < 2 or not plain[-1]["finite"] or not failed:
+        return None
+    a, b = plain[0]["filter_norm_mean"], plain[1]["filter_norm_mean"]
+    if b < 10 * a:
+        return None
+    pens = "; ".join(f"{v}: {probe[v][0]['penalty']:.3g} -> {probe[v][1]['penalty']:.3g} after one step, loss not "
+                     f"finite at step {probe[v][-1]['step']}" for v in failed)
+    return (f"Measured mechanism: the first SGD step inflates the filters of the bare plain net too (mean norm {a:.3g} "
+            f"-> {b:.3g}; first/last gradient ratio {plain[0].get('grad_ratio', math.nan):.3g} at step 0). BN makes "
+            "that net invariant to its filters' scale, so it stays finite and its effective step size shrinks "
+            "instead; the orthonormality penalty is quartic in the filters and its gradient cubic, so the same "
+            f"inflation makes it overflow ({pens}).")
 
 
 def _depths(p) -> list:
