@@ -82,3 +82,5 @@ def test_the_replay_separates_the_plain_nets_filter_inflation_from_the_regularis
     # no inflation in the reference net (or no failure): no mechanism is claimed
     assert _mechanism({"plain": plain[:1] + plain[:1], "plain+orthonormal": orth}) is None
     assert _mechanism({"plain": plain, "plain+orthonormal": plain}) is None
+    no_penalty = [dict(r, penalty=None) for r in orth]  # a failure without the regulariser: not its mechanism
+    assert _mechanism({"plain": plain, "plain+orthonormal": no_penalty}) is None

@@ -197,7 +197,7 @@ def lesion_study(model: nn.Module, data, *, max_k: int = 3, samples: int = 5, se
                          f"{len(fixed)} of {len(blocks)} cannot, e.g. {fixed[0]!r}")
     m = len(data.test_x) if n_test is None else min(int(n_test), len(data.test_x))
     x, y = data.test_x[:m], data.test_y[:m]
-    n = len(model.blocks)
+    n = len(blocks)
     rng = random.Random(seed)
     result: dict = {"blocks": [], "delete_k": [], "swap_k": []}
     with restored_blocks(model):

@@ -229,7 +229,8 @@ def _mechanism(probe: dict):
     plain net's first step inflates its filters >= 10x and it stays finite, while a regularised variant's loss
     stops being finite; None otherwise."""
     plain = probe.get("plain") or []
-    failed = [v for v, rows in probe.items() if v != "plain" and len(rows) > 1 and not rows[-1]["finite"]]
+    failed = [v for v, rows in probe.items() if v != "plain" and len(rows) > 1 and not rows[-1]["finite"]
+              and rows[0].get("penalty") is not None]  # the claim is about the regulariser's penalty
     if len(plain) < 2 or not plain[-1]["finite"] or not failed:
         return None
     a, b = plain[0]["filter_norm_mean"], plain[1]["filter_norm_mean"]
