@@ -7,6 +7,7 @@ from urllib.error import URLError
 
 import pytest
 import torch
+from browser import Chromium, find_chromium, group_members
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from depthlab.data import files
@@ -40,6 +41,37 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- a real browser
+# The HTML report tests open pages in headless Chromium (tests/browser.py). Without Chromium they are
+# skipped, except under CI (env CI set), where they fail.
+
+def _unavailable(why: str):
+    if os.environ.get("CI"):
+        pytest.fail(f"{why}; CI must run the browser test (.ci/run installs chromium)")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def chromium_path():
+    try:
+        import websocket  # noqa: F401  (websocket-client)
+    except ImportError:
+        _unavailable("websocket-client is not installed (pip install -e '.[test]')")
+    path = find_chromium()
+    if path is None:
+        _unavailable("no Chromium found (install Debian's `chromium` package, or set DEPTHLAB_CHROMIUM to a "
+                     "Chromium or Chrome binary)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path):
+    with Chromium(chromium_path, timeout=30) as b:
+        yield b
+    assert not group_members(b.proc.pid), "chromium processes outlived the test"
+
 
 
 # ----------------------------------------------------------------------------- a clean checkout

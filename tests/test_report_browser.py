@@ -8,7 +8,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-from browser import Chromium, find_chromium, group_members
 
 EXPERIMENT_SECTIONS = ["summary", "verdicts", "results", "figures", "provenance"]
 RUN_SECTIONS = ["summary", "figures", "results", "provenance"]
@@ -27,25 +26,6 @@ PAGE_FACTS = """(() => {
     text: document.body.innerText.length,
   };
 })()"""
-
-
-def _unavailable(why: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{why}; CI must run the browser test (.ci/run installs chromium)")
-    pytest.skip(why)
-
-
-@pytest.fixture(scope="module")
-def chromium_path():
-    try:
-        import websocket  # noqa: F401  (websocket-client)
-    except ImportError:
-        _unavailable("websocket-client is not installed (pip install -e '.[test]')")
-    path = find_chromium()
-    if path is None:
-        _unavailable("no Chromium found (install Debian's `chromium` package, or set DEPTHLAB_CHROMIUM to a "
-                     "Chromium or Chrome binary)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +50,6 @@ def site(chromium_path, tmp_path_factory):
     run_demo(out=str(demo), depths=(8,), epochs=1, quiet=True)
     return {"experiment": root / "degradation" / "report.html", "run": run.run_dir / "report.html",
             "index": index, "demo": demo / "report.html"}
-
-
-@pytest.fixture(scope="module")
-def browser(chromium_path):
-    with Chromium(chromium_path, timeout=30) as b:
-        yield b
-    assert not group_members(b.proc.pid), "chromium processes outlived the test"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import matplotlib
 
@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from depthlab.diagnosis import read_diagnostics  # noqa: E402
-from depthlab.report.plots import save_figure  # noqa: E402
+from depthlab.report.inputs import clean_diagnostics, file_stem, output_dir  # noqa: E402
+from depthlab.report.plots import TEXT_AS_IS, save_figure  # noqa: E402
 
 MAX_PANELS = 6
 MAX_TICK_LABELS = 28  # layer names beyond this are thinned (every 2nd, 3rd, ... name shown)
@@ -262,18 +263,27 @@ def _panel(ax, name: str, per_run: Dict[str, List[dict]], spread: Optional[Dict[
         ax.legend(fontsize=8)
 
 
-def plot_diagnostics(run_dirs: List[str], out_dir, quantities=None) -> List[Path]:
-    """One ``diagnostics_<quantity>.png`` per quantity found in the runs' diagnostics.jsonl."""
-    runs = {Path(d).name: read_diagnostics(d) for d in run_dirs}
+def diagnostic_figures(run_dirs: List[str], out_dir, quantities=None) -> List[Tuple[str, Path]]:
+    """``(quantity, png path)`` for each quantity found in the runs' diagnostics.jsonl, drawn into
+    ``out_dir/diagnostics_<quantity>.png`` (a quantity that is not a plain name gets a sanitised file
+    name: the records may come from anyone's directory). Malformed records are skipped with one
+    logged line per file."""
+    runs = {Path(d).name: clean_diagnostics(read_diagnostics(d), Path(d) / "diagnostics.jsonl") for d in run_dirs}
     found = sorted({r["quantity"] for rs in runs.values() for r in rs})
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    out_dir = output_dir(Path(out_dir))
+    drawn = []
     for q in found:
         if quantities is not None and q not in quantities:
             continue
         try:
-            paths.append(plot_quantity(runs, q, out_dir / f"diagnostics_{q}.png"))
-        except ValueError:  # nothing numeric to draw for this quantity
+            with plt.rc_context(TEXT_AS_IS):
+                drawn.append((q, plot_quantity(runs, q, out_dir / f"diagnostics_{file_stem(q)}.png")))
+        except (ValueError, TypeError):  # nothing numeric to draw for this quantity (or values of the wrong type)
             continue
-    return paths
+            continue
+    return drawn
+
+
+def plot_diagnostics(run_dirs: List[str], out_dir, quantities=None) -> List[Path]:
+    """One ``diagnostics_<quantity>.png`` per quantity found in the runs' diagnostics.jsonl."""
+    return [path for _, path in diagnostic_figures(run_dirs, out_dir, quantities)]

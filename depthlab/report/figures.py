@@ -12,11 +12,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from depthlab.report.plots import read_metrics  # noqa: E402
+from depthlab.report.inputs import inside  # noqa: E402
+from depthlab.report.plots import TEXT_AS_IS, read_metrics  # noqa: E402
 
 STYLE = {"font.size": 9.5, "axes.titlesize": 10.5, "axes.labelsize": 9.5, "legend.fontsize": 8,
          "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
-         "svg.fonttype": "path", "svg.hashsalt": "depthlab"}  # glyphs as paths: no font files needed
+         "svg.fonttype": "path", "svg.hashsalt": "depthlab",  # glyphs as paths: no font files needed
+         **TEXT_AS_IS}
 CURVE_METRICS = {"train_error": ("train_acc", "training error (%)"), "test_error": ("test_acc", "test error (%)"),
                  "train_loss": ("train_loss", "training loss"), "test_loss": ("test_loss", "test loss")}
 
@@ -119,7 +121,11 @@ def _curves(ax, runs: dict, metric: str, base_dir) -> None:
     cmap = plt.get_cmap("viridis")
     diverged = []
     for i, (name, run_dir) in enumerate(runs.items()):
-        every = read_metrics(Path(base_dir or ".") / run_dir)
+        where = inside(Path(base_dir or "."), run_dir)
+        if where is None:  # a spec from someone else's directory reads nothing outside it
+            raise ValueError(f"run directory {str(run_dir)[:200]!r} of {str(name)[:200]!r} is not inside "
+                             f"{str(base_dir or '.')!r}")
+        every = read_metrics(where)
         bad = next((r["epoch"] for r in every if r.get("status") == "diverged"), None)
         rows = [r for r in every if r.get(key) is not None and _finite(r[key]) and r.get("status") != "diverged"]
         if bad is not None:

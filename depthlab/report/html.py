@@ -6,12 +6,16 @@ import html
 import json
 from pathlib import Path
 
+from depthlab.report.inputs import fmt, load_object, pct, text, write_file
 from depthlab.report.plots import plot_training_curves, read_metrics
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.ok{color:#176f2c}.bad{color:#a61b1b}
 img{max-width:100%}code{background:#f4f4f4;padding:0 .3em}"""
+# No scripts, no requests: images are inline data, styles inline. A value that escaped escaping could not
+# run or fetch anything (links to other pages on this disk still work: CSP does not govern navigation).
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
 
 def _img(path: Path) -> str:
@@ -26,29 +30,25 @@ def _table(rows, cols) -> str:
 
 
 def _page(title: str, body: str) -> str:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'>"
+            f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\"><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
 
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
-
-
-def _num(v, fmt: str) -> str:
-    """A number, or "-" for a missing one (a diverged epoch's loss is null in strict JSON)."""
-    return "-" if v is None else format(v, fmt)
+_pct = pct  # "-" for a missing value (null in strict JSON) or anything that is not a number
+_num = fmt
 
 
 def write_demo_report(out_dir) -> Path:
     """report.html + curves.png for a demo directory (reads results.json, summary.json, run dirs)."""
     out_dir = Path(out_dir)
     results = json.loads((out_dir / "results.json").read_text())
-    summary = json.loads((out_dir / "summary.json").read_text())
+    summary = load_object(out_dir / "summary.json")
     curves = plot_training_curves({r["model"]: r["run_dir"] for r in results}, out_dir / "curves.png",
                                   title=f"plain (dashed) vs resnet (solid) on {summary['dataset']}")
-    cols = [("model", lambda r: r["model"]), ("depth", lambda r: str(r["depth"])),
-            ("params", lambda r: f"{r['params']:,}"), ("train acc", lambda r: _pct(r["train_acc"])),
-            ("test acc", lambda r: _pct(r["test_acc"])), ("seconds", lambda r: f"{r['seconds']:.1f}")]
+    cols = [("model", lambda r: text(r["model"])), ("depth", lambda r: text(r["depth"])),
+            ("params", lambda r: fmt(r["params"], ",")), ("train acc", lambda r: _pct(r["train_acc"])),
+            ("test acc", lambda r: _pct(r["test_acc"])), ("seconds", lambda r: fmt(r["seconds"], ".1f"))]
     check = summary["check"]
     verdict = {True: "<b class=ok>observed</b>", False: "<b class=bad>not observed</b>",
                None: "<b>not checked</b>"}[check["observed"]]
@@ -56,30 +56,27 @@ def write_demo_report(out_dir) -> Path:
     if check.get("gap") is not None:
         detail = (f" (depth {check['depth']}: plain {_pct(check['plain_train_acc'])}, resnet "
                   f"{_pct(check['resnet_train_acc'])} training accuracy)")
-    body = (f"<p>Plain and residual networks of the same depths trained with the <code>{summary['recipe']}</code> "
-            f"recipe on <code>{summary['dataset']}</code> (seed {summary['seed']}, device {summary['device']}, "
-            f"{summary['seconds']:.0f} s in all). The degradation problem (He et al. 2015): deeper plain "
+    e = {k: html.escape(text(summary.get(k))) for k in ("recipe", "dataset", "seed", "device")}
+    body = (f"<p>Plain and residual networks of the same depths trained with the <code>{e['recipe']}</code> "
+            f"recipe on <code>{e['dataset']}</code> (seed {e['seed']}, device {e['device']}, "
+            f"{fmt(summary.get('seconds'), '.0f')} s in all). The degradation problem (He et al. 2015): deeper plain "
             f"networks train <i>worse</i>, residual ones do not.</p>"
             f"<p>Expected: {html.escape(check['expected'])} &mdash; {verdict}{html.escape(detail)}</p>"
             + _table(results, cols) + _img(curves)
             + "<p>Reproduce: <code>depthlab demo</code>. Each run directory holds config.json, metrics.jsonl "
               "and checkpoints.</p>")
-    path = out_dir / "report.html"
-    path.write_text(_page("depthlab demo: the degradation problem", body))
-    return path
+    return write_file(out_dir / "report.html", _page("depthlab demo: the degradation problem", body).encode())
 
 
 def write_run_report(run_dir) -> Path:
     """report.html for one run directory: its config, final metrics and training curves."""
     run_dir = Path(run_dir)
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = load_object(run_dir / "config.json")
     rows = read_metrics(run_dir)
-    curves = plot_training_curves({cfg["model"]["name"]: run_dir}, run_dir / "curves.png")
-    cols = [("epoch", lambda r: str(r["epoch"])), ("lr", lambda r: _num(r.get("lr"), ".4g")),
+    curves = plot_training_curves({text((cfg.get("model") or {}).get("name")): run_dir}, run_dir / "curves.png")
+    cols = [("epoch", lambda r: text(r["epoch"])), ("lr", lambda r: _num(r.get("lr"), ".4g")),
             ("train loss", lambda r: _num(r.get("train_loss"), ".4f")), ("train acc", lambda r: _pct(r["train_acc"])),
-            ("test acc", lambda r: _pct(r.get("test_acc"))), ("seconds", lambda r: f"{r['seconds']:.1f}")]
+            ("test acc", lambda r: _pct(r.get("test_acc"))), ("seconds", lambda r: _num(r.get("seconds"), ".1f"))]
     body = (f"<h2>config</h2><pre>{html.escape(json.dumps(cfg, indent=2))}</pre><h2>training</h2>"
             + _img(curves) + _table(rows, cols))
-    path = run_dir / "report.html"
-    path.write_text(_page(f"depthlab run {run_dir.name}", body))
-    return path
+    return write_file(run_dir / "report.html", _page(f"depthlab run {run_dir.name}", body).encode())

@@ -5,56 +5,98 @@ and final metrics; for a directory of runs a table of them."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import List
 
 from depthlab.report.html import _pct
+from depthlab.report.inputs import fmt, load_object, number, text
 from depthlab.report.pages import _find, format_cell, run_status, run_status_text
 from depthlab.report.plots import read_metrics
 
+_MD_ESCAPES = (("\\", "\\\\"), ("`", "\\`"), ("[", "\\["), ("]", "\\]"), ("<", "&lt;"), (">", "&gt;"))
+
+
+def _md(v) -> str:
+    """Text from a file as Markdown that shows it as written: no raw HTML or autolink (``<``, ``>``
+    as entities), no code span or link it could open (backslash-escaped), no line break that would
+    end a table row or a quote."""
+    s = " ".join(format_cell(v).split())
+    for old, new in _MD_ESCAPES:
+        s = s.replace(old, new)
+    return s
+
 
 def _cell(v) -> str:
-    return format_cell(v).replace("|", "\\|")
+    return _md(v).replace("|", "\\|")
 
 
-def _train_seconds(doc: dict) -> float:
-    return sum(r.get("seconds") or 0.0 for r in doc.get("runs", []))
+def _ticks(s: str, least: int) -> str:
+    return "`" * max(least, max((len(t) for t in re.findall("`+", s)), default=0) + 1)
+
+
+def _code(v) -> str:
+    """``v`` in a code span that no backtick inside it can close."""
+    s = " ".join(format_cell(v).split())
+    t = _ticks(s, 1)
+    return f"{t} {s} {t}" if "`" in s else f"`{s}`"
+
+
+def _fenced(body: str, lang: str = "") -> List[str]:
+    """A fenced code block longer than any backtick run in ``body``."""
+    fence = _ticks(body, 3)
+    return [fence + lang, body, fence]
+
+
+def _train_seconds(runs: List[dict]) -> float:
+    return sum(number(r.get("seconds")) or 0.0 for r in runs)
+
+
+def _dict(v) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
+def _list(v) -> list:
+    return v if isinstance(v, list) else []
 
 
 def experiment_markdown(exp_dir, level: int = 2) -> str:
     """One experiment's section."""
-    doc = json.loads((Path(exp_dir) / "experiment.json").read_text())
-    prov = doc.get("provenance", {})
+    doc = load_object(Path(exp_dir) / "experiment.json")
+    prov, data = _dict(doc.get("provenance")), _dict(doc.get("data"))
+    runs = [r for r in _list(doc.get("runs")) if isinstance(r, dict)]
     h = "#" * level
-    lines = [f"{h} {doc['name']}", "", f"**{doc['title']}** ({doc['source']})", "",
-             f"**Paper:** {doc['claim']}", "", f"**Expected at this scale:** {doc['expected']}", "",
-             "```bash", prov.get("command", f"depthlab reproduce {doc['name']}"), "```", "",
-             f"{doc['scale']} scale, {doc['seeds']} seed(s), data `{doc.get('data', {}).get('name')}`; "
-             f"{prov.get('device', '?')}; torch {prov.get('torch', '?')}; commit `{prov.get('commit', '?')}`; "
-             f"{prov.get('finished', '?')[:10]}; {_train_seconds(doc):.0f} s of training over "
-             f"{len(doc.get('runs', []))} runs, this invocation {prov.get('seconds', 0):.0f} s "
-             f"({sum(1 for r in doc.get('runs', []) if r.get('reused'))} runs reused).", ""]
-    makers = sorted({r.get("made_by") or "not recorded" for r in doc.get("runs", []) if r.get("reused")})
+    lines = [f"{h} {_md(doc.get('name'))}", "", f"**{_md(doc.get('title'))}** ({_md(doc.get('source'))})", "",
+             f"**Paper:** {_md(doc.get('claim'))}", "", f"**Expected at this scale:** {_md(doc.get('expected'))}", "",
+             *_fenced(text(prov.get("command", f"depthlab reproduce {text(doc.get('name'))}")), "bash"), "",
+             f"{_md(doc.get('scale'))} scale, {_md(doc.get('seeds'))} seed(s), data {_code(data.get('name'))}; "
+             f"{_md(prov.get('device', '?'))}; torch {_md(prov.get('torch', '?'))}; "
+             f"commit {_code(prov.get('commit', '?'))}; "
+             f"{_md(prov.get('finished', '?'))[:10]}; {_train_seconds(runs):.0f} s of training over "
+             f"{len(runs)} runs, this invocation {fmt(prov.get('seconds', 0), '.0f')} s "
+             f"({sum(1 for r in runs if r.get('reused'))} runs reused).", ""]
+    makers = sorted({text(r.get("made_by"), "not recorded") for r in runs if r.get("reused")})
     if makers:
-        lines += ["Reused runs were made by: " + "; ".join(f"`{m}`" for m in makers), ""]
-    diverged = [r for r in doc.get("runs", []) if r.get("status") == "diverged"]
-    lines += [f"- {r['run_id']}: {run_status_text(r)}" for r in diverged] + ([""] if diverged else [])
-    if doc.get("data", {}).get("note"):
-        lines += [f"> {doc['data']['note']}", ""]
+        lines += ["Reused runs were made by: " + "; ".join(_code(m) for m in makers), ""]
+    diverged = [r for r in runs if r.get("status") == "diverged"]
+    lines += [f"- {_md(r.get('run_id'))}: {_md(run_status_text(r))}" for r in diverged] + ([""] if diverged else [])
+    if data.get("note"):
+        lines += [f"> {_md(data['note'])}", ""]
     lines += ["| expectation | verdict | numbers |", "|---|---|---|"]
-    for v in doc["verdicts"]:
-        lines.append(f"| {_cell(v['claim'])} | **{v['status']}** | {_cell(v['detail'])} |")
+    for v in map(_dict, _list(doc.get("verdicts"))):
+        lines.append(f"| {_cell(v.get('claim'))} | **{_cell(v.get('status'))}** | {_cell(v.get('detail'))} |")
     lines.append("")
-    for t in doc["tables"]:
-        lines += [f"{h}# {t['title']}" if t.get("title") else "", "",
-                  "| " + " | ".join(_cell(c) for c in t["columns"]) + " |",
-                  "|" + "|".join("---" if i == 0 else "---:" for i in range(len(t["columns"]))) + "|"]
-        lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in t["rows"]]
+    for t in map(_dict, _list(doc.get("tables"))):
+        columns = _list(t.get("columns"))
+        lines += [f"{h}# {_md(t['title'])}" if t.get("title") else "", "",
+                  "| " + " | ".join(_cell(c) for c in columns) + " |",
+                  "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
+        lines += ["| " + " | ".join(_cell(c) for c in _list(row)) + " |" for row in _list(t.get("rows"))]
         if t.get("note"):
-            lines += ["", t["note"]]
+            lines += ["", _md(t["note"])]
         lines.append("")
-    for n in doc.get("notes", []):
-        lines += [f"- {n}"]
+    for n in _list(doc.get("notes")):
+        lines += [f"- {_md(n)}"]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -70,20 +112,21 @@ def find_experiments(root: Path) -> List[Path]:
 
 def results_markdown(exp_dirs: List[Path], title: str = "Reproduced findings", intro: str = "") -> str:
     """Every experiment's section, with a summary table of verdicts first."""
-    docs = [(d, json.loads((Path(d) / "experiment.json").read_text())) for d in exp_dirs]
+    docs = [(d, load_object(Path(d) / "experiment.json")) for d in exp_dirs]
     lines = [f"# {title}", ""]
     if intro:
         lines += [intro, ""]
     lines += ["| experiment | source | verdicts |", "|---|---|---|"]
     for _, doc in docs:
-        lines.append(f"| [{doc['name']}](#{doc['name']}) | {_cell(doc['source'])} | "
-                     + "; ".join(v["status"] for v in doc["verdicts"]) + " |")
+        anchor = re.sub(r"[^a-z0-9_-]", "", text(doc.get("name")).lower().replace(" ", "-"))
+        lines.append(f"| [{_cell(doc.get('name'))}](#{anchor}) | {_cell(doc.get('source'))} | "
+                     + _cell("; ".join(text(_dict(v).get("status")) for v in _list(doc.get("verdicts")))) + " |")
     lines.append("")
     return "\n".join(lines) + "\n" + "\n".join(experiment_markdown(d) for d, _ in docs)
 
 
 def _run_row(run_dir: Path) -> tuple:
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = load_object(run_dir / "config.json")
     rows = read_metrics(run_dir)
     return cfg, rows, (rows[-1] if rows else {})
 
@@ -92,33 +135,36 @@ def run_markdown(run_dir, level: int = 1) -> str:
     """One run directory: what was trained, how it ended, its last epoch's metrics, its config."""
     run_dir = Path(run_dir)
     cfg, rows, last = _run_row(run_dir)
-    m, t = cfg["model"], cfg["train"]
-    lines = [f"{'#' * level} Run `{run_dir.name}`", "",
-             f"`{m['name']}` (depth {m.get('depth')}) on `{cfg['data']['name']}`, recipe `{t['recipe']}`, seed "
-             f"{t['seed']}: **{run_status(cfg, rows)}** after {last.get('epoch', 0)} of {t['epochs']} epochs.", ""]
+    m, t = _dict(cfg.get("model")), _dict(cfg.get("train"))
+    lines = [f"{'#' * level} Run {_code(run_dir.name)}", "",
+             f"{_code(m.get('name'))} (depth {_md(m.get('depth'))}) on {_code(_dict(cfg.get('data')).get('name'))}, "
+             f"recipe {_code(t.get('recipe'))}, seed {_md(t.get('seed'))}: **{_md(run_status(cfg, rows))}** after "
+             f"{_md(last.get('epoch', 0))} of {_md(t.get('epochs'))} epochs.", ""]
     if isinstance(last.get("diagnosis"), dict) and last["diagnosis"].get("message"):
-        lines += [f"> {last['diagnosis']['message']}", ""]
+        lines += [f"> {_md(last['diagnosis']['message'])}", ""]
     if rows:
-        cols = [("epoch", "epoch", str), ("train loss", "train_loss", format_cell), ("train acc", "train_acc", _pct),
-                ("test acc", "test_acc", _pct), ("val acc", "val_acc", _pct), ("seconds", "elapsed", format_cell)]
+        cols = [("epoch", "epoch", format_cell), ("train loss", "train_loss", format_cell),
+                ("train acc", "train_acc", _pct), ("test acc", "test_acc", _pct), ("val acc", "val_acc", _pct),
+                ("seconds", "elapsed", format_cell)]
         cols = [c for c in cols if c[1] in last]
         lines += ["Final metrics (last epoch):", "", "| " + " | ".join(c[0] for c in cols) + " |",
                   "|" + "|".join("---:" for _ in cols) + "|",
-                  "| " + " | ".join(_cell(fmt(last.get(key))) if last.get(key) is not None else "-"
-                                    for _, key, fmt in cols) + " |", ""]
-    lines += ["Config (`config.json`):", "", "```json", json.dumps(cfg, indent=2), "```"]
+                  "| " + " | ".join(_cell(show(last.get(key))) if last.get(key) is not None else "-"
+                                    for _, key, show in cols) + " |", ""]
+    lines += ["Config (`config.json`):", "", *_fenced(json.dumps(cfg, indent=2), "json")]
     return "\n".join(lines) + "\n"
 
 
 def runs_markdown(run_dirs: List[Path], root: Path) -> str:
     """A table of run directories: model, data, status, epochs and final accuracies."""
-    lines = [f"# Runs in `{root}`", "", "| run | model | data | status | epochs | train acc | test acc |",
+    lines = [f"# Runs in {_code(root)}", "", "| run | model | data | status | epochs | train acc | test acc |",
              "|---|---|---|---|---:|---:|---:|"]
     for d in run_dirs:
         cfg, rows, last = _run_row(d)
-        epochs = f"{last.get('epoch', 0)}/{cfg['train']['epochs']}"
-        lines.append(f"| {_cell(Path(d).relative_to(root).as_posix())} | {cfg['model']['name']} | "
-                     f"{cfg['data']['name']} | {run_status(cfg, rows)} | {epochs} | {_pct(last.get('train_acc'))} | "
+        epochs = f"{text(last.get('epoch', 0))}/{text(_dict(cfg.get('train')).get('epochs'))}"
+        cells = [Path(d).relative_to(root).as_posix(), _dict(cfg.get("model")).get("name"),
+                 _dict(cfg.get("data")).get("name"), run_status(cfg, rows), epochs]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + f" | {_pct(last.get('train_acc'))} | "
                      f"{_pct(last.get('test_acc'))} |")
     return "\n".join(lines) + "\n"
 
@@ -142,8 +188,8 @@ def report_markdown(path, command: str = "depthlab report") -> str:
         return runs_markdown(runs, path)
     intro = (f"Generated by `{command}` from the experiment directories' experiment.json files; each section "
              f"names the command that produced its runs.")
-    text = results_markdown(dirs, intro=intro)
-    return suite_markdown(path / "suite.json") + text if (path / "suite.json").exists() else text
+    body = results_markdown(dirs, intro=intro)
+    return suite_markdown(path / "suite.json") + body if (path / "suite.json").exists() else body
 
 
 def suite_markdown(path: Path) -> str:

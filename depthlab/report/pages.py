@@ -1,7 +1,8 @@
 """``write_report(dir)``: one self-contained HTML page per experiment or run directory (every plot
 inline as a data URI, no scripts, no external fonts or links), and an index page over a directory
 of them. Pages read ``experiment.json``, ``config.json``, ``metrics.jsonl`` and
-``diagnostics.jsonl`` only; nothing is recomputed."""
+``diagnostics.jsonl`` only; nothing is recomputed. Every value read is escaped, whoever wrote the
+directory (``depthlab.report.inputs``)."""
 from __future__ import annotations
 
 import base64
@@ -10,11 +11,24 @@ import json
 from pathlib import Path
 from typing import List
 
-from depthlab.report.diagnostics import plot_diagnostics
+from depthlab.report.diagnostics import diagnostic_figures
 from depthlab.report.figures import render
-from depthlab.report.figures import render as _render
 from depthlab.report.html import _page, _pct
+from depthlab.report.inputs import (
+    fmt,
+    href,
+    integer,
+    is_real_dir,
+    load_object,
+    log,
+    number,
+    output_dir,
+    text,
+    write_file,
+)
 from depthlab.report.plots import read_metrics
+
+_e = html.escape  # every value from a file goes through _e(text(...)) or a formatter that escapes
 
 _EXTRA_CSS = """section{margin:1.6em 0}.observed{color:#176f2c;font-weight:600}
 .not-observed{color:#a61b1b;font-weight:600}
@@ -30,11 +44,11 @@ def write_report(path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{str(path)!r} is not a directory")
-    if (path / "experiment.json").exists():
+    if (path / "experiment.json").is_file():
         return write_experiment_report(path)
-    if (path / "config.json").exists():
+    if (path / "config.json").is_file():
         return write_run_page(path)
-    if (path / "tracked.json").exists():
+    if (path / "tracked.json").is_file():
         return write_tracked_page(path)
     found = _find(path)
     if not found:
@@ -45,9 +59,14 @@ def write_report(path) -> Path:
 
 
 def _find(root: Path, depth: int = 3) -> List[Path]:
+    """Report directories under ``root``; symbolic links are not followed (a page is written into
+    every directory found, and none may lie outside the folder asked for)."""
     out = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        if any((d / f).exists() for f in ("experiment.json", "config.json", "tracked.json")):
+        if not is_real_dir(d):
+            log.warning("%s is a symbolic link; not followed (reports are written only inside %s)", d, root)
+            continue
+        if any((d / f).is_file() for f in ("experiment.json", "config.json", "tracked.json")):
             out.append(d)
         elif depth > 1:
             out += _find(d, depth - 1)
@@ -58,101 +77,114 @@ def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def _figure(spec: dict, base: Path, idx: int) -> str:
+def _figure(spec: dict, base: Path, idx: int, alt: str = "") -> str:
+    """Figure ``idx`` of a page, drawn from its spec (runs are read only inside ``base``)."""
+    if not isinstance(spec, dict):
+        return f"<p class=note>figure {idx} could not be drawn: it is not a figure spec</p>"
+    title = text(spec.get("title"), "")
     try:
         svg = render(spec, base, fmt="svg")
-    except (ValueError, KeyError, OSError) as e:  # a figure that cannot be drawn says why, the page stays
-        title = html.escape(spec.get("title", str(idx)))
-        return f"<p class=note>figure {title} could not be drawn: {html.escape(str(e))}</p>"
-    alt = html.escape(spec.get("title") or f"figure {idx}")
-    cap = spec.get("caption") or ""
-    return (f"<figure id='fig{idx}'><img alt='{alt}' src='{_data_uri(svg, 'image/svg+xml')}'>"
-            f"<figcaption>Figure {idx}. {html.escape(spec.get('title', ''))}. {html.escape(cap)}</figcaption></figure>")
+    except (ValueError, KeyError, TypeError, IndexError, OSError) as e:  # says why; the page stays
+        return f"<p class=note>figure {_e(title or str(idx))} could not be drawn: {_e(text(str(e)))}</p>"
+    alt = alt or title or f"figure {idx}"
+    return (f"<figure id='fig{idx}'><img alt='{_e(alt)}' src='{_data_uri(svg, 'image/svg+xml')}'>"
+            f"<figcaption>Figure {idx}. {_e(title)}. {_e(text(spec.get('caption'), ''))}</figcaption></figure>")
 
 
-def _status_class(status: str) -> str:
-    return "not-observed" if status.startswith("not") else status.split(" ")[0]
+def _status_class(status) -> str:
+    """The CSS class of a verdict: one of three fixed names, whatever the file says."""
+    s = text(status)
+    return next((c for w, c in (("not", "not-observed"), ("observed", "observed"), ("inconclusive", "inconclusive"))
+                 if s.startswith(w)), "other")
+
+
+def _rows(v) -> list:
+    return v if isinstance(v, list) else []
 
 
 def _table(t: dict) -> str:
-    head = "".join(f"<th class={'l' if i == 0 else 'r'}>{html.escape(str(c))}</th>" for i, c in enumerate(t["columns"]))
-    body = "".join("<tr>" + "".join(f"<td class={'l' if i == 0 else 'r'}>{html.escape(format_cell(v))}</td>"
-                                    for i, v in enumerate(row)) + "</tr>" for row in t["rows"])
-    note = f"<figcaption>{html.escape(t['note'])}</figcaption>" if t.get("note") else ""
-    return f"<h3>{html.escape(t.get('title', ''))}</h3><table><tr>{head}</tr>{body}</table>{note}"
+    if not isinstance(t, dict):
+        return ""
+    cols = _rows(t.get("columns"))
+    head = "".join(f"<th class={'l' if i == 0 else 'r'}>{_e(text(c))}</th>" for i, c in enumerate(cols))
+    body = "".join("<tr>" + "".join(f"<td class={'l' if i == 0 else 'r'}>{_e(format_cell(v))}</td>"
+                                    for i, v in enumerate(_rows(row))) + "</tr>" for row in _rows(t.get("rows")))
+    note = f"<figcaption>{_e(text(t['note']))}</figcaption>" if t.get("note") else ""
+    return f"<h3>{_e(text(t.get('title'), ''))}</h3><table><tr>{head}</tr>{body}</table>{note}"
 
 
 def format_cell(v) -> str:
     """A table cell as text: thousands separators for ints, 4 significant digits for floats."""
-    if v is None:
-        return "-"
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
-    return str(v)
+    return text(v)
 
 
 def _dl(items) -> str:
-    return "<dl>" + "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(format_cell(v))}</dd>"
-                            for k, v in items) + "</dl>"
+    return "<dl>" + "".join(f"<dt>{_e(text(k))}</dt><dd>{_e(format_cell(v))}</dd>" for k, v in items) + "</dl>"
+
+
+def _dict(v) -> dict:
+    return v if isinstance(v, dict) else {}
 
 
 def write_experiment_report(exp_dir) -> Path:
     """``report.html`` for an experiment directory (reads its experiment.json and run directories)."""
     exp_dir = Path(exp_dir)
-    doc = json.loads((exp_dir / "experiment.json").read_text())
-    prov = doc.get("provenance", {})
-    parts = [f"<p><i>{html.escape(doc['source'])}</i></p>",
+    doc = load_object(exp_dir / "experiment.json")
+    prov, data = _dict(doc.get("provenance")), _dict(doc.get("data"))
+    parts = [f"<p><i>{_e(text(doc.get('source')))}</i></p>",
              "<section id=summary><h2>The finding</h2>"
-             f"<p><b>Paper:</b> {html.escape(doc['claim'])}</p>"
-             f"<p><b>Expected at this scale:</b> {html.escape(doc['expected'])}</p>"]
-    if doc.get("data", {}).get("note"):
-        parts.append(f"<p class=note>{html.escape(doc['data']['note'])}</p>")
+             f"<p><b>Paper:</b> {_e(text(doc.get('claim')))}</p>"
+             f"<p><b>Expected at this scale:</b> {_e(text(doc.get('expected')))}</p>"]
+    if data.get("note"):
+        parts.append(f"<p class=note>{_e(text(data['note']))}</p>")
     parts.append("</section><section id=verdicts><h2>Expected vs observed</h2><table>"
                  "<tr><th class=l>expectation</th><th class=l>verdict</th><th class=l>numbers</th></tr>")
-    for v in doc["verdicts"]:
-        parts.append(f"<tr><td class=l>{html.escape(v['claim'])}</td><td class='l {_status_class(v['status'])}'>"
-                     f"{html.escape(v['status'])}</td><td class=l>{html.escape(v['detail'])}</td></tr>")
+    for v in map(_dict, _rows(doc.get("verdicts"))):
+        parts.append(f"<tr><td class=l>{_e(text(v.get('claim')))}</td><td class='l {_status_class(v.get('status'))}'>"
+                     f"{_e(text(v.get('status')))}</td><td class=l>{_e(text(v.get('detail')))}</td></tr>")
     parts.append("</table></section><section id=results><h2>Results</h2>")
-    parts += [_table(t) for t in doc["tables"]]
+    parts += [_table(t) for t in _rows(doc.get("tables"))]
     parts.append("</section><section id=figures><h2>Plots</h2>")
-    parts += [_figure(spec, exp_dir, i) for i, spec in enumerate(doc["figures"], 1)]
+    parts += [_figure(spec, exp_dir, i) for i, spec in enumerate(_rows(doc.get("figures")), 1)]
     parts.append("</section>")
-    if doc.get("notes"):
-        parts.append("<section id=notes><h2>Notes</h2>" + "".join(f"<p>{html.escape(n)}</p>" for n in doc["notes"])
+    if _rows(doc.get("notes")):
+        parts.append("<section id=notes><h2>Notes</h2>" + "".join(f"<p>{_e(text(n))}</p>" for n in doc["notes"])
                      + "</section>")
-    runs = doc.get("runs", [])
+    runs = [r for r in _rows(doc.get("runs")) if isinstance(r, dict)]
     if runs:
-        rows = [[r["run_id"], run_status_text(r), _pct(r.get("train_acc")), _pct(r.get("test_acc")),
-                 r.get("seconds_per_epoch"), f"yes, made by: {r.get('made_by') or 'not recorded'}"
-                 if r.get("reused") else "no", r["run_dir"]] for r in runs]
+        rows = [[r.get("run_id"), run_status_text(r), _pct(r.get("train_acc")), _pct(r.get("test_acc")),
+                 r.get("seconds_per_epoch"), f"yes, made by: {text(r.get('made_by'), 'not recorded')}"
+                 if r.get("reused") else "no", r.get("run_dir")] for r in runs]
         parts.append("<section id=runs><h2>Runs</h2>" + _table(
             {"title": f"{len(runs)} training runs", "columns": ["run", "status", "train acc", "test acc", "s / epoch",
                                                                  "reused", "directory"], "rows": rows}) + "</section>")
-    params = {k: v for k, v in doc.get("params", {}).items() if v not in (None, [], ())}
+    params = {k: v for k, v in _dict(doc.get("params")).items() if v not in (None, [], ())}
+    train_seconds = sum(number(r.get("seconds")) or 0 for r in runs)
     parts.append("<section id=provenance><h2>What was run</h2>" + _dl([
-        ("command", prov.get("command")), ("scale", doc["scale"]), ("seeds", doc["seeds"]),
-        ("data", doc.get("data", {}).get("name")), ("commit", prov.get("commit")),
+        ("command", prov.get("command")), ("scale", doc.get("scale")), ("seeds", doc.get("seeds")),
+        ("data", data.get("name")), ("commit", prov.get("commit")),
         ("depthlab", prov.get("depthlab")), ("torch", prov.get("torch")), ("python", prov.get("python")),
         ("device", prov.get("device")), ("platform", prov.get("platform")), ("started", prov.get("started")),
-        ("finished", prov.get("finished")), ("wall time", f"{prov.get('seconds', 0):.0f} s (this invocation; "
+        ("finished", prov.get("finished")), ("wall time", f"{fmt(prov.get('seconds', 0), '.0f')} s (this invocation; "
                                                            f"finished runs are reused)"),
-        ("training time", f"{sum(r.get('seconds') or 0 for r in runs):.0f} s over {len(runs)} runs")])
-        + f"<h3>parameters</h3><pre>{html.escape(json.dumps(params, indent=1))}</pre></section>")
-    path = exp_dir / "report.html"
-    path.write_text(_styled(_page(f"depthlab reproduce {doc['name']}: {doc['title']}", "".join(parts))))
-    return path
+        ("training time", f"{train_seconds:.0f} s over {len(runs)} runs")])
+        + f"<h3>parameters</h3><pre>{_e(text(json.dumps(params, indent=1, default=str)))}</pre></section>")
+    page = _page(f"depthlab reproduce {text(doc.get('name'))}: {text(doc.get('title'))}", "".join(parts))
+    return write_file(exp_dir / "report.html", _styled(page).encode())
 
 
 def run_status_text(row: dict) -> str:
     """An experiment run's status; a diverged run says in which epoch and what the diagnosis found."""
-    status = row.get("status") or "-"
+    status = text(row.get("status"))
     if status == "diverged":
-        epoch = row.get("epoch")
-        done = f" ({epoch - 1} epoch(s) completed)" if isinstance(epoch, int) else ""
+        epoch = integer(row.get("epoch"))
+        done = f" ({epoch - 1} epoch(s) completed)" if epoch is not None else ""
         return (f"diverged in epoch {epoch if epoch is not None else '?'}{done}"
-                + (f": {row['diagnosis']}" if row.get("diagnosis") else ""))
+                + (f": {text(row['diagnosis'])}" if row.get("diagnosis") else ""))
     return status
 
 
@@ -160,60 +192,60 @@ def run_status(cfg: dict, rows: List[dict]) -> str:
     """finished, diverged, incomplete or not started, from a run's config and epoch rows."""
     if not rows:
         return "not started"
-    return rows[-1].get("status", "finished" if rows[-1]["epoch"] == cfg["train"]["epochs"] else "incomplete")
+    epochs = _dict(cfg.get("train")).get("epochs")
+    return text(rows[-1].get("status", "finished" if rows[-1]["epoch"] == epochs else "incomplete"))
 
 
 def write_run_page(run_dir) -> Path:
     """``report.html`` for one run: config, training curves, metrics, and the diagnostics found in
     its diagnostics.jsonl (one figure per quantity)."""
     run_dir = Path(run_dir)
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = load_object(run_dir / "config.json")
+    model, data, train = (_dict(cfg.get(k)) for k in ("model", "data", "train"))
     rows = read_metrics(run_dir)
-    curves = {"type": "curves", "title": f"{cfg['model']['name']} training", "runs": {run_dir.name: "."},
+    curves = {"type": "curves", "title": f"{text(model.get('name'))} training", "runs": {run_dir.name: "."},
               "metrics": ["train_loss", "train_error", "test_error"]}
     parts = ["<section id=summary><h2>Run</h2>" + _dl([
-        ("model", f"{cfg['model']['name']} (depth {cfg['model'].get('depth')})"), ("data", cfg["data"]["name"]),
-        ("recipe", cfg["train"]["recipe"]), ("seed", cfg["train"]["seed"]), ("epochs", cfg["train"]["epochs"]),
+        ("model", f"{text(model.get('name'))} (depth {text(model.get('depth'))})"), ("data", data.get("name")),
+        ("recipe", train.get("recipe")), ("seed", train.get("seed")), ("epochs", train.get("epochs")),
         ("status", run_status(cfg, rows))]) + "</section>"]
     parts.append("<section id=figures><h2>Training</h2>")
     if rows:
-        svg = _render(curves, run_dir, fmt="svg")
-        parts.append(f"<figure><img alt='training curves' src='{_data_uri(svg, 'image/svg+xml')}'></figure>")
+        parts.append(_figure(curves, run_dir, 1, alt="training curves"))
     parts += _diagnostic_figures(run_dir)
     parts.append("</section><section id=results><h2>Metrics per epoch</h2>")
     parts.append(_table({"title": "", "columns": ["epoch", "lr", "train loss", "train acc", "test acc", "seconds"],
-                         "rows": [[r["epoch"], r["lr"], r["train_loss"], _pct(r["train_acc"]), _pct(r.get("test_acc")),
-                                   r["seconds"]] for r in rows]}))
-    parts.append(f"</section><section id=provenance><h2>Config</h2><pre>{html.escape(json.dumps(cfg, indent=2))}"
+                         "rows": [[r["epoch"], r.get("lr"), r.get("train_loss"), _pct(r.get("train_acc")),
+                                   _pct(r.get("test_acc")), r.get("seconds")] for r in rows]}))
+    parts.append(f"</section><section id=provenance><h2>Config</h2><pre>{_e(json.dumps(cfg, indent=2))}"
                  "</pre></section>")
-    path = run_dir / "report.html"
-    path.write_text(_styled(_page(f"depthlab run {run_dir.name}", "".join(parts))))
-    return path
+    return write_file(run_dir / "report.html", _styled(_page(f"depthlab run {run_dir.name}", "".join(parts))).encode())
 
 
 def _diagnostic_figures(run_dir: Path) -> List[str]:
     """One inline PNG figure per quantity of the directory's diagnostics.jsonl (none without one)."""
-    if not (run_dir / "diagnostics.jsonl").exists():
+    if not (run_dir / "diagnostics.jsonl").is_file():
         return []
-    return [f"<figure><img alt='{png.stem}' src='{_data_uri(png.read_bytes(), 'image/png')}'>"
-            f"<figcaption>{html.escape(png.stem.replace('diagnostics_', ''))}</figcaption></figure>"
-            for png in plot_diagnostics([str(run_dir)], run_dir / "report_files")]
+    return [f"<figure><img alt='{_e(quantity)}' src='{_data_uri(png.read_bytes(), 'image/png')}'>"
+            f"<figcaption>{_e(quantity)}</figcaption></figure>"
+            for quantity, png in diagnostic_figures([str(run_dir)], output_dir(run_dir / "report_files"))]
 
 
 def write_tracked_page(run_dir) -> Path:
     """``report.html`` for a directory ``depthlab.track`` wrote (your own loop): what was tracked and
     one figure per quantity in its diagnostics.jsonl."""
     run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "tracked.json").read_text())
+    meta = load_object(run_dir / "tracked.json")
+    names = lambda v: ", ".join(text(x) for x in _rows(v)) or "-"  # noqa: E731
     parts = ["<section id=summary><h2>Tracked run</h2>" + _dl([
-        ("model", f"{meta['model']} ({meta['params']:,} parameters, {len(meta['layers'])} Conv2d / Linear layers)"),
-        ("every", f"{meta['every']} steps" if meta.get("every") else "once (depthlab diagnose --model)"),
-        ("quantities", ", ".join(meta["quantities"]) or "-"), ("blocks", ", ".join(meta.get("blocks") or []) or "-"),
-        ("data", meta.get("data") or "-"), ("started", meta["started"])]) + "</section>",
+        ("model", f"{text(meta.get('model'))} ({fmt(meta.get('params'), ',')} parameters, "
+                  f"{len(_rows(meta.get('layers')))} Conv2d / Linear layers)"),
+        ("every", f"{text(meta['every'])} steps" if meta.get("every") else "once (depthlab diagnose --model)"),
+        ("quantities", names(meta.get("quantities"))), ("blocks", names(meta.get("blocks"))),
+        ("data", meta.get("data")), ("started", meta.get("started"))]) + "</section>",
         "<section id=figures><h2>Diagnostics</h2>"] + _diagnostic_figures(run_dir) + ["</section>"]
-    path = run_dir / "report.html"
-    path.write_text(_styled(_page(f"depthlab tracked run {run_dir.name}", "".join(parts))))
-    return path
+    page = _page(f"depthlab tracked run {run_dir.name}", "".join(parts))
+    return write_file(run_dir / "report.html", _styled(page).encode())
 
 
 def write_index(root, pages: List[Path]) -> Path:
@@ -223,27 +255,26 @@ def write_index(root, pages: List[Path]) -> Path:
     rows = []
     for page in pages:
         d = page.parent
-        rel = page.relative_to(root).as_posix()
-        if (d / "experiment.json").exists():
-            doc = json.loads((d / "experiment.json").read_text())
-            verdicts = "; ".join(v["status"] for v in doc["verdicts"])
-            rows.append(f"<tr><td class=l><a href='{html.escape(rel)}'>{html.escape(doc['name'])}</a></td>"
-                        f"<td class=l>{html.escape(doc['title'])}</td><td class=l>{doc['scale']}, {doc['seeds']} "
-                        f"seed(s)</td><td class=l>{html.escape(verdicts)}</td></tr>")
-        elif (d / "tracked.json").exists():
-            rows.append(f"<tr><td class=l><a href='{html.escape(rel)}'>{html.escape(d.name)}</a></td><td class=l>"
+        link = f"<a href='{_e(href(page.relative_to(root).as_posix()))}'>"
+        if (d / "experiment.json").is_file():
+            doc = load_object(d / "experiment.json")
+            verdicts = "; ".join(text(_dict(v).get("status")) for v in _rows(doc.get("verdicts")))
+            rows.append(f"<tr><td class=l>{link}{_e(text(doc.get('name')))}</a></td>"
+                        f"<td class=l>{_e(text(doc.get('title')))}</td><td class=l>{_e(text(doc.get('scale')))}, "
+                        f"{_e(text(doc.get('seeds')))} seed(s)</td><td class=l>{_e(verdicts)}</td></tr>")
+        elif (d / "tracked.json").is_file():
+            rows.append(f"<tr><td class=l>{link}{_e(d.name)}</a></td><td class=l>"
                         "tracked run (depthlab.track)</td><td class=l>-</td><td class=l>-</td></tr>")
         else:
             m = read_metrics(d)
             last = m[-1] if m else {}
-            rows.append(f"<tr><td class=l><a href='{html.escape(rel)}'>{html.escape(d.name)}</a></td><td class=l>run"
+            rows.append(f"<tr><td class=l>{link}{_e(d.name)}</a></td><td class=l>run"
                         f"</td><td class=l>{len(m)} epochs</td><td class=l>train {_pct(last.get('train_acc'))}, "
                         f"test {_pct(last.get('test_acc'))}</td></tr>")
     body = ("<section id=index><table><tr><th class=l>page</th><th class=l>what</th><th class=l>scale</th>"
             "<th class=l>verdicts / result</th></tr>" + "".join(rows) + "</table></section>")
-    path = root / "index.html"
-    path.write_text(_styled(_page(f"depthlab reports in {root.name or root}", body)))
-    return path
+    page = _page(f"depthlab reports in {root.name or root}", body)
+    return write_file(root / "index.html", _styled(page).encode())
 
 
 def _styled(page: str) -> str:

@@ -1,6 +1,8 @@
 """Plots that read run directories only (never recompute)."""
 from __future__ import annotations
 
+import io
+import logging
 from pathlib import Path
 from typing import Dict, List
 
@@ -9,16 +11,32 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from depthlab.fileio import read_jsonl
+from depthlab.fileio import atomic_write_bytes, epoch_gap, read_jsonl
+from depthlab.report.inputs import clean_metrics
+
+# Labels come from files (layer, run and quantity names): drawn as written, never parsed as TeX math
+# (a "$" in a name would otherwise raise or render as a formula).
+TEXT_AS_IS = {"text.parse_math": False}
 
 
 def read_metrics(run_dir) -> List[dict]:
-    """The per-epoch rows of a run's metrics.jsonl."""
-    return [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if r.get("kind") == "epoch"]
+    """The per-epoch rows of a run's metrics.jsonl, each field of the type depthlab writes (rows
+    that are not are skipped or their bad fields emptied, with one logged line naming the file)."""
+    path = Path(run_dir) / "metrics.jsonl"  # read_jsonl logs each line it skips, naming file:line
+    rows = clean_metrics([r for r in read_jsonl(path) if not isinstance(r, dict) or r.get("kind") == "epoch"], path)
+    gap = epoch_gap(rows)
+    if gap:  # a lost row is damage too: say so rather than draw a run that looks complete
+        logging.getLogger("depthlab").warning("%s: %s; shown without it", path, gap)
+    return rows
 
 
 def plot_training_curves(runs: Dict[str, str], path, title: str = "") -> Path:
     """Training loss and accuracy per epoch; plain runs dashed, residual runs solid, colour = depth."""
+    with plt.rc_context(TEXT_AS_IS):
+        return _training_curves(runs, path, title)
+
+
+def _training_curves(runs: Dict[str, str], path, title: str) -> Path:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
     depths = sorted({_depth(name) for name in runs})
     cmap = plt.get_cmap("viridis")
@@ -44,12 +62,14 @@ def plot_training_curves(runs: Dict[str, str], path, title: str = "") -> Path:
 
 
 def save_figure(fig, path, dpi: int = 100) -> Path:
-    """Lay out, write and close ``fig``; returns the path."""
+    """Lay out, write and close ``fig``; returns the path. Written atomically: a symbolic link at
+    ``path`` is replaced, never followed."""
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
-    return path
+    atomic_write_bytes(Path(path), lambda f: f.write(buf.getvalue()))
+    return Path(path)
 
 
 def _nan(v) -> float:
