@@ -192,10 +192,9 @@ class RunConfig:
             v = getattr(t, name)
             if v is not None and v <= 0 and not (name == "warmup_iters" and v == 0):
                 raise ConfigError(f"train.{name} must be a positive integer, got {v}")
-        for name in ("lr", "warmup_lr"):
-            v = getattr(t, name)
-            if v is not None and not v > 0:
-                raise ConfigError(f"train.{name} must be > 0, got {v}")
+        if t.lr is not None and not t.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+        _check_warmup(t)
         for name in ("momentum", "weight_decay"):
             v = getattr(t, name)
             if v is not None and v < 0:
@@ -227,6 +226,7 @@ class RunConfig:
             raise ConfigError(f"data.augment {dt.augment!r} is not valid; use one of {', '.join(AUGMENTS)}")
         if dt.crop_padding is not None and dt.crop_padding < 0:
             raise ConfigError(f"data.crop_padding must be >= 0, got {dt.crop_padding}")
+        _check_run_id(self.run_id)
         _check_options("model", m, model_options())  # the family itself checks the rest when it builds
         self._validate_methods()
         if self.diagnostics.quantities:
@@ -258,6 +258,32 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.resolved_run_id
+
+
+def _check_run_id(run_id: Optional[str]) -> None:
+    """``run_id`` names one directory inside ``out_dir``: never a path that leads elsewhere."""
+    if run_id is None:
+        return
+    bad = ("is empty or blank" if not run_id.strip() else
+           "is a path" if "/" in run_id or "\\" in run_id or Path(run_id).is_absolute() else
+           "is '.' or '..'" if run_id in (".", "..") else
+           "holds a NUL byte" if "\0" in run_id else "")
+    if bad:
+        raise ConfigError(f"run_id {run_id!r} {bad}; it must be a single directory name inside out_dir (no '/', "
+                          f"'\\', '..' or absolute path, not empty), e.g. run_id=plain56-a (CLI: --run-id plain56-a)")
+
+
+def _check_warmup(t: TrainConfig) -> None:
+    """``train.warmup_lr`` must be > 0 wherever a warm-up can run; 0 (what a recipe without a warm-up
+    resolves to, so a saved config.json has it) is accepted only where none can run."""
+    v = t.warmup_lr
+    if v is None or v > 0:
+        return
+    recipe_warms = t.recipe in RECIPES and RECIPES.get(t.recipe).warmup_iters > 0
+    if v == 0 and (t.warmup_iters == 0 or (t.warmup_iters is None and not recipe_warms)):
+        return
+    raise ConfigError(f"train.warmup_lr must be > 0 when a warm-up runs (train.warmup_iters > 0, or left empty "
+                      f"with a recipe that warms up), got {v}; 0 is accepted only with train.warmup_iters=0")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "methods": MethodConfig,

@@ -26,6 +26,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from depthlab.data.checks import check_dataset, check_xy, load_tensor_file
+from depthlab.data.files import DataFileError
 from depthlab.diagnostics import run_quantities
 from depthlab.diagnostics.gradient_flow import GradientFlowTracker
 from depthlab.diagnostics.runner import resolve_quantities
@@ -37,14 +39,16 @@ from depthlab.training.tensorboard import TensorBoardLog
 MARKER = "tracked.json"  # what a tracked run directory holds instead of a config.json
 
 
-def as_dataset(data):
-    """A depthlab dataset as is; ``(x, y)`` tensors as a dataset whose train and test split are both them."""
+def as_dataset(data, where: str = "data"):
+    """A depthlab dataset as is; ``(x, y)`` tensors (checked: ``depthlab.data.checks.check_xy``) as a
+    dataset whose train and test split are both them."""
     if data is None or hasattr(data, "test_x"):
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
+        check_xy(x, y, where)
         return SimpleNamespace(name="user data", train_x=x, train_y=y, test_x=x, test_y=y,
-                               num_classes=int(y.max()) + 1, in_channels=x.shape[1] if x.dim() > 1 else 1)
+                               num_classes=int(y.max()) + 1, in_channels=x.shape[1])
     raise TypeError("data must be a depthlab dataset (load_dataset) or an (x, y) pair of tensors, "
                     f"got {type(data).__name__}")
 
@@ -176,29 +180,91 @@ def load_factory(spec: str):
 def load_user_model(spec: str, weights=None) -> nn.Module:
     """The model ``spec``'s factory builds (called without arguments), with the state dict in
     ``weights`` (a ``torch.save``d state dict, or a dict holding one under ``model`` or
-    ``state_dict``; tensors only, ``weights_only=True``)."""
+    ``state_dict``; tensors only, ``weights_only=True``). A state dict that does not fit is refused
+    with its missing, unexpected and mis-shaped keys."""
     model = load_factory(spec)()
     if not isinstance(model, nn.Module):
         raise TypeError(f"--model {spec!r} returned a {type(model).__name__}, not an nn.Module")
     if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = load_tensor_file(weights, "weights")
         for key in ("model", "state_dict"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
+        check_state_dict(model, state, str(weights), spec)
         model.load_state_dict(state)
     return model
 
 
+def _few(keys, n: int = 3) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
+
+
+def check_state_dict(model: nn.Module, state, where: str, spec: str = "the model") -> None:
+    """Raise ``DataFileError`` in one line unless ``state`` fits ``model``: a few of the missing and
+    unexpected keys with their counts, and the shape mismatches."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        got = type(state).__name__ if not isinstance(state, dict) else "a dict that is not all name -> tensor"
+        raise DataFileError(f"{where}: expected a state dict (parameter name -> tensor, as "
+                            f"model.state_dict() gives), got {got}")
+    own = model.state_dict()
+    missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
+    shapes = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key{'s' if len(missing) > 1 else ''} ({_few(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key{'s' if len(unexpected) > 1 else ''} ({_few(unexpected)})")
+    if shapes:
+        shown = "; ".join(f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}" for k in shapes[:3])
+        parts.append(f"{len(shapes)} shape mismatch{'es' if len(shapes) > 1 else ''} ({shown}"
+                     + (f"; ... ({len(shapes) - 3} more)" if len(shapes) > 3 else "") + ")")
+    stripped = {k.removeprefix("module.") for k in unexpected}
+    hint = ("; the file's keys start with 'module.' (saved from DataParallel/DDP): save model.module.state_dict()"
+            if unexpected and all(k.startswith("module.") for k in unexpected) and stripped >= missing else "")
+    raise DataFileError(f"{where}: the weights do not fit {spec}: " + ", ".join(parts) + hint)
+
+
 def load_user_data(spec: str):
-    """A registered dataset name, or a ``.pt`` file holding ``(x, y)`` or ``{"x": ..., "y": ...}``."""
+    """A registered dataset name, or a ``.pt`` file holding ``(x, y)`` or ``{"x": ..., "y": ...}``
+    (checked: float x (N, C, ...) finite, integer y (N,) >= 0, the same length)."""
     if spec.endswith(".pt"):
-        obj = torch.load(spec, map_location="cpu", weights_only=True)
+        obj = load_tensor_file(spec, "data")
         if isinstance(obj, dict):
-            obj = (obj.get("x"), obj.get("y"))
-        return as_dataset(tuple(obj) if isinstance(obj, (tuple, list)) else obj)
+            if not {"x", "y"} <= obj.keys():
+                raise DataFileError(f"{spec}: a dict of data must hold 'x' and 'y', got keys "
+                                    f"{_few(map(repr, obj), 6) or 'none'}")
+            obj = (obj["x"], obj["y"])
+        if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
+            got = f"a {type(obj).__name__}" + (f" of {len(obj)}" if isinstance(obj, (tuple, list)) else "")
+            raise DataFileError(f"{spec}: expected (x, y) or {{'x': x, 'y': y}}, got {got}")
+        for name, t in zip("xy", obj):
+            if not isinstance(t, torch.Tensor):
+                raise DataFileError(f"{spec}: {name} must be a tensor, got {type(t).__name__}")
+        return as_dataset(tuple(obj), where=spec)  # checks x and y
     from depthlab.data import load_dataset
 
     return load_dataset(spec)
+
+
+def output_width(model: nn.Module, x: torch.Tensor, spec: str = "the model", where: str = "data") -> Optional[int]:
+    """The number of outputs ``model`` gives for one sample of ``x`` (one forward in eval mode, the
+    model's mode restored); None for an output that is not (1, K). A model that cannot take ``x``
+    is a ``ValueError`` naming both."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x[:1])
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:  # shape errors of the user's forward
+        first = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise ValueError(f"{where}: {spec} cannot take a sample of shape {tuple(x[:1].shape)}: {first}") from None
+    finally:
+        model.train(was_training)
+    return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
 
 
 def diagnose_user_model(spec: str, data: str, out, quantities="all", weights=None, blocks=None,
@@ -208,6 +274,9 @@ def diagnose_user_model(spec: str, data: str, out, quantities="all", weights=Non
     out`` draws it)."""
     model = load_user_model(spec, weights)
     dataset = load_user_data(data)
+    width = output_width(model, dataset.test_x, spec, data)
+    if width is not None:  # a label the model has no output for would fail deep in a diagnostic
+        check_dataset(dataset, width, f"a model with {width} outputs", where=data)
     adapted = adapt(model, blocks=blocks)
     records = [{"step": 0, **r} for r in run_quantities(adapted, dataset, quantities, options)]
     out = Path(out)

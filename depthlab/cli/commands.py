@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from depthlab.cli.help import quantities_text, train_epilog
-from depthlab.cli.output import cli_spelling, command_line, interrupted, log_to_stderr
+from depthlab.cli.output import cli_spelling, command_line, interrupted, log_to_stderr, os_error_line
 
 
 def _cmd_models(args) -> int:
@@ -190,17 +190,35 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
-def _cmd_report(args) -> int:
-    from pathlib import Path
+def _check_writable(directory: Path, target) -> None:
+    """Raise ``WriteError`` naming ``target`` unless a file can be made in ``directory`` (made if
+    missing): a command that writes two things checks both places before it writes either."""
+    import tempfile
 
+    from depthlab.fileio import write_error
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".depthlab-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise write_error(target, e) from e
+
+
+def _cmd_report(args) -> int:
+    from depthlab.fileio import atomic_write_text
     from depthlab.report import write_report
     from depthlab.report.markdown import report_markdown
 
     text = report_markdown(args.path, command_line(args)) if args.markdown else None  # fails before writing
+    if text is not None:  # the HTML goes into the directory, the Markdown beside it or elsewhere
+        if Path(args.path).is_dir():
+            _check_writable(Path(args.path), Path(args.path) / "report.html")
+        _check_writable(Path(args.markdown).parent, args.markdown)
     print(write_report(args.path))
     if text is not None:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text)
+        atomic_write_text(Path(args.markdown), text)
         print(args.markdown)
     return 0
 
@@ -225,14 +243,21 @@ def _cmd_sweep(args) -> int:
     c = doc["counts"]
     bad = c["diverged"] + c["failed"]
     word = "complete" if doc["complete"] else "stopped"
-    print(f"sweep {word}: {summary_line(doc)}" + (f"; {bad} did not finish (listed in results.md; failed runs "
-                                                    f"are retried on the next run)" if bad else ""))
+    print(f"sweep {word}: {summary_line(doc)}" + (f"; {bad} did not finish (listed in results.md)" if bad else ""))
     print(f"results: {doc['paths']['markdown']}  {doc['paths']['html']}")
+    code = 0
+    failed = [r["run_id"] for r in doc["runs"] if r["status"] == "failed"]
+    if failed:  # diverged runs are a result (exit 0); failed ones are work left undone (exit 1)
+        more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+        print(f"depthlab: {len(failed)} run{'s' if len(failed) > 1 else ''} failed: {', '.join(failed[:10])}{more} "
+              f"(errors in results.md); run the same command again to retry them, each from its last checkpoint",
+              file=sys.stderr)
+        code = 1
     if not doc["complete"]:  # a stop signal reached the workers only
         print(f"depthlab: {c['interrupted']} runs were interrupted; run the same command again to resume them",
               file=sys.stderr)
-        return 1
-    return 0
+        code = 1
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,8 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-id", help="run directory name (default <model>-<data>-s<seed>)")
     s.add_argument("--data-dir", help="where dataset files live (default $DEPTHLAB_DATA_DIR or user cache)")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    s.add_argument("--resume", action="store_true", help="continue the run in the run directory")
-    s.add_argument("--overwrite", action="store_true", help="replace the run in the run directory")
+    s.add_argument("--resume", nargs="?", const=True, default=False, choices=["auto"], metavar="auto",
+                   help="continue the run in the run directory; --resume auto: continue it if the directory "
+                        "holds this run, else start it (use it under torchrun --max-restarts: docs/recovery.md)")
+    s.add_argument("--overwrite", action="store_true", help="replace the run in the run directory (only a "
+                                                             "depthlab run directory)")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=_cmd_train)
 
@@ -356,7 +384,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"depthlab: {interrupted(args)}", file=sys.stderr)
         return 130
-    except (ValueError, KeyError, FileNotFoundError) as e:  # our errors name the field and the valid values
+    except ValueError as e:  # our errors name the field and the valid values (an unknown name too: a
+        # registry's UnknownNameError is a ValueError); a bare KeyError is a bug and keeps its traceback
         print(f"depthlab: error: {cli_spelling(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a missing file, no permission, a read-only or full disk: the path and the cause
+        print(f"depthlab: error: {os_error_line(e)}", file=sys.stderr)
         return 2
 

@@ -8,6 +8,8 @@ import re
 import shlex
 import sys
 
+from depthlab.fileio import WriteError, os_advice, os_cause
+
 
 def command_line(args, argv=None) -> str:
     """The command line as typed (for provenance): ``depthlab`` + the arguments main() parsed."""
@@ -19,7 +21,8 @@ def interrupted(args) -> str:
     run_dir = getattr(args, "run_dir", None)
     if args.command == "train" and run_dir is not None and (run_dir / "config.json").exists():
         # the first Ctrl-C returns normally (a checkpoint of that step): this is a second one
-        again = [a for a in args.argv if a != "--overwrite"] + ([] if "--resume" in args.argv else ["--resume"])
+        resumes = any(a == "--resume" or a.startswith("--resume=") for a in args.argv)  # --resume [auto] resumes
+        again = [a for a in args.argv if a != "--overwrite"] + ([] if resumes else ["--resume"])
         return f"stopped; the last checkpoint is kept; continue with `{command_line(args, again)}`"
     if args.command == "train":
         return "interrupted before training started; nothing was written"
@@ -32,6 +35,16 @@ def interrupted(args) -> str:
         return (f"interrupted; the runs finished so far are kept under {where}, but running the same command "
                 f"again trains every run from the start")
     return "interrupted; nothing was lost"
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError (no permission, read-only file system, disk full) as one line naming the path
+    and the cause; our own errors (``WriteError``, messages without an errno) as they are."""
+    if isinstance(err, WriteError) or err.errno is None:
+        return cli_spelling(" ".join(str(err).split()))
+    where = " -> ".join(repr(str(f)) for f in (err.filename, err.filename2) if f is not None)
+    advice = os_advice(err)
+    return cli_spelling(f"{where + ': ' if where else ''}{os_cause(err)}" + (f"; {advice}" if advice else ""))
 
 
 # Library messages name the Python spelling first, the CLI's in parentheses; the CLI shows its own.

@@ -19,6 +19,7 @@ import torch
 
 from depthlab.data import bundled, files
 from depthlab.data.bundled import VAL_SPLIT_STREAM, RawData, stratified_split
+from depthlab.data.checks import check_dataset, check_xy
 from depthlab.data.files import CHECKSUMS, DataFileError
 from depthlab.data.loader import (
     AUGMENTS,
@@ -34,7 +35,7 @@ from depthlab.registry import Registry
 __all__ = ["Dataset", "load_dataset", "list_datasets", "dataset_options", "DATASETS",
            "DeviceLoader", "DataFileError", "default_data_dir", "random_crop", "random_hflip",
            "crop_at", "draw_crop_offsets", "draw_flip_mask", "stratified_split", "CHECKSUMS",
-           "AUGMENTS"]
+           "AUGMENTS", "check_dataset", "check_xy"]
 
 _TENSOR_FIELDS = ("train_x", "train_y", "test_x", "test_y", "val_x", "val_y")
 
