@@ -3,13 +3,17 @@ records go to its ``diagnostics.jsonl``). It sits above training: a run director
 rebuilt by the trainer's own ``load_run``."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from depthlab.config import ConfigError
 from depthlab.diagnostics import run_quantities
 from depthlab.diagnostics.runner import resolve_quantities
-from depthlab.fileio import read_jsonl, write_jsonl
+from depthlab.fileio import read_jsonl, read_jsonl_checked, write_jsonl
 from depthlab.training import load_run
+
+log = logging.getLogger("depthlab")
 
 
 def _steps_per_epoch(cfg, data) -> int:
@@ -37,10 +41,24 @@ def diagnose(model_or_run_dir, quantities="all", data=None, *, checkpoint: str =
     out = [{"step": step, "checkpoint": checkpoint, **r} for r in run_quantities(model, data, quantities, options)]
     if write:
         path = run_dir / "diagnostics.jsonl"
-        kept = [r for r in read_jsonl(path)
+        kept = [r for r in _rows_to_rewrite(path)
                 if not (r.get("checkpoint") == checkpoint and r.get("step") == step and r.get("quantity") in names)]
         write_jsonl(path, kept + out)
     return out
+
+
+def _rows_to_rewrite(path: Path) -> List[dict]:
+    """The rows of ``diagnostics.jsonl`` before ``diagnose`` rewrites it: a torn last line (a write
+    cut short) is dropped with a warning; a damaged line elsewhere stops it (rewriting would lose
+    that line without a word), naming file:line."""
+    rows, damage = read_jsonl_checked(path)
+    bad = next((d for d in damage if not d.torn), None)
+    if bad is not None:
+        raise ConfigError(f"{bad}; diagnose rewrites this file and would lose that line: repair or remove the line, "
+                          f"or restore the file from a backup")
+    for d in damage:
+        log.warning("%s; dropped it", d)
+    return rows
 
 
 def read_diagnostics(run_dir) -> List[dict]:

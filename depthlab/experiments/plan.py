@@ -18,7 +18,8 @@ import torch
 
 from depthlab.config import ConfigError, RunConfig
 from depthlab.fileio import atomic_write_text
-from depthlab.training.loop import build_from_config, run_differences
+from depthlab.training.loop import build_from_config
+from depthlab.training.resume import run_differences
 
 MADE_BY = "made_by.json"
 

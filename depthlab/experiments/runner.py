@@ -20,7 +20,7 @@ from depthlab.config import ConfigError, RunConfig
 from depthlab.data import DataFileError, load_dataset
 from depthlab.experiments.base import EXPERIMENTS, Experiment, Findings, RunSpec
 from depthlab.experiments.plan import check_depths, check_plan, maker_of, record_maker, run_config
-from depthlab.fileio import atomic_write_text, read_jsonl
+from depthlab.fileio import atomic_write_text, epoch_gap, read_jsonl
 from depthlab.models import count_params
 from depthlab.training import load_run
 from depthlab.training.loop import build_from_config, resolve_device
@@ -322,7 +322,7 @@ def _finished(run_dir: Path, wanted: RunConfig) -> Optional[dict]:
         return None
     cfg = json.loads(cfg_path.read_text())
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
-    if not rows:
+    if not rows or epoch_gap(rows):  # a lost row: not finished (resuming names the damage and stops)
         return None
     last = rows[-1]
     if last.get("status") == "diverged":

@@ -11,15 +11,25 @@ order of the floating-point reduction), also for a short last batch. Batch norm 
 each rank's shard unless ``train.sync_bn`` (SyncBatchNorm, CUDA only) makes it global; without
 batch norm (e.g. Fixup) the runs match a single process. Rank 0 alone writes the run directory
 (config, metrics, checkpoints, diagnostics, TensorBoard) and shows progress.
+
+What rank 0 alone decides before training (the run lock, the run directory) goes through
+``Dist.on_main``, so a refusal ends every rank with the same error instead of leaving the others
+waiting in a collective. Elastic restarts (``torchrun --max-restarts=N``): rank 0 records the torchrun
+job's id in ``<run_dir>/.torchelastic_run_id``; a restarted attempt of that same job resumes the run
+(``made_by_this_job``), while a run some other command made is refused as without torchrun.
 """
 from __future__ import annotations
 
 import os
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
+import depthlab.fileio as fileio
 from depthlab.config import ConfigError
+
+JOB_FILE = ".torchelastic_run_id"  # in the run directory: the torchrun job that last started the run
 
 
 class Dist:
@@ -52,7 +62,12 @@ class Dist:
             raise ConfigError(f"train.device {device.type!r} does not support multi-process training; "
                               f"use cuda or cpu")
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            store = _attempt_store()
+            if store is None:
+                dist.init_process_group(backend)
+            else:
+                dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world)
             self._started = True
         return device
 
@@ -101,9 +116,81 @@ class Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def on_main(self, fn: Callable[[], object]) -> object:
+        """``fn()`` on rank 0 only; every rank returns its (picklable) result. If it raises, every rank
+        raises the same message (``ConfigError`` for a ``ValueError``, else ``RuntimeError``) rather
+        than waiting in the next collective for a rank 0 that has gone."""
+        if not self.active:
+            return fn()
+        outcome = None
+        if self.is_main:
+            try:
+                outcome = ("ok", fn())
+            except BaseException as e:  # KeyboardInterrupt too: the others must not wait for us
+                try:
+                    self.broadcast_object(("error", isinstance(e, ValueError), str(e) or type(e).__name__))
+                except Exception:  # a peer already gone: our own error is the one to report
+                    pass
+                raise
+        kind, *rest = self.broadcast_object(outcome)
+        if kind == "ok":
+            return rest[0]
+        config_error, message = rest
+        raise (ConfigError if config_error else RuntimeError)(message)
+
     def close(self) -> None:
         if self._started:
             import torch.distributed as dist
 
             dist.destroy_process_group()
             self._started = False
+
+
+def _attempt_store():
+    """The store for a torchrun attempt, or ``None`` for torch's own. torchrun's agent keeps one store
+    for all attempts of a job (``TORCHELASTIC_USE_AGENT_STORE``), so a restarted group reads the dead
+    group's gloo addresses and hangs in ``connectFullMesh`` for the 30-minute timeout (seen with torch
+    2.13; cf. pytorch/pytorch#135712). Each attempt gets its own key space here, only when every rank
+    is on this node: ``TORCHELASTIC_RESTART_COUNT`` is counted per node, so nodes may disagree (there,
+    run torchrun with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``: a new store per attempt)."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or env.get("LOCAL_WORLD_SIZE") != env.get("WORLD_SIZE"):
+        return None
+    import torch.distributed as dist
+    from torch.distributed.constants import default_pg_timeout
+
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), int(env["WORLD_SIZE"]), is_master=False,
+                          timeout=default_pg_timeout)
+    return dist.PrefixStore(f"depthlab/attempt_{elastic_restart()}", store)
+
+
+def elastic_job() -> Optional[str]:
+    """The torchrun job's id (``TORCHELASTIC_RUN_ID``) when torchrun may restart this process's
+    group (``--max-restarts`` > 0); ``None`` otherwise."""
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0:
+        return os.environ.get("TORCHELASTIC_RUN_ID") or None
+    return None
+
+
+def elastic_restart() -> int:
+    """How many times torchrun has restarted this job's group (0: the first attempt, or no torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def mark_run(run_dir: Path) -> None:
+    """Record the torchrun job that (re)starts the run in ``run_dir`` (rank 0, nothing without restarts)."""
+    job = elastic_job()
+    if job is not None:
+        fileio.atomic_write_text(Path(run_dir) / JOB_FILE, job)
+
+
+def made_by_this_job(run_dir: Path) -> bool:
+    """Whether this is a restarted attempt of the torchrun job that started the run in ``run_dir``:
+    such a run is this job's own work to resume, not someone's earlier run to refuse or replace."""
+    job = elastic_job()
+    if job is None or elastic_restart() == 0:
+        return False
+    try:
+        return (Path(run_dir) / JOB_FILE).read_text().strip() == job
+    except OSError:
+        return False

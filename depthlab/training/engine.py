@@ -4,6 +4,7 @@ stop on SIGINT/SIGTERM (a checkpoint of the exact position), divergence diagnosi
 writing in data-parallel runs. ``loop.train`` sets up a ``Training`` and calls ``run``."""
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ import depthlab.fileio as fileio
 import depthlab.training.checkpoint as ckpt
 from depthlab.training.divergence import find_divergence
 from depthlab.training.methods import fill_momentum_buffers
+
+log = logging.getLogger("depthlab")
 
 
 class NoDiagnostics:
@@ -144,9 +147,7 @@ class Training:
             self.write_row(row)
             if dist.is_main and t.keep_best and row.get("val_acc", -1.0) > self.best_val:
                 self.best_val = row["val_acc"]
-                state = self.state(epoch + 1)
-                fileio.atomic_write_bytes(self.cfg.run_dir / "checkpoints" / "best.pt",
-                                          lambda f, state=state: torch.save(state, f))
+                ckpt.write_checkpoint(self.cfg.run_dir / "checkpoints" / "best.pt", self.state(epoch + 1))
             self.save(epoch + 1)
             self.diags.end_epoch(epoch + 1)
             self.diags.run(epoch + 1)  # after the checkpoint: a diagnostic's cost never risks the epoch's work
@@ -180,9 +181,12 @@ class Training:
     def _diverged(self, epoch: int, done: int, spe: int, row: dict) -> dict:
         cfg = self.cfg
 
-        def restore():
-            last = ckpt.latest_checkpoint(cfg.run_dir / "checkpoints")
-            return self.restore(ckpt.load_checkpoint(last, map_location=self.dataset.train_x.device))
+        def restore():  # the newest good checkpoint (every rank picks the same one from the same files)
+            pick = ckpt.newest_good_checkpoint(cfg.run_dir / "checkpoints", map_location=self.dataset.train_x.device)
+            if pick.passed and self.dist.is_main:
+                log.warning(ckpt.fallback_message(pick, "replaying from",
+                                                  f"the replay starts {ckpt.steps_between(pick, spe)} earlier"))
+            return self.restore(pick.state)
 
         diagnosis = find_divergence(self.model, self.make_step, restore, self.loader, spe,
                                     end_step=epoch * spe + done, shard=self.dist.shard)

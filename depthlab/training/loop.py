@@ -3,14 +3,10 @@ per epoch, atomic checkpoints every epoch, exact resume."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
+import logging
 import random
-import shutil
 from contextlib import nullcontext
-from pathlib import Path
 from types import SimpleNamespace
-from typing import Optional
 
 import numpy as np
 import torch
@@ -19,25 +15,19 @@ import torch.nn.functional as F
 import depthlab.fileio as fileio
 import depthlab.training.checkpoint as ckpt
 from depthlab.config import ConfigError, RunConfig
-from depthlab.data import DeviceLoader, load_dataset
+from depthlab.data import DeviceLoader, check_dataset, load_dataset
 from depthlab.models import build_model, count_params
 from depthlab.models.spec import model_options
 from depthlab.recipes import RECIPES, resolve_train
 from depthlab.training.diag_schedule import TrainingDiagnostics, validate_run
-from depthlab.training.distributed import Dist
+from depthlab.training.distributed import Dist, mark_run
 from depthlab.training.engine import NoDiagnostics, Training
 from depthlab.training.fastpath import FastStep, autocast_factory, prepare_model, resolve_fast_path
 from depthlab.training.methods import TrainingMethods, make_optimizer
 from depthlab.training.progress import Progress
+from depthlab.training.resume import check_epochs_change, last_epoch_row, prepare_run_dir, resume_point, truncate_logs
 from depthlab.training.safety import RunLock, StopSignals
 from depthlab.training.tensorboard import TensorBoardLog
-
-# Fields that may change when a run is resumed (everything else must match the saved config).
-# The fast-path fields change how a step runs, not the run (bf16 only within rounding).
-FAST_PATH_FIELDS = {"train.bf16", "train.channels_last", "train.optimizer_impl", "train.compile",
-                    "train.checkpoint_segments", "train.deterministic", "train.check_every"}
-_RESUMABLE_CHANGES = {"train.epochs", "train.threads", "train.device", "data.data_dir", "data.download",
-                      "out_dir"} | FAST_PATH_FIELDS
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,56 +93,6 @@ def resolve_config(cfg: RunConfig, model, dataset) -> RunConfig:
     return dataclasses.replace(cfg, model=model_cfg, data=data_cfg, train=resolve_train(cfg.train, depth))
 
 
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
-
-
-def run_differences(saved: dict, wanted: RunConfig, epochs: bool = False) -> str:
-    """How a run directory's saved config (``config.json``) differs from the run ``wanted``
-    describes, as ``"field: saved X, now Y; ..."``; empty when it is that run. Fields ``wanted``
-    leaves ``None`` and the resumable ones (device, threads, fast path; epochs unless ``epochs``)
-    do not count; recipe defaults are resolved first. For callers that reuse runs (experiments,
-    sweeps: they pass ``epochs=True``, since a run of another length is another run)."""
-    want = wanted.to_dict()
-    want["train"] = dataclasses.asdict(resolve_train(wanted.train, saved["model"].get("depth") or 0))
-    old, new = _flat(saved), _flat(want)
-    ignored = _RESUMABLE_CHANGES - ({"train.epochs"} if epochs else set())
-    diff = sorted(k for k, v in new.items() if v is not None and k not in ignored and old.get(k) != v)
-    return "; ".join(f"{k}: saved {old.get(k)!r}, now {new[k]!r}" for k in diff)
-
-
-def _prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Optional[dict]:
-    """Refuse to mix runs. Returns the saved config dict when resuming."""
-    run_dir = cfg.run_dir
-    saved_path = run_dir / "config.json"
-    if resume and overwrite:
-        raise ConfigError("choose one of resume=True (CLI: --resume) and overwrite=True (CLI: --overwrite), not both")
-    if saved_path.exists():
-        if overwrite:
-            shutil.rmtree(run_dir)
-            return None
-        if not resume:
-            raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; pass resume=True (CLI: "
-                              f"--resume) to continue it, overwrite=True (CLI: --overwrite) to replace it, or "
-                              f"choose another run_id")
-        saved = json.loads(saved_path.read_text())
-        new, old = _flat(cfg.to_dict()), _flat(saved)
-        diff = sorted(k for k in new if k not in _RESUMABLE_CHANGES and new[k] != old.get(k))
-        if diff:
-            details = "; ".join(f"{k}: saved {old.get(k)!r}, now {new[k]!r}" for k in diff)
-            raise ConfigError(f"cannot resume {str(run_dir)!r}: it holds a different run ({details})")
-        return saved
-    if resume:
-        raise ConfigError(f"nothing to resume: {str(run_dir)!r} holds no run (no config.json)")
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"run directory {str(run_dir)!r} exists and is not empty; pass overwrite=True (CLI: "
-                          f"--overwrite) or choose another run_id")
-    return None
-
-
 @torch.inference_mode()
 def evaluate(model, x, y, batch_size: int = 512, autocast=None):
     """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``(x, y)``."""
@@ -171,25 +111,26 @@ def evaluate(model, x, y, batch_size: int = 512, autocast=None):
     return loss.item() / n, correct.item() / n
 
 
-def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+def train(cfg: RunConfig, *, resume=False, overwrite: bool = False, quiet: bool = False,
           dataset=None) -> dict:
     """Train the run ``cfg`` describes; returns a summary dict (also the last line of metrics) with
     ``status`` finished, diverged or interrupted (SIGINT/SIGTERM: a checkpoint of the exact
-    position was saved; ``resume=True`` continues from it)."""
+    position was saved; ``resume=True`` continues from it). ``resume="auto"``: continue the run if
+    the run directory holds this run, else start it (the command for torchrun's restarts)."""
+    if not (resume is True or resume is False or resume == "auto"):
+        raise ConfigError(f"resume must be True, False or 'auto', got {resume!r}")
     validate_run(cfg)
     check_model(cfg)
     dist = Dist()
     device = dist.start(resolve_device(cfg.train.device))
-    lock = RunLock(cfg.run_dir) if dist.is_main else None
+    lock = RunLock(cfg.run_dir)  # rank 0 takes it: the one writer
     try:
         dist.check(cfg.train.sync_bn, device)
-        if lock is not None:
-            lock.acquire()
+        dist.on_main(lock.acquire)  # a refusal ends every rank, not rank 0 alone
         with StopSignals() as stop:
             return _train(cfg, resume, overwrite, quiet or not dist.is_main, dataset, dist, device, stop)
     finally:
-        if lock is not None:
-            lock.release()  # a no-op unless acquired
+        lock.release()  # a no-op unless acquired
         dist.close()
 
 
@@ -210,6 +151,7 @@ def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
     if dataset is None:
         dataset = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, seed=cfg.data.seed,
                                val_fraction=cfg.data.val_fraction, download=cfg.data.download)
+    check_dataset(dataset, cfg.model.num_classes or dataset.num_classes)  # NaN data is not a divergence
     dataset = dataset.to(device)
 
     seed_everything(cfg.train.seed)
@@ -218,16 +160,20 @@ def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
     cfg = dataclasses.replace(cfg, train=resolve_fast_path(cfg.train, device))
     t = cfg.train
     run_dir = cfg.run_dir
-    saved = None
-    if dist.is_main:
-        saved = _prepare_run_dir(cfg, resume, overwrite)
+
+    def start_run_dir() -> bool:  # rank 0; whether we resume (an error reaches every rank)
+        saved = prepare_run_dir(cfg, resume, overwrite)
         if saved is not None:
             check_epochs_change(saved, cfg, len(dataset.train_x))
+        # config.json first: a crash between the two leaves a run to resume, not an unexplained folder
+        fileio.atomic_write_text(run_dir / "config.json", cfg.to_json())  # before step 0
+        mark_run(run_dir)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         for stale in (run_dir / "checkpoints").glob(".*.tmp"):  # a write cut short by a crash
             stale.unlink()
-        fileio.atomic_write_text(run_dir / "config.json", cfg.to_json())  # before step 0
-    saved = dist.broadcast_object(saved is not None)
+        return saved is not None
+
+    saved = dist.on_main(start_run_dir)
 
     forward = prepare_model(model, t, device)
     autocast = autocast_factory(device, t.bf16)
@@ -262,22 +208,35 @@ def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
                    methods=methods, diags=diags, progress=progress, tb=tb, autocast=autocast, dist=dist, stop=stop,
                    summary=summary, evaluate=evaluate)
     start_epoch = start_step = 0
-    last = ckpt.latest_checkpoint(run_dir / "checkpoints") if saved else None
-    if last is not None:
-        start_epoch, start_step = run.restore(ckpt.load_checkpoint(last, map_location=device))
+    picked = {}
+
+    def pick_checkpoint():  # rank 0: logs checked, damaged checkpoints set aside; every rank loads the pick
+        picked["pick"] = resume_point(run_dir, device, set_aside=True)
+        return picked["pick"].path.name if picked["pick"].path is not None else None
+
+    name = dist.on_main(pick_checkpoint) if saved else None
+    if name is not None:
+        state = picked["pick"].state if picked else ckpt.load_checkpoint(run_dir / "checkpoints" / name,
+                                                                        map_location=device)
+        start_epoch, start_step = run.restore(state)
         # the next step's lr from this run's schedule (the saved lr came from the saved run's schedule, which
         # differs when a resume changed the epochs; LambdaLR's own formula, so unchanged runs are untouched)
         for group, base in zip(opt.param_groups, sched.base_lrs):
             group["lr"] = base * factor(sched.last_epoch)
     if saved and dist.is_main:
-        _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
+        dropped = truncate_logs(run_dir / "metrics.jsonl", start_epoch)
         # diagnostics at epoch 0 are re-run when no step was taken, so their old rows go too
         fresh = start_epoch == 0 and start_step == 0
-        _truncate_metrics(run_dir / "diagnostics.jsonl", -1 if fresh else start_epoch)
+        truncate_logs(run_dir / "diagnostics.jsonl", -1 if fresh else start_epoch)
+        if picked["pick"].passed:  # one line: which files, set aside where, resumed from which, what is lost
+            lost = f"{ckpt.steps_between(picked['pick'], spe)} of training are redone"
+            if dropped:
+                lost += f" and {dropped} metrics row(s) past it are dropped"
+            logging.getLogger("depthlab").warning(ckpt.fallback_message(picked["pick"], "resuming from", lost))
     dist.barrier()
     summary["epoch"] = start_epoch
     if start_epoch >= t.epochs:
-        summary.update(_last_metrics(run_dir / "metrics.jsonl"), status="finished")
+        summary.update(last_epoch_row(run_dir / "metrics.jsonl"), status="finished")
         return summary
     done = start_epoch * spe + start_step
     progress.done = done
@@ -296,40 +255,3 @@ def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
         tb.close()
 
 
-def check_epochs_change(saved: dict, cfg: RunConfig, n_train: int) -> None:
-    """A resume with another ``train.epochs`` continues only a run whose trained steps had exactly the
-    learning rates of a run of the new length (e.g. a step schedule before its first drop); otherwise
-    (a one-cycle schedule, or a run already past the new end) it is refused: the result would be
-    neither the old run nor a run of the new length."""
-    t, old = cfg.train, saved["train"]["epochs"]
-    if old == t.epochs:
-        return
-    last = ckpt.latest_checkpoint(cfg.run_dir / "checkpoints")
-    epoch, step = ckpt.checkpoint_position(last) if last is not None else (0, 0)
-    spe = -(-n_train // t.batch_size)
-    done = epoch * spe + step
-    where = f"cannot resume {str(cfg.run_dir)!r} with train.epochs={t.epochs} (it was made with {old})"
-    if done > t.epochs * spe:
-        raise ConfigError(f"{where}: it has already trained {epoch} epoch(s); train a new run (another run_id, "
-                          f"or overwrite=True / CLI --overwrite)")
-    recipe = RECIPES.get(t.recipe)
-    was = recipe.lr_factor(old * spe, t.warmup_iters, t.warmup_lr, t.lr)
-    now = recipe.lr_factor(t.epochs * spe, t.warmup_iters, t.warmup_lr, t.lr)
-    bad = next((i for i in range(done) if not math.isclose(was(i), now(i), rel_tol=1e-12)), None)
-    if bad is not None:
-        raise ConfigError(f"{where}: its {t.recipe} schedule depends on the run's length, so the {done} steps "
-                          f"already trained had other learning rates than a {t.epochs}-epoch run (at step {bad}: "
-                          f"x{was(bad):.4g} trained, x{now(bad):.4g} for {t.epochs} epochs); train a new run "
-                          f"(another run_id, or overwrite=True / CLI --overwrite)")
-
-
-def _truncate_metrics(path: Path, epoch: int) -> None:
-    """Drop epoch lines (metrics, or diagnostics written during training) past the checkpoint we
-    resume from, so the logs match the weights."""
-    rows = [r for r in fileio.read_jsonl(path) if not (r.get("kind", "epoch") == "epoch" and r.get("epoch", 0) > epoch)]
-    fileio.write_jsonl(path, rows)
-
-
-def _last_metrics(path: Path) -> dict:
-    rows = [r for r in fileio.read_jsonl(path) if r.get("kind") == "epoch"]
-    return rows[-1] if rows else {}

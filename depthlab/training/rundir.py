@@ -23,7 +23,8 @@ EVAL_CHECKPOINTS = ("last", "best")      # eval needs trained weights: no init
 
 def checkpoint_path(run_dir: Path, checkpoint: str, valid=CHECKPOINTS) -> Optional[Path]:
     """``last`` | ``best`` | a file name in ``checkpoints/`` | a path; ``init`` -> None (no weights).
-    ``valid``: the names this caller accepts (errors list them)."""
+    ``valid``: the names this caller accepts (errors list them). ``last`` is the furthest by name,
+    unchecked: ``load_run`` loads the newest good one."""
     choices = f"use {', '.join(valid)} or a checkpoint file"
     if checkpoint == "init" and "init" not in valid:
         raise ConfigError(f"checkpoint 'init' has no trained weights to use here; {choices}")
@@ -38,6 +39,24 @@ def checkpoint_path(run_dir: Path, checkpoint: str, valid=CHECKPOINTS) -> Option
     if path is None or not path.exists():
         raise ConfigError(f"no {checkpoint!r} checkpoint in {str(run_dir / 'checkpoints')!r} ({choices})")
     return path
+
+
+def load_weights(run_dir: Path, checkpoint: str, path: Path, map_location, steps_per_epoch: int) -> Tuple:
+    """``(state, path)`` of the checkpoint ``checkpoint_path`` resolved. ``last`` is the newest good
+    checkpoint: damaged newer ones are passed over with a warning (and left where they are: a
+    reader never renames a run's files). A named file or ``best`` that is damaged is an error."""
+    if checkpoint == "last":
+        pick = ckpt.newest_good_checkpoint(run_dir / "checkpoints", map_location=map_location)
+        if pick.passed:
+            behind = ckpt.steps_between(pick, steps_per_epoch)
+            log.warning(ckpt.fallback_message(pick, "using", f"its weights are {behind} of training behind the "
+                                                             f"newest checkpoint"))
+        return pick.state, pick.path
+    try:
+        return ckpt.load_checkpoint(path, map_location=map_location), path
+    except ckpt.CheckpointDamaged as e:
+        raise ckpt.CheckpointDamaged(e.path, f"{e.reason}; name another checkpoint, or use checkpoint='last' "
+                                             f"(CLI: --checkpoint last) for the newest good one") from None
 
 
 def _saved_config(run_dir: Path) -> RunConfig:
@@ -58,7 +77,7 @@ def load_run(run_dir, checkpoint: str = "last", device: str = "auto", valid=CHEC
     model = build_from_config(cfg, data).to(dev)
     epoch = 0
     if path is not None:
-        state = ckpt.load_checkpoint(path, map_location=dev)
+        state, path = load_weights(run_dir, checkpoint, path, dev, -(-len(data.train_x) // (cfg.train.batch_size or 1)))
         model.load_state_dict(state["model"])
         epoch = int(state["epoch"])
     return model.eval(), data, cfg, epoch, path
