@@ -247,8 +247,11 @@ def test_a_worker_that_dies_fails_only_its_own_run():
     got = {}
     run_local(tasks, workers=2, threads=1, on_result=lambda i, rec: got.update({tasks[i]["run_id"]: rec}),
               fn=crashing_task)
-    assert got["boom"]["status"] == "failed" and got["boom"]["error"] == DIED
-    assert all(got[r]["status"] == "finished" for r in "abc")
+    # retried once (a resume), then failed; the error says it died and how often it was retried
+    assert got["boom"]["status"] == "failed" and got["boom"]["error"].startswith(DIED)
+    assert got["boom"]["retries"] == 1 and "after 1 retry by resuming; exit code 3" in got["boom"]["error"]
+    assert all(got[r]["status"] == "finished" and got[r]["retries"] == 0 for r in "abc")
+    assert len(got) == 4
 
 
 # ----------------------------------------------------------------------------- ray

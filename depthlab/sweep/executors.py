@@ -1,22 +1,30 @@
-"""Where a sweep's runs execute: ``local`` (a pool of spawned worker processes on this machine) or
-``ray`` (tasks on a local Ray instance or an existing cluster). Both take the same task dicts, call
-the same per-run function (``depthlab.sweep.task.run_task``) and report each record through
+"""Where a sweep's runs execute: ``local`` (spawned worker processes on this machine) or ``ray``
+(tasks on a local Ray instance or an existing cluster). Both take the same task dicts, call the same
+per-run function (``depthlab.sweep.task.run_task``) and report each record through
 ``on_result(index, record)`` as it finishes, in completion order. At most ``workers`` runs are in
-flight at a time; each uses ``threads`` torch CPU threads."""
+flight at a time; each uses ``threads`` torch CPU threads.
+
+A worker that dies under a run (SIGKILL, the OOM killer, a lost Ray node) affects that run only: it
+is retried at once, up to ``RETRIES`` times, and the retry resumes from the run's last checkpoint
+(``run_task`` resumes whatever directory already holds the run). A run whose worker dies on every
+try is recorded ``failed`` with ``DIED``. Every record carries ``retries``, the retries it took."""
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from multiprocessing.connection import wait
 from typing import Callable, List, Optional
 
 from depthlab.config import ConfigError
-from depthlab.sweep.task import error_line, failed_record, init_worker, run_task
+from depthlab.sweep.task import THREAD_VARS, error_line, failed_record, init_worker, run_task
 
 OnResult = Callable[[int, dict], None]
 STOP_TIMEOUT = 60.0
+RETRIES = 1  # retries of a run whose worker died (each one resumes it)
 DIED = "worker process died while training this run (killed, or out of memory?)"
 
 
@@ -32,77 +40,191 @@ def execute(tasks: List[dict], executor: str, workers: int, threads: int, on_res
         raise ConfigError(f"executor {executor!r} is not valid; use local or ray")
 
 
+def died_error(retries: int, detail: str = "") -> str:
+    """The error of a run whose worker died on its last try, after ``retries`` retries."""
+    tries = f"after {retries} retr{'y' if retries == 1 else 'ies'} by resuming" if retries else "not retried"
+    return f"{DIED} ({tries}{'; ' + detail if detail else ''})"
+
+
+class _Retries:
+    """Worker deaths per task: retry (True) or give up (False); stamps ``retries`` on records."""
+
+    def __init__(self, tasks: List[dict], on_result: OnResult, limit: int):
+        self.tasks, self.on_result, self.limit = tasks, on_result, limit
+        self.count = [0] * len(tasks)
+
+    def report(self, i: int, rec: dict) -> None:
+        rec = dict(rec, retries=self.count[i])
+        if self.count[i]:  # the action this invocation planned; the retries resumed it
+            rec["action"] = "resumed" if self.tasks[i].get("resume") else "trained"
+        self.on_result(i, rec)
+
+    def died(self, i: int, detail: str = "") -> bool:
+        if self.count[i] < self.limit:
+            self.count[i] += 1
+            return True
+        self.report(i, failed_record(self.tasks[i], died_error(self.count[i], detail)))
+        return False
+
+
 # ----------------------------------------------------------------------------- local
 
-def run_local(tasks: List[dict], workers: int, threads: int, on_result: OnResult,
-              fn: Callable[[dict], dict] = run_task) -> None:
-    """A ``spawn`` process pool (fresh interpreters: no inherited torch thread pools or CUDA state).
+def _serve(conn, threads: int, fn: Callable[[dict], dict]) -> None:
+    """A worker process: run ``(index, task)`` messages one at a time until ``None`` or EOF."""
+    init_worker(threads)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the sweep process is gone
+            return
+        if msg is None:
+            return
+        i, task = msg
+        try:
+            out = ("done", i, fn(task))
+        except BaseException as e:  # noqa: BLE001 - run_task never raises; another fn, or a second Ctrl-C
+            out = ("error", i, error_line(e))
+        conn.send(out)
 
-    A worker that dies (SIGKILL, out of memory) breaks the whole pool, failing every run in flight;
-    those runs are retried one at a time in a fresh pool, so only the run that really kills its
-    worker is recorded failed. Ctrl-C terminates the workers (checkpoints are written atomically,
-    so an interrupted run resumes from its last finished epoch) and re-raises."""
-    ctx = multiprocessing.get_context("spawn")
-    queue, suspects = deque(range(len(tasks))), deque()
-    in_flight, alone = {}, {}
-    pool = None
+
+@contextmanager
+def _thread_env(threads: int):
+    """The thread limits in the environment a spawned worker starts with: torch reads them on import,
+    which happens while the worker unpickles its function, before any code of ours runs there."""
+    old = {v: os.environ.get(v) for v in THREAD_VARS}
+    os.environ.update({v: str(threads) for v in THREAD_VARS})
     try:
-        while queue or suspects or in_flight:
-            if pool is None:
-                pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
-                                           initializer=init_worker, initargs=(threads,))
-            limit = 1 if suspects else workers
-            while len(in_flight) < limit and (suspects or queue):
-                i = suspects.popleft() if suspects else queue.popleft()
-                fut = pool.submit(fn, tasks[i])
-                in_flight[fut], alone[fut] = i, limit == 1 and not in_flight
-            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-            broken = False
-            for fut in done:
-                i = in_flight.pop(fut)
-                exc = fut.exception()
-                if isinstance(exc, BrokenProcessPool):
-                    broken = True
-                    if alone.pop(fut):
-                        on_result(i, failed_record(tasks[i], DIED))
-                    else:
-                        suspects.append(i)
-                elif exc is not None:
-                    on_result(i, failed_record(tasks[i], error_line(exc)))
+        yield
+    finally:
+        for v, value in old.items():
+            if value is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = value
+
+
+class _Worker:
+    """One spawned process, its pipe, and the index of the task it runs (None: idle)."""
+
+    def __init__(self, ctx, threads: int, fn: Callable[[dict], dict]):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, threads, fn), name="depthlab-sweep-worker")
+        with _thread_env(threads):
+            self.proc.start()
+        child.close()
+        self.index: Optional[int] = None
+
+    def start(self, i: int, task: dict) -> bool:
+        """Send it task ``i``; False when the process is gone (the pipe is closed)."""
+        try:
+            self.conn.send((i, task))
+        except OSError:
+            return False
+        self.index = i
+        return True
+
+    def collect(self, ready) -> Optional[tuple]:
+        """``("done"|"error", index, payload)``, ``("died", index, exit code)``, or None: still running."""
+        if self.conn in ready or self.proc.sentinel in ready:
+            i = self.index
+            if self.conn.poll():  # a result sent just before the process ended still counts
+                try:
+                    msg = self.conn.recv()
+                    self.index = None
+                    return msg
+                except (EOFError, OSError):
+                    pass
+            self.proc.join()
+            self.index = None
+            return ("died", i, self.proc.exitcode)
+        return None
+
+    def close(self, kill: bool) -> None:
+        if kill and self.proc.is_alive():
+            self.proc.kill()
+        elif self.proc.is_alive():
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+        self.proc.join(timeout=10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+def _watched(pool: List[_Worker]) -> list:
+    return [x for w in pool if w.index is not None for x in (w.conn, w.proc.sentinel)]
+
+
+def run_local(tasks: List[dict], workers: int, threads: int, on_result: OnResult,
+              fn: Callable[[dict], dict] = run_task, retries: int = RETRIES) -> None:
+    """Up to ``workers`` ``spawn`` processes (fresh interpreters: no inherited torch thread pools or
+    CUDA state), each with its own pipe, running one task at a time. The sweep waits on the pipes and
+    the process sentinels together, so a process that ends without answering is known to have died
+    under exactly the task it was sent; the other workers go on untouched.
+
+    Ctrl-C: the terminal's SIGINT reaches the workers too (idle ones ignore it); see ``_stop``. Then
+    KeyboardInterrupt is re-raised."""
+    ctx = multiprocessing.get_context("spawn")
+    queue, pool = deque(range(len(tasks))), []
+    tries = _Retries(tasks, on_result, retries)
+    try:
+        while queue or any(w.index is not None for w in pool):
+            for w in [w for w in pool if w.index is None]:
+                if queue and not w.start(queue[0], tasks[queue[0]]):
+                    pool.remove(w)  # it died while idle, under no run: the next worker takes the task
+                    w.close(kill=True)
+                elif queue:
+                    queue.popleft()
+            while queue and len(pool) < workers:
+                pool.append(_Worker(ctx, threads, fn))
+                i = queue.popleft()
+                if not pool[-1].start(i, tasks[i]):  # died on start-up: as if under the run
+                    pool.pop().close(kill=True)
+                    if tries.died(i, "at start-up"):
+                        queue.appendleft(i)
+            if not _watched(pool):  # the last tasks failed at start-up: nothing runs, nothing is left
+                continue
+            ready = wait(_watched(pool))
+            for w in list(pool):
+                msg = w.collect(ready)
+                if msg is None:
+                    continue
+                kind, i, payload = msg
+                if kind == "done":
+                    tries.report(i, payload)
+                elif kind == "error":
+                    tries.report(i, failed_record(tasks[i], payload))
                 else:
-                    on_result(i, fut.result())
-            if broken:  # the other runs in flight fail with it: retry those one at a time
-                for fut in wait(list(in_flight)).done:
-                    i, _ = in_flight.pop(fut), alone.pop(fut, None)
-                    if fut.exception() is None:
-                        on_result(i, fut.result())
-                    else:
-                        suspects.append(i)
-                pool.shutdown(wait=True)
-                pool = None
+                    pool.remove(w)
+                    w.close(kill=True)
+                    if tries.died(i, f"exit code {payload}"):
+                        queue.appendleft(i)  # next, on the first free worker: it resumes
     except KeyboardInterrupt:
-        if pool is not None:
-            _stop(pool, in_flight, on_result)
+        _stop(pool, tries)
         raise
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        for w in pool:
+            w.close(kill=w.index is not None)
 
 
-def _stop(pool: ProcessPoolExecutor, in_flight: dict, on_result: OnResult, timeout: float = STOP_TIMEOUT) -> None:
-    """After Ctrl-C: the terminal's SIGINT reached the workers too, and a run in ``train`` stops at
-    its next step with a checkpoint of that position; wait (up to ``timeout`` s) for those records,
-    then kill what is left. A second Ctrl-C kills at once (checkpoints are atomic either way)."""
+def _stop(pool: List[_Worker], tries: _Retries, timeout: float = STOP_TIMEOUT) -> None:
+    """After Ctrl-C: a run in ``train`` stops at its next step with a checkpoint of that position and
+    reports ``interrupted``; wait (up to ``timeout`` s) for those records. What is still running then
+    is killed by the caller. A second Ctrl-C stops waiting at once (checkpoints are atomic either
+    way). A worker that dies now is not retried: its run stays interrupted, resumed next time."""
+    deadline = time.monotonic() + timeout
     try:
-        done, _ = wait(list(in_flight), timeout=timeout)
-        for fut in done:
-            if not fut.cancelled() and fut.exception() is None:
-                on_result(in_flight[fut], fut.result())
+        while _watched(pool) and time.monotonic() < deadline:
+            ready = wait(_watched(pool), timeout=max(0.0, deadline - time.monotonic()))
+            for w in pool:
+                msg = w.collect(ready)
+                if msg is not None and msg[0] == "done":
+                    tries.report(msg[1], msg[2])
     except KeyboardInterrupt:
         pass
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        if proc.is_alive():
-            proc.kill()
 
 
 # ----------------------------------------------------------------------------- ray
@@ -131,11 +253,12 @@ def _reachable(address: str, timeout: float = 10.0) -> None:
 
 
 def run_ray(tasks: List[dict], workers: int, threads: int, on_result: OnResult, address: Optional[str] = None,
-            fn: Callable[[dict], dict] = run_task, quiet: bool = True) -> None:
+            fn: Callable[[dict], dict] = run_task, quiet: bool = True, retries: int = RETRIES) -> None:
     """``ray.init(address)`` (None: start a local instance with ``workers * threads`` CPUs, no
     dashboard), one task per run with ``num_cpus=threads``, at most ``workers`` in flight, records
-    gathered with ``ray.wait`` as they finish. An already initialised Ray connection is reused and
-    left open; one this function opened is shut down (for a cluster: disconnected, not stopped)."""
+    gathered with ``ray.wait`` as they finish; a task whose worker or node was lost is retried like a
+    local one. An already initialised Ray connection is reused and left open; one this function
+    opened is shut down (for a cluster: disconnected, not stopped)."""
     ray = import_ray()
     own = not ray.is_initialized()
     if own:
@@ -153,8 +276,10 @@ def run_ray(tasks: List[dict], workers: int, threads: int, on_result: OnResult, 
             hint = ("" if address is None else "; a cluster with token authentication also needs RAY_AUTH_MODE=token "
                     "and its token here (~/.ray/auth_token or RAY_AUTH_TOKEN), see docs/sweeps.md")
             raise ConfigError(f"could not {where}: {error_line(e)}{hint}") from None
+    # retries are ours (max_retries=0): the same as the local executor's, counted in the records
     remote = ray.remote(num_cpus=threads, max_retries=0)(fn)
     queue, in_flight = deque(range(len(tasks))), {}
+    tries = _Retries(tasks, on_result, retries)
     try:
         while queue or in_flight:
             while queue and len(in_flight) < workers:
@@ -165,9 +290,13 @@ def run_ray(tasks: List[dict], workers: int, threads: int, on_result: OnResult, 
                 i = in_flight.pop(ref)
                 try:
                     rec = ray.get(ref)
-                except Exception as e:  # noqa: BLE001 - a lost worker or node: record it, go on
+                except (ray.exceptions.RayTaskError, ray.exceptions.TaskCancelledError) as e:  # the function raised
                     rec = failed_record(tasks[i], f"ray task failed: {error_line(e)}")
-                on_result(i, rec)
+                except ray.exceptions.RayError as e:  # its worker or node was lost (killed, OOM): retry it
+                    if tries.died(i, f"ray: {error_line(e)}"):
+                        queue.appendleft(i)
+                    continue
+                tries.report(i, rec)
     except KeyboardInterrupt:  # Ray workers are not in the terminal's process group: interrupt them
         for ref in in_flight:
             ray.cancel(ref)
@@ -175,7 +304,7 @@ def run_ray(tasks: List[dict], workers: int, threads: int, on_result: OnResult, 
             done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=STOP_TIMEOUT)
             for ref in done:
                 try:
-                    on_result(in_flight[ref], ray.get(ref))
+                    tries.report(in_flight[ref], ray.get(ref))
                 except Exception:  # noqa: BLE001 - cancelled: the run stays interrupted
                     pass
         except KeyboardInterrupt:

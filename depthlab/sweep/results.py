@@ -78,13 +78,16 @@ def _not_finished(items: List[dict]) -> str:
 
 def counts(records: List[dict]) -> dict:
     return {"runs": len(records), **{s: sum(r["status"] == s for r in records) for s in STATUSES},
-            "actions": {a: sum(r.get("action") == a for r in records) for a in ACTIONS}}
+            "actions": {a: sum(r.get("action") == a for r in records) for a in ACTIONS},
+            "retried": sum(bool(r.get("retries")) for r in records)}
 
 
 def summary_line(doc: dict) -> str:
     c, a = doc["counts"], doc["counts"]["actions"]
     parts = [f"{c[s]} {s}" for s in STATUSES if c[s] or s == "finished"]
     acted = ", ".join(f"{a[k]} {k}" for k in ACTIONS if a[k])
+    if c.get("retried"):
+        acted += f"; {c['retried']} resumed after a worker died"
     runs = f"{c['runs']} run{'s' if c['runs'] != 1 else ''}"
     return f"{runs}: {', '.join(parts)} (this invocation: {acted or 'nothing to do'})"
 
@@ -149,7 +152,7 @@ def report_html(doc: dict) -> str:
                      + "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul></section>")
     runs = {"title": f"{len(doc['runs'])} runs", "columns": ["run", "seed", "status", "this invocation", "epoch",
                                                              "train acc", "test acc", "seconds", "error"],
-            "rows": [[r["run_id"], r["seed"], r["status"], r.get("action"), r.get("epoch"),
+            "rows": [[r["run_id"], r["seed"], r["status"], _action(r), r.get("epoch"),
                       _pct(r.get("train_acc")), _pct(r.get("test_acc")), r.get("seconds"), r.get("error") or ""]
                      for r in doc["runs"]]}
     parts.append("<section id=runs><h2>Runs</h2>" + _table(runs) + "</section>")
@@ -162,6 +165,11 @@ def report_html(doc: dict) -> str:
         ("wall time", f"{prov.get('seconds', 0):.0f} s (this invocation)")])
         + f"<h3>sweep.yaml</h3><pre>{html.escape(doc.get('source_text', ''))}</pre></section>")
     return _styled(_page(f"depthlab sweep {doc['name']}", "".join(parts)))
+
+
+def _action(r: dict) -> str:
+    n = r.get("retries")
+    return f"{r.get('action')}, {n} retr{'y' if n == 1 else 'ies'} (worker died)" if n else str(r.get("action"))
 
 
 def _pct(v) -> str:

@@ -69,7 +69,8 @@ def run_sweep(path_or_dict, executor: Optional[str] = None, workers: Optional[in
               command: Optional[str] = None) -> dict:
     """Run the sweep a YAML file (or dict) describes; returns what ``results.json`` holds, plus
     ``paths`` of results.json / results.md / report.html. Failed and diverged runs are recorded and
-    the sweep goes on; finished runs are skipped, interrupted ones resumed."""
+    the sweep goes on (``doc["failed"]`` lists the failed run ids; the CLI exits 1 for them);
+    finished runs are skipped, interrupted ones resumed."""
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     plan = plan_sweep(path_or_dict, executor=executor, workers=workers)
     spec = plan.spec
@@ -78,7 +79,7 @@ def run_sweep(path_or_dict, executor: Optional[str] = None, workers: Optional[in
     for i, (run, st) in enumerate(zip(plan.runs, plan.states)):
         rec = {"run_id": run.run_id, "run_dir": f"runs/{run.run_id}", "point_id": run.point_id, "point": run.point,
                "seed": run.seed, "status": "interrupted", "action": "not run", "epoch": st["epoch"],
-               "error": None}
+               "error": None, "retries": 0}
         if st["action"] == SKIP:
             rec.update({k: st.get(k) for k in METRIC_KEYS}, status=st["status"], action="skipped",
                        params=_params(run, params_cache), seconds=0.0)
@@ -124,6 +125,8 @@ def progress_text(rec: dict) -> str:
     """``plain20_s1 finished train 61.3% test 68.5% (12.3 s)``."""
     secs = rec.get("seconds")
     extra = ", resumed" if rec.get("action") == "resumed" else ""
+    if rec.get("retries"):  # seconds: the last try's
+        extra = f", resumed after its worker died{_times(rec['retries'])}"
     tail = "" if secs is None else f" ({secs:.1f} s{extra})"
     if rec["status"] == "failed":
         return f"{rec['run_id']} failed: {rec.get('error')}{tail}"
@@ -132,6 +135,10 @@ def progress_text(rec: dict) -> str:
     if rec["status"] == "interrupted":
         return f"{rec['run_id']} interrupted after {rec.get('epoch')} epochs, checkpointed{tail}"
     return f"{rec['run_id']} {rec['status']}{_metrics_text(rec)}{tail}"
+
+
+def _times(n: int) -> str:
+    return "" if n == 1 else f" ({n} times)"
 
 
 def _metrics_text(r: dict) -> str:
@@ -165,6 +172,7 @@ def _document(spec: SweepSpec, plan: Plan, records: List[dict], command, started
            "workers": spec.workers, "threads_per_worker": spec.threads_per_worker, "ray_address": spec.ray_address,
            "grid_keys": spec.grid_keys, "seeds": spec.seeds, "counts": counts(records)}
     doc["complete"] = doc["counts"]["interrupted"] == 0
+    doc["failed"] = [r["run_id"] for r in records if r["status"] == "failed"]
     doc.update(aggregate(spec.grid_keys, records))
     doc["runs"] = records
     doc["provenance"] = {"command": command, "commit": git_commit(), "depthlab": __version__,

@@ -11,9 +11,9 @@ import traceback
 from pathlib import Path
 
 from depthlab.config import ConfigError, RunConfig
-from depthlab.fileio import read_jsonl
+from depthlab.fileio import epoch_gap, read_jsonl_checked
 from depthlab.recipes import resolve_train
-from depthlab.training.loop import run_differences
+from depthlab.training.resume import run_differences
 
 SKIP, RESUME, TRAIN = "skip", "resume", "train"
 METRIC_KEYS = ("epoch", "train_acc", "test_acc", "train_loss", "test_loss", "elapsed")
@@ -23,7 +23,10 @@ def existing_state(cfg: RunConfig) -> dict:
     """``{"action": skip|resume|train, "epoch": epochs done, "epochs": epochs wanted, ...}`` for the
     run ``cfg`` describes. Finished runs (last epoch row == the configured epochs) and diverged runs
     are skipped; a run directory with a config.json and anything less is resumed. A directory that
-    holds a *different* run (the sweep's base changed) is a ConfigError, raised before anything runs."""
+    holds a *different* run (the sweep's base changed) is a ConfigError, raised before anything runs;
+    so is a damaged metrics.jsonl (a bad line before its last, an epoch without a row): the sweep
+    cannot tell how far that run got, and a resume would refuse it anyway. A torn last line (a
+    crash mid-write) is resumed: the resume drops it, with a warning, and retrains what it lost."""
     run_dir = cfg.run_dir
     saved_path = run_dir / "config.json"
     if not saved_path.exists():
@@ -34,9 +37,17 @@ def existing_state(cfg: RunConfig) -> dict:
         raise ConfigError(f"run directory {str(run_dir)!r} holds a different run ({details}): the sweep's settings "
                           f"changed since it ran. Delete that directory to retrain it, or give the sweep a new name")
     epochs = resolve_train(cfg.train, saved["model"].get("depth") or 0).epochs
-    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
+    path = run_dir / "metrics.jsonl"
+    rows, damage = read_jsonl_checked(path)
+    bad = next((str(d) for d in damage if not d.torn), None) or (epoch_gap(rows) and f"{path}: {epoch_gap(rows)}")
+    if bad:
+        raise ConfigError(f"{bad}: the sweep cannot tell how far run {cfg.resolved_run_id!r} got. Restore the file "
+                          f"from a backup, or delete {str(run_dir)!r} to retrain the run")
+    rows = [r for r in rows if r.get("kind") == "epoch"]
     last = rows[-1] if rows else {}
     state = {"epoch": last.get("epoch", 0), "epochs": epochs, **{k: last.get(k) for k in METRIC_KEYS if k in last}}
+    if damage:  # a torn last line only: the resume drops it (with a warning) and goes on from there
+        return {**state, "action": RESUME}
     if last.get("status") == "diverged":
         return {**state, "action": SKIP, "status": "diverged"}
     if rows and last.get("epoch", 0) >= epochs:
@@ -50,23 +61,31 @@ def make_task(cfg: RunConfig, action: str, threads: int) -> dict:
             "resume": action == RESUME, "threads": threads}
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def init_worker(threads: int) -> None:
-    """Process-pool initializer: thread limits before torch loads. An idle worker ignores SIGINT;
+    """Worker process start-up: thread limits (the local executor also spawns the process with them,
+    so they hold before torch loads). An idle worker ignores SIGINT;
     one in ``train`` handles it (stops after the current step, saves a checkpoint of that exact
     position and returns status ``interrupted``), so Ctrl-C at the terminal stops a sweep cleanly."""
     import signal
 
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in THREAD_VARS:
         os.environ[var] = str(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_task(task: dict) -> dict:
-    """Train one run (resuming when asked); never raises for a failed run, returns its record."""
+    """Train one run, resuming it when its directory holds it already; never raises for a failed run,
+    returns its record."""
     t0 = time.perf_counter()
     run_dir = Path(task["run_dir"])
     err_path = run_dir / "error.txt"
-    rec = {"run_id": task["run_id"], "action": "resumed" if task["resume"] else "trained"}
+    # the sweep's plan checked that a config.json there is this run's; one that appeared since the plan
+    # (a retry after the worker died mid-run) is this run's too: continue it, never start it afresh
+    resume = (run_dir / "config.json").exists()
+    rec = {"run_id": task["run_id"], "action": "resumed" if resume else "trained"}
     try:
         if err_path.exists():
             err_path.unlink()  # a retried run's old traceback
@@ -77,7 +96,7 @@ def run_task(task: dict) -> dict:
         from depthlab.training import train
 
         torch.set_num_threads(task["threads"])
-        summary = train(RunConfig.from_dict(task["config"]), resume=task["resume"], quiet=True)
+        summary = train(RunConfig.from_dict(task["config"]), resume=resume, quiet=True)
         rec.update({k: summary.get(k) for k in METRIC_KEYS + ("params",)}, status=summary["status"])
         if rec["status"] not in ("finished", "diverged", "interrupted"):
             rec["status"] = "failed"
@@ -100,6 +119,7 @@ def error_line(e: BaseException) -> str:
 
 
 def failed_record(task: dict, error: str) -> dict:
-    """For a run whose worker died (killed, out of memory) or whose Ray task was lost."""
-    return {"run_id": task["run_id"], "action": "resumed" if task["resume"] else "trained", "status": "failed",
+    """For a run whose worker died (killed, out of memory), whose Ray task was lost, or whose task
+    function raised; ``action``: what the sweep planned (``task["resume"]``)."""
+    return {"run_id": task["run_id"], "action": "resumed" if task.get("resume") else "trained", "status": "failed",
             "error": error, "seconds": None}
