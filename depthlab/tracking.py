@@ -18,6 +18,7 @@ exactly as without them. ``depthlab report <run_dir>`` draws it all.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -229,7 +230,8 @@ def check_state_dict(model: nn.Module, state, where: str, spec: str = "the model
 
 
 def load_user_data(spec: str):
-    """A registered dataset name, or a ``.pt`` file holding ``(x, y)`` or ``{"x": ..., "y": ...}``
+    """A registered dataset name, a folder or archive of class folders (``imagefolder``), or a ``.pt``
+    file holding ``(x, y)`` or ``{"x": ..., "y": ...}``
     (checked: float x (N, C, ...) finite, integer y (N,) >= 0, the same length)."""
     if spec.endswith(".pt"):
         obj = load_tensor_file(spec, "data")
@@ -246,7 +248,10 @@ def load_user_data(spec: str):
                 raise DataFileError(f"{spec}: {name} must be a tensor, got {type(t).__name__}")
         return as_dataset(tuple(obj), where=spec)  # checks x and y
     from depthlab.data import load_dataset
+    from depthlab.data.images import is_archive
 
+    if os.path.isdir(spec) or is_archive(spec):  # class folders: the imagefolder dataset
+        return load_dataset("imagefolder", path=spec)
     return load_dataset(spec)
 
 

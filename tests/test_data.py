@@ -43,7 +43,7 @@ def assert_train_normalised(d):
 
 def test_all_datasets_registered():
     assert set(list_datasets()) == {"digits", "mnist1d", "synthetic", "mnist", "fashion-mnist",
-                                    "cifar10", "cifar100", "mnist-sample"}
+                                    "cifar10", "cifar100", "mnist-sample", "imagefolder"}
     assert list_datasets() == DATASETS.names()
 
 

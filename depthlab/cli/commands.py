@@ -36,9 +36,11 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_datasets(args) -> int:
-    from depthlab.data import list_datasets
+    from depthlab.data import DATASETS, list_datasets
 
-    print("\n".join(list_datasets()))
+    names = list_datasets()
+    width = max(map(len, names))
+    print("\n".join(f"{n:<{width}}  {DATASETS.meta(n).get('description', '')}".rstrip() for n in names))
     return 0
 
 
@@ -156,7 +158,8 @@ def _diagnose_user_model(args, options) -> int:
     if args.run_dirs:
         raise ValueError("give either run directories or --model, not both")
     if not args.data:
-        raise ValueError("--model needs --data: a dataset name (digits, mnist1d, ...) or a .pt file with (x, y)")
+        raise ValueError("--model needs --data: a dataset name (digits, mnist1d, ...), a .pt file with (x, y), or a "
+                         "folder or archive of class folders (train/<class>/, test/<class>/)")
     out = Path(args.out or f"runs/diagnose-{args.model.rpartition(':')[2]}")
     blocks = [b for b in args.blocks.split(",") if b] if args.blocks else None
     records = diagnose_user_model(args.model, args.data, out, args.quantities, weights=args.weights, blocks=blocks,
@@ -271,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--family", help="only names starting with this")
     s.set_defaults(func=_cmd_models)
 
-    s = sub.add_parser("datasets", help="list the datasets")
+    s = sub.add_parser("datasets", help="list the datasets, one line each")
     s.set_defaults(func=_cmd_datasets)
 
     s = sub.add_parser("train", help="train one run", epilog=train_epilog(),
@@ -322,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="your own network instead of run directories: package.module:function or "
                                    "file.py:function, called without arguments")
     s.add_argument("--weights", help="with --model: a state dict saved with torch.save")
-    s.add_argument("--data", help="with --model: a dataset name or a .pt file holding (x, y)")
+    s.add_argument("--data", help="with --model: a dataset name, a .pt file holding (x, y), or a folder or archive "
+                                  "of class folders (imagefolder)")
     s.add_argument("--blocks", help="with --model: comma-separated module names of the depth units, where the "
                                     "layout is not recognised")
     s.set_defaults(func=_cmd_diagnose)

@@ -24,6 +24,18 @@ def _option_defaults(key: str, default) -> str:
     return f"default {_value(default)}; {', '.join(same + other)}"
 
 
+DATA_KEYS = (
+    ("data.name=imagefolder data.path=P", "your own images: P is a folder, or a .tar/.tar.gz/.tgz/.zip of one, holding "
+                                          "train/<class>/<image> and test/<class>/<image> (or val/); decoded once "
+                                          "into a cache in the data dir"),
+    ("data.resize=N", "imagefolder: resize every image to NxN (needed when their sizes differ)"),
+    ("data.train_subset=N", "train on a stratified, seeded (data.seed) subset of N training images; normalised "
+                            "with the subset's statistics; the val split is taken out first"),
+    ("data.name=cifar10 data.path=P", "CIFAR-10/100 from its class-folder form (PNG or JPEG), also found in "
+                                      "<data dir>/cifar10/; the pickled batches are read first when present"),
+)
+
+
 def train_epilog() -> str:
     from depthlab.config import valid_keys
     from depthlab.methods import METHODS
@@ -51,6 +63,7 @@ def train_epilog() -> str:
             f"{families}\n\n"
             f"model options (family options name their families):\n{options}\n\n"
             f"training methods (remedies that change how a net trains; off by default):\n{_rows(methods)}\n\n"
+            f"data (depthlab datasets lists every dataset):\n{_rows(DATA_KEYS)}\n\n"
             f"config keys (--set key=value):\n  {', '.join(valid_keys())}\n\n"
             "example:\n  depthlab train --set model.name=plain56 data.name=digits train.recipe=quick")
 

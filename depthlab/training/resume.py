@@ -15,6 +15,7 @@ from typing import Optional
 import depthlab.fileio as fileio
 import depthlab.training.checkpoint as ckpt
 from depthlab.config import ConfigError, RunConfig
+from depthlab.data import resolve_path
 from depthlab.recipes import RECIPES, resolve_train
 from depthlab.training.distributed import elastic_restart, made_by_this_job
 
@@ -41,6 +42,7 @@ def run_differences(saved: dict, wanted: RunConfig, epochs: bool = False) -> str
     sweeps: they pass ``epochs=True``, since a run of another length is another run)."""
     want = wanted.to_dict()
     want["train"] = dataclasses.asdict(resolve_train(wanted.train, saved["model"].get("depth") or 0))
+    want["data"]["path"] = resolve_path(wanted.data.path)  # saved absolute (resolve_config)
     old, new = _flat(saved), _flat(want)
     ignored = _RESUMABLE_CHANGES - ({"train.epochs"} if epochs else set())
     diff = sorted(k for k, v in new.items() if v is not None and k not in ignored and old.get(k) != v)

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 import depthlab.fileio as fileio
 import depthlab.training.checkpoint as ckpt
 from depthlab.config import ConfigError, RunConfig
-from depthlab.data import load_dataset
+from depthlab.data import load_dataset_from
 from depthlab.training.loop import build_from_config, evaluate, resolve_device
 from depthlab.training.safety import RunLock
 
@@ -72,8 +72,7 @@ def load_run(run_dir, checkpoint: str = "last", device: str = "auto", valid=CHEC
     cfg = _saved_config(run_dir)
     path = checkpoint_path(run_dir, checkpoint, valid)
     dev = resolve_device(device)
-    data = load_dataset(cfg.data.name, data_dir=cfg.data.data_dir, seed=cfg.data.seed,
-                        val_fraction=cfg.data.val_fraction, download=cfg.data.download).to(dev)
+    data = load_dataset_from(cfg.data).to(dev)
     model = build_from_config(cfg, data).to(dev)
     epoch = 0
     if path is not None:
