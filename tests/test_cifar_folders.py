@@ -4,6 +4,7 @@ label order, the image counts, 32x32 RGB), the pickled form still first when pre
 lowered for the tiny fakes (``folders.CIFAR_COUNTS``)."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -142,3 +143,30 @@ def test_cli_train_on_the_class_folder_form_and_its_error(tmp_path, tiny_counts,
     assert main(base + [f"data.path={tmp_path / 'c'}", "--overwrite"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not CIFAR-10's 10 classes" in err[0]
+
+
+def test_the_real_scale_runs_on_cifar_images_and_never_on_a_stand_in(tmp_path, tiny_counts, monkeypatch, capsys):
+    """``--scale real`` trains on CIFAR-10's images (here a tiny class-folder copy in the data dir), and
+    without them stops with one line instead of falling back to synthetic data as the paper scale does;
+    ``reproduce all --scale real`` runs the experiments calibrated for it."""
+    from depthlab.experiments import EXPERIMENTS, reproduce
+    from depthlab.experiments.suite import reproduce_all
+
+    monkeypatch.setenv("DEPTHLAB_DATA_DIR", str(tmp_path / "empty"))
+    rc = main(["reproduce", "degradation", "--scale", "real", "--out", str(tmp_path / "x"), "--quiet",
+               "--param", "depths=8,14", "epochs=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[0].startswith("depthlab: error: cifar10 data not found") and "Traceback" not in err
+    assert not (tmp_path / "x" / "runs").exists()
+
+    fake_cifar(tmp_path / "data" / "cifar10")
+    monkeypatch.setenv("DEPTHLAB_DATA_DIR", str(tmp_path / "data"))
+    params = {"depths": [8, 14], "epochs": 1, "set": ["data.train_subset=10", "train.batch_size=5"]}
+    doc = reproduce("degradation", scale="real", seeds=1, params=params, out=str(tmp_path / "e"), device="cpu",
+                    quiet=True, report=False)
+    assert doc["data"] == {"name": "cifar10", "note": ""} and doc["params"]["recipe"] == "quick"
+    saved = json.loads((tmp_path / "e" / "runs" / "plain8-s0" / "data.json").read_text())
+    assert (saved["train"], saved["test"], saved["class_names"]) == (10, 10, list(C10))
+    real = [n for n in EXPERIMENTS if "real" in EXPERIMENTS.get(n).scales]
+    suite = reproduce_all(scale="real", seeds=1, out=str(tmp_path / "all"), params=params, device="cpu", quiet=True)
+    assert [e["name"] for e in suite["experiments"]] == real and "degradation" in real

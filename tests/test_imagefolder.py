@@ -300,3 +300,18 @@ def test_train_eval_and_diagnose_rebuild_the_same_folder_dataset_from_config_jso
     assert main(["diagnose", run, "--quantities", "gradient_flow", "--device", "cpu"]) == 0
     capsys.readouterr()
     assert (tmp_path / "runs" / "r" / "diagnostics.jsonl").is_file()
+
+
+def test_the_run_records_what_it_trained_on_and_its_page_names_the_classes(tmp_path, capsys):
+    write_folder(tmp_path / "f")
+    assert main(["train", "--quiet", "--out-dir", str(tmp_path / "runs"), "--run-id", "r", "--set",
+                 "data.name=imagefolder", f"data.path={tmp_path / 'f'}", "model.name=plain", "model.depth=8",
+                 "model.width=4", "train.epochs=1", "train.batch_size=4", "train.threads=1", "train.device=cpu"]) == 0
+    run = tmp_path / "runs" / "r"
+    d = json.loads((run / "data.json").read_text())
+    assert d["class_names"] == sorted(p.name for p in (tmp_path / "f" / "train").iterdir())
+    assert (d["train"], d["test"], d["num_classes"]) == (sum(1 for _ in (tmp_path / "f" / "train").rglob("*.*")),
+                                                         sum(1 for _ in (tmp_path / "f" / "test").rglob("*.*")), 3)
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert f"3 classes ({', '.join(d['class_names'])})" in page

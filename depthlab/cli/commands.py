@@ -345,8 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("reproduce", help="reproduce a published finding (grid of runs + verdict + report)")
     s.add_argument("name", nargs="?", help="experiment name (see --list), or all: every experiment and the index")
     s.add_argument("--list", action="store_true", help="list the experiments and what each expects")
-    s.add_argument("--scale", default="quick", choices=["quick", "paper"],
-                   help="quick: bundled data, minutes on a 2-core CPU (default); paper: CIFAR-10, the paper's recipe")
+    s.add_argument("--scale", default="quick", choices=["quick", "real", "paper"],
+                   help="quick: bundled data, minutes on a 2-core CPU (default); real: CIFAR-10 images, a short "
+                        "budget for a 2-core CPU (experiments that have it; CIFAR-10 in the data dir or "
+                        "--param data_path=...); paper: CIFAR-10, the paper's recipe")
     s.add_argument("--seeds", type=int, default=None,
                    help="seeds 0..N-1; tables show mean +- sd (default 3 at the quick scale, 1 at the paper scale)")
     s.add_argument("--out", help="experiment directory (default runs/reproduce/NAME[-paper])")

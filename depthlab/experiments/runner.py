@@ -28,7 +28,7 @@ from depthlab.training.loop import build_from_config, resolve_device
 from depthlab.training.loop import train_or_stop as train
 from depthlab.version import __version__
 
-SCALES = ("quick", "paper")
+SCALES = ("quick", "real", "paper")  # digits/mnist1d; CIFAR-10 images on a 2-core CPU; the paper's recipe
 # parameters every experiment understands, besides its own
 # (data_path: a folder or archive of class folders for dataset=imagefolder, or CIFAR's class-folder form)
 COMMON_PARAMS = {"dataset": None, "data_path": None, "recipe": None, "epochs": None, "set": ()}
@@ -169,15 +169,16 @@ def _has_class_folders(data) -> bool:
         return True
 
 
-def load_experiment_data(data, quiet: bool = True):
+def load_experiment_data(data, quiet: bool = True, fallback: bool = True):
     """``(dataset, config name, note)`` for the experiment's data section (``plan.data_config``); CIFAR
     files that are absent (and cannot be downloaded here; no ``data.path`` given) fall back to
-    CIFAR-shaped synthetic data, and the note says so."""
+    CIFAR-shaped synthetic data, and the note says so, unless ``fallback`` is off (the real-image
+    scale: its verdicts are about real images or nothing)."""
     name = data.name
     try:
         return load_dataset_from(data, quiet=quiet), name, ""
     except DataFileError as e:
-        if not name.startswith("cifar") or data.path is not None or _has_class_folders(data):
+        if not fallback or not name.startswith("cifar") or data.path is not None or _has_class_folders(data):
             raise  # the user's own copy is at fault: say so, never train on something else
         note = (f"{name} files are absent here and could not be downloaded ({str(e).splitlines()[0]}); "
                 f"this run used synthetic CIFAR-shaped data (3x32x32, 10 classes, 512 train / 256 test "
@@ -189,14 +190,14 @@ def load_experiment_data(data, quiet: bool = True):
 
 # ----------------------------------------------------------------------------- reproduce
 
-DEFAULT_SEEDS = {"quick": 3, "paper": 1}  # quick: a verdict needs the spread over seeds; paper: one GPU run each
+DEFAULT_SEEDS = {"quick": 3, "real": 3, "paper": 1}  # a verdict needs the spread over seeds; paper: one GPU run each
 
 
 def reproduce(name: str, scale: str = "quick", seeds: Optional[int] = None, out: Optional[str] = None, *,
               params: Optional[Dict[str, Any]] = None, device: str = "auto", fresh: bool = False,
               quiet: bool = False, report: bool = True, command: Optional[str] = None, jobs: int = 1) -> dict:
     """Run experiment ``name`` at ``scale`` over ``seeds`` seeds (0..seeds-1; default 3 at the quick
-    scale, 1 at the paper scale) into ``out``
+    and real scales, 1 at the paper scale) into ``out``
     (default ``runs/reproduce/<name>[-paper]``). Finished runs are reused, interrupted ones resumed,
     ``fresh=True`` retrains everything; ``jobs`` runs train at once in worker processes (0: one per
     CPU core). Returns the content of ``experiment.json`` (plus ``report``)."""
@@ -216,7 +217,7 @@ def reproduce(name: str, scale: str = "quick", seeds: Optional[int] = None, out:
     specs = exp.runs(p)
     dataset, data_name, note = (None, p["dataset"], "")
     if specs or p.get("dataset"):
-        dataset, data_name, note = load_experiment_data(data_config(p), quiet=quiet)
+        dataset, data_name, note = load_experiment_data(data_config(p), quiet=quiet, fallback=scale != "real")
     ctx = Context(exp, scale, p, list(range(seeds)), out_dir, device, dataset, note, quiet)
     if command is None:  # called from Python: the equivalent command line
         command = (f"depthlab reproduce {name}" + (f" --scale {scale}" if scale != "quick" else "")

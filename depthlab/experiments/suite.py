@@ -39,7 +39,9 @@ def reproduce_all(scale: str = "quick", seeds: Optional[int] = None, out: Option
     the index of the reports (``names``: a subset, in the registry's order by default). Returns
     ``{"experiments": [per-experiment summary], "seconds", "index"}``."""
     base = Path(out) if out else Path("runs") / "reproduce"
-    names = [EXPERIMENTS.get(n).name for n in names] if names else list(EXPERIMENTS)
+    # by default every experiment that has this scale (the real-image scale is calibrated one by one)
+    names = ([EXPERIMENTS.get(n).name for n in names] if names
+             else [n for n in EXPERIMENTS if scale in EXPERIMENTS.get(n).scales])
     shares = split_params(names, scale, params)
     for n in names:  # every experiment's parameters are checked before the first one trains
         resolve_params(EXPERIMENTS.get(n)(), scale, shares[n])

@@ -206,7 +206,7 @@ def write_run_page(run_dir) -> Path:
     curves = {"type": "curves", "title": f"{text(model.get('name'))} training", "runs": {run_dir.name: "."},
               "metrics": ["train_loss", "train_error", "test_error"]}
     parts = ["<section id=summary><h2>Run</h2>" + _dl([
-        ("model", f"{text(model.get('name'))} (depth {text(model.get('depth'))})"), ("data", data.get("name")),
+        ("model", f"{text(model.get('name'))} (depth {text(model.get('depth'))})"), ("data", _data_text(run_dir, data)),
         ("recipe", train.get("recipe")), ("seed", train.get("seed")), ("epochs", train.get("epochs")),
         ("status", run_status(cfg, rows))]) + "</section>"]
     parts.append("<section id=figures><h2>Training</h2>")
@@ -220,6 +220,22 @@ def write_run_page(run_dir) -> Path:
     parts.append(f"</section><section id=provenance><h2>Config</h2><pre>{_e(json.dumps(cfg, indent=2))}"
                  "</pre></section>")
     return write_file(run_dir / "report.html", _styled(_page(f"depthlab run {run_dir.name}", "".join(parts))).encode())
+
+
+def _data_text(run_dir: Path, data: dict) -> str:
+    """The dataset a run trained on: its name, and from ``data.json`` (written by training) the
+    image counts, shape and class names."""
+    name = text(data.get("name"))
+    try:
+        d = load_object(run_dir / "data.json")
+    except (OSError, ValueError):  # an older run, or none
+        return name
+    shape = "x".join(text(v) for v in _rows(d.get("shape")))
+    classes = _rows(d.get("class_names"))
+    return (f"{name}: {fmt(d.get('train'), ',')} train / {fmt(d.get('test'), ',')} test images, {shape}, "
+            f"{fmt(d.get('num_classes'), 'd')} classes" + (f" ({', '.join(text(c) for c in classes[:20])}"
+                                                           + (", ..." if len(classes) > 20 else "") + ")"
+                                                           if classes else ""))
 
 
 def _diagnostic_figures(run_dir: Path) -> List[str]:

@@ -3,6 +3,7 @@ per epoch, atomic checkpoints every epoch, exact resume."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 from contextlib import nullcontext
@@ -43,6 +44,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("train.device 'mps' requested but MPS is not available; use auto or cpu")
     return torch.device(name)
+
+
+DATA_FILE = "data.json"  # what the run trained on, for reports: sizes, image shape, class names
+
+
+def data_summary(dataset) -> dict:
+    """The dataset a run trains on, as the run directory records it (``data.json``)."""
+    names = getattr(dataset, "class_names", None)
+    return {"name": dataset.name, "train": len(dataset.train_x), "test": len(dataset.test_x),
+            "val": 0 if getattr(dataset, "val_x", None) is None else len(dataset.val_x),
+            "shape": list(dataset.train_x.shape[1:]), "num_classes": dataset.num_classes,
+            "class_names": None if names is None else list(names)}
 
 
 def seed_everything(seed: int) -> None:
@@ -166,6 +179,7 @@ def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
             check_epochs_change(saved, cfg, len(dataset.train_x))
         # config.json first: a crash between the two leaves a run to resume, not an unexplained folder
         fileio.atomic_write_text(run_dir / "config.json", cfg.to_json())  # before step 0
+        fileio.atomic_write_text(run_dir / DATA_FILE, json.dumps(data_summary(dataset), indent=1))
         mark_run(run_dir)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         for stale in (run_dir / "checkpoints").glob(".*.tmp"):  # a write cut short by a crash
