@@ -66,6 +66,8 @@ def test_found_under_the_data_dir_as_a_folder_or_an_archive(tmp_path, tiny_count
     d = load_dataset("cifar10", data_dir=tmp_path / "data", download=False)
     ref = load_dataset("cifar10", data_dir=tmp_path / "other", path=str(tmp_path / "src"))
     assert torch.equal(d.train_x, ref.train_x) and torch.equal(d.test_y, ref.test_y)
+    assert d.source == ("CIFAR-10 from its class-folder form (JPEG images; JPEG is a lossy re-encoding of CIFAR's "
+                        "pixels, so compare its errors with the papers' only roughly)")
 
 
 def test_the_pickled_form_stays_the_first_choice(tmp_path, tiny_counts):
@@ -164,7 +166,8 @@ def test_the_real_scale_runs_on_cifar_images_and_never_on_a_stand_in(tmp_path, t
     params = {"depths": [8, 14], "epochs": 1, "set": ["data.train_subset=10", "train.batch_size=5"]}
     doc = reproduce("degradation", scale="real", seeds=1, params=params, out=str(tmp_path / "e"), device="cpu",
                     quiet=True, report=False)
-    assert doc["data"] == {"name": "cifar10", "note": ""} and doc["params"]["recipe"] == "quick"
+    assert doc["data"] == {"name": "cifar10", "note": "", "source": "CIFAR-10 from its class-folder form (PNG images)"}
+    assert doc["params"]["recipe"] == "quick"
     saved = json.loads((tmp_path / "e" / "runs" / "plain8-s0" / "data.json").read_text())
     assert (saved["train"], saved["test"], saved["class_names"]) == (10, 10, list(C10))
     real = [n for n in EXPERIMENTS if "real" in EXPERIMENTS.get(n).scales]

@@ -59,6 +59,7 @@ class Dataset:
     norm_mean: Optional[Tuple[float, ...]] = None  # per-channel statistics used to normalise
     norm_std: Optional[Tuple[float, ...]] = None
     class_names: Optional[Tuple[str, ...]] = None  # label i is class_names[i], where known
+    source: Optional[str] = None  # where the images came from when it matters (e.g. CIFAR-10 as JPEG files)
 
     @property
     def in_channels(self) -> int:
@@ -242,6 +243,7 @@ def load_dataset(name: str, data_dir=None, seed: int = 0, val_fraction: float = 
                               else meta.get("default_crop_padding", 4)),
         norm_mean=mean, norm_std=std,
         class_names=None if names is None else tuple(names),
+        source=raw.source,
     )
 
 

@@ -40,6 +40,7 @@ class RawData(NamedTuple):
     class_names: Optional[Tuple[str, ...]] = None
     augment: Optional[str] = None
     crop_padding: Optional[int] = None
+    source: Optional[str] = None  # where the images came from, when it matters for the numbers
 
 
 def stratified_split(y: torch.Tensor | np.ndarray, fraction: float, seed: int,

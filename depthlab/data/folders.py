@@ -247,4 +247,7 @@ def load_cifar_folders(name: str, path: Path, data_dir: Path, verify: bool = Tru
     log.warning("%s: read the class-folder form at %s (%s train / %s test %s images, 32x32 RGB); the archive's MD5 "
                 "checksums do not apply, checked its structure instead", name, path, f"{len(d.train_y):,}",
                 f"{len(d.test_y):,}", kinds)
-    return RawData(d.train_x, d.train_y, d.test_x, d.test_y, len(d.classes), class_names=d.classes)
+    lossy = ("; JPEG is a lossy re-encoding of CIFAR's pixels, so compare its errors with the papers' only "
+             "roughly") if "JPEG" in d.formats else ""
+    source = f"{title} from its class-folder form ({kinds} images{lossy})"
+    return RawData(d.train_x, d.train_y, d.test_x, d.test_y, len(d.classes), class_names=d.classes, source=source)

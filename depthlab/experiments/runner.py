@@ -237,7 +237,8 @@ def reproduce(name: str, scale: str = "quick", seeds: Optional[int] = None, out:
                               "seeds disagree.")
     doc = {"name": exp.name, "title": exp.title, "source": exp.source, "claim": exp.claim,
            "expected": exp.expected, "scale": scale, "seeds": seeds, "params": p,
-           "data": {"name": data_name, "note": note}, "provenance": provenance(command, device, started, t0),
+           "data": {"name": data_name, "note": note, "source": getattr(dataset, "source", None)},
+           "provenance": provenance(command, device, started, t0),
            "runs": ctx.results, "verdicts": findings.verdicts, "tables": findings.tables,
            "figures": findings.figures, "notes": findings.notes}
     atomic_write_text(out_dir / "experiment.json", json.dumps(doc, indent=1, default=_jsonable))

@@ -14,13 +14,13 @@ from depthlab.report.inputs import fmt, load_object, number, text
 from depthlab.report.pages import _find, format_cell, run_status, run_status_text
 from depthlab.report.plots import read_metrics
 
-_MD_ESCAPES = (("\\", "\\\\"), ("`", "\\`"), ("[", "\\["), ("]", "\\]"), ("<", "&lt;"), (">", "&gt;"))
+_MD_ESCAPES = (("\\", "\\\\"), ("`", "\\`"), ("[", "\\["), ("]", "\\]"), ("<", "&lt;"))
 
 
 def _md(v) -> str:
-    """Text from a file as Markdown that shows it as written: no raw HTML or autolink (``<``, ``>``
-    as entities), no code span or link it could open (backslash-escaped), no line break that would
-    end a table row or a quote."""
+    """Text from a file as Markdown that shows it as written: no raw HTML or autolink (``<`` as an
+    entity), no code span or link it could open (backslash-escaped), no line break that would end a
+    table row or a quote."""
     s = " ".join(format_cell(v).split())
     for old, new in _MD_ESCAPES:
         s = s.replace(old, new)
@@ -69,7 +69,8 @@ def experiment_markdown(exp_dir, level: int = 2) -> str:
     lines = [f"{h} {_md(doc.get('name'))}", "", f"**{_md(doc.get('title'))}** ({_md(doc.get('source'))})", "",
              f"**Paper:** {_md(doc.get('claim'))}", "", f"**Expected at this scale:** {_md(doc.get('expected'))}", "",
              *_fenced(text(prov.get("command", f"depthlab reproduce {text(doc.get('name'))}")), "bash"), "",
-             f"{_md(doc.get('scale'))} scale, {_md(doc.get('seeds'))} seed(s), data {_code(data.get('name'))}; "
+             f"{_md(doc.get('scale'))} scale, {_md(doc.get('seeds'))} seed(s), data {_code(data.get('name'))}"
+             f"{' (' + _md(data['source']) + ')' if data.get('source') else ''}; "
              f"{_md(prov.get('device', '?'))}; torch {_md(prov.get('torch', '?'))}; "
              f"commit {_code(prov.get('commit', '?'))}; "
              f"{_md(prov.get('finished', '?'))[:10]}; {_train_seconds(runs):.0f} s of training over "

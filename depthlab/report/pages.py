@@ -166,7 +166,8 @@ def write_experiment_report(exp_dir) -> Path:
     train_seconds = sum(number(r.get("seconds")) or 0 for r in runs)
     parts.append("<section id=provenance><h2>What was run</h2>" + _dl([
         ("command", prov.get("command")), ("scale", doc.get("scale")), ("seeds", doc.get("seeds")),
-        ("data", data.get("name")), ("commit", prov.get("commit")),
+        ("data", text(data.get("name")) + (f" ({text(data['source'])})" if data.get("source") else "")),
+        ("commit", prov.get("commit")),
         ("depthlab", prov.get("depthlab")), ("torch", prov.get("torch")), ("python", prov.get("python")),
         ("device", prov.get("device")), ("platform", prov.get("platform")), ("started", prov.get("started")),
         ("finished", prov.get("finished")), ("wall time", f"{fmt(prov.get('seconds', 0), '.0f')} s (this invocation; "
@@ -235,7 +236,8 @@ def _data_text(run_dir: Path, data: dict) -> str:
     return (f"{name}: {fmt(d.get('train'), ',')} train / {fmt(d.get('test'), ',')} test images, {shape}, "
             f"{fmt(d.get('num_classes'), 'd')} classes" + (f" ({', '.join(text(c) for c in classes[:20])}"
                                                            + (", ..." if len(classes) > 20 else "") + ")"
-                                                           if classes else ""))
+                                                           if classes else "")
+            + (f"; {text(d['source'])}" if d.get("source") else ""))
 
 
 def _diagnostic_figures(run_dir: Path) -> List[str]:

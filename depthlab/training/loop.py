@@ -55,7 +55,7 @@ def data_summary(dataset) -> dict:
     return {"name": dataset.name, "train": len(dataset.train_x), "test": len(dataset.test_x),
             "val": 0 if getattr(dataset, "val_x", None) is None else len(dataset.val_x),
             "shape": list(dataset.train_x.shape[1:]), "num_classes": dataset.num_classes,
-            "class_names": None if names is None else list(names)}
+            "class_names": None if names is None else list(names), "source": getattr(dataset, "source", None)}
 
 
 def seed_everything(seed: int) -> None:
