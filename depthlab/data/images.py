@@ -124,36 +124,32 @@ def _member_parts(archive: Path, name: str) -> Tuple[str, ...]:
     return parts
 
 
-def _tar(path: Path) -> Source:
+def _from_members(path: Path, members) -> Source:
+    """An archive's ``(name, is_dir, read)`` members as a ``Source`` (``read`` is None for what is
+    not a regular file: links, devices and the like are skipped)."""
     src = Source(path, archive=True)
-    with tarfile.open(path, "r:*") as tar:
-        for member in tar:
-            parts = _member_parts(path, member.name)
-            if not parts or _skipped(parts):
-                continue
-            rel = "/".join(parts)
-            if member.isdir():
-                src.dirs.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
-            elif member.isfile():  # links, devices and the like are skipped
-                data = tar.extractfile(member).read() if _is_image(rel) else b""
-                src.add_file(rel, lambda data=data: data)
+    for name, is_dir, read in members:
+        parts = _member_parts(path, name)
+        if not parts or _skipped(parts):
+            continue
+        rel = "/".join(parts)
+        if is_dir:
+            src.dirs.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+        elif read is not None:
+            data = read() if _is_image(rel) else b""
+            src.add_file(rel, lambda data=data: data)
     return src
+
+
+def _tar(path: Path) -> Source:
+    with tarfile.open(path, "r:*") as tar:
+        return _from_members(path, ((m.name, m.isdir(), (lambda m=m: tar.extractfile(m).read()) if m.isfile()
+                                     else None) for m in tar))
 
 
 def _zip(path: Path) -> Source:
-    src = Source(path, archive=True)
-    with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-            parts = _member_parts(path, info.filename)
-            if not parts or _skipped(parts):
-                continue
-            rel = "/".join(parts)
-            if info.is_dir():
-                src.dirs.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
-            else:
-                data = zf.read(info) if _is_image(rel) else b""  # checks the member's CRC
-                src.add_file(rel, lambda data=data: data)
-    return src
+    with zipfile.ZipFile(path) as zf:  # zf.read checks each member's CRC
+        return _from_members(path, ((i.filename, i.is_dir(), lambda i=i: zf.read(i)) for i in zf.infolist()))
 
 
 # ---- the layout --------------------------------------------------------------------------------
