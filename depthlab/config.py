@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, Optional
 
 import yaml
 
-from depthlab.data import AUGMENTS, DATASETS, dataset_options, resolve_path
+from depthlab.data import AUGMENTS, DATASETS, check_data_section
 from depthlab.methods import METHODS, all_options, enabled_methods
 from depthlab.models import FAMILIES, MODELS
 from depthlab.models.spec import model_name_hint, model_options
@@ -237,7 +237,10 @@ class RunConfig:
             parse_schedule(self.diagnostics.quantities)
         _check_name("model.name", m.name, MODELS, FAMILIES, hint=model_name_hint(m.name))
         _check_name("data.name", dt.name, DATASETS)
-        _check_data_options(dt)
+        try:
+            check_data_section(dt)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         _check_name("train.recipe", t.recipe, RECIPES)
         return self
 
@@ -263,32 +266,6 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.resolved_run_id
-
-
-def _check_data_options(dt: DataConfig) -> None:
-    """data.path / data.resize only where the dataset reads them; imagefolder needs a path that exists."""
-    options = dataset_options(dt.name)
-    for key in ("path", "resize"):
-        if getattr(dt, key) is not None and key not in options:
-            readers = [n for n in DATASETS.names() if key in dataset_options(n)]
-            raise ConfigError(f"data.{key} is read only by data.name={' or '.join(readers)}; dataset {dt.name!r} "
-                              f"takes no {key}")
-    if dt.path is None and DATASETS.meta(dt.name).get("needs_path"):
-        raise ConfigError(f"data.name={dt.name} needs data.path: a folder, or a .tar, .tar.gz, .tgz or .zip archive "
-                          f"of one, holding train/<class>/<image> and test/<class>/<image> (e.g. --set "
-                          f"data.name={dt.name} data.path=~/data/pets)")
-    if dt.path is not None:
-        try:
-            exists = Path(resolve_path(dt.path)).exists()
-        except (OSError, ValueError):  # a NUL byte, a name too long
-            exists = False
-        if not exists:
-            raise ConfigError(f"data.path {dt.path!r} does not exist; give a folder or a .tar, .tar.gz, .tgz or "
-                              f".zip archive holding train/<class>/<image> and test/<class>/<image>")
-    if dt.resize is not None and dt.resize < 1:
-        raise ConfigError(f"data.resize must be a positive integer (the side of the square images), got {dt.resize}")
-    if dt.train_subset is not None and dt.train_subset < 1:
-        raise ConfigError(f"data.train_subset must be a positive integer (training images), got {dt.train_subset}")
 
 
 def _check_run_id(run_id: Optional[str]) -> None:

@@ -12,12 +12,9 @@ from depthlab.diagnostics import run_quantities
 from depthlab.diagnostics.runner import resolve_quantities
 from depthlab.fileio import read_jsonl, read_jsonl_checked, write_jsonl
 from depthlab.training import load_run
+from depthlab.training.rundir import steps_per_epoch
 
 log = logging.getLogger("depthlab")
-
-
-def _steps_per_epoch(cfg, data) -> int:
-    return -(-len(data.train_x) // (cfg.train.batch_size or 1))
 
 
 def diagnose(model_or_run_dir, quantities="all", data=None, *, checkpoint: str = "last", device: str = "auto",
@@ -37,7 +34,7 @@ def diagnose(model_or_run_dir, quantities="all", data=None, *, checkpoint: str =
     names = resolve_quantities(quantities)
     run_dir = Path(model_or_run_dir)
     model, data, cfg, epoch, _ = load_run(run_dir, checkpoint=checkpoint, device=device)
-    step = epoch * _steps_per_epoch(cfg, data)
+    step = epoch * steps_per_epoch(cfg, data)
     out = [{"step": step, "checkpoint": checkpoint, **r} for r in run_quantities(model, data, quantities, options)]
     if write:
         path = run_dir / "diagnostics.jsonl"

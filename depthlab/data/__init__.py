@@ -37,7 +37,7 @@ from depthlab.registry import Registry
 __all__ = ["Dataset", "load_dataset", "load_dataset_from", "dataset_args", "resolve_path", "list_datasets",
            "dataset_options", "DATASETS", "DeviceLoader", "DataFileError", "default_data_dir", "random_crop",
            "random_hflip", "crop_at", "draw_crop_offsets", "draw_flip_mask", "stratified_split",
-           "stratified_subset", "CHECKSUMS", "AUGMENTS", "check_dataset", "check_xy"]
+           "stratified_subset", "CHECKSUMS", "AUGMENTS", "check_dataset", "check_xy", "check_data_section"]
 
 _TENSOR_FIELDS = ("train_x", "train_y", "test_x", "test_y", "val_x", "val_y")
 
@@ -270,3 +270,31 @@ def dataset_args(data) -> dict:
 def load_dataset_from(data, quiet: bool = False) -> Dataset:
     """The dataset a config's data section describes (training, eval, diagnose, experiments)."""
     return load_dataset(data.name, quiet=quiet, **dataset_args(data))
+
+
+def check_data_section(dt) -> None:
+    """A config's data section (``RunConfig.data``): ``data.path`` / ``data.resize`` only where the
+    dataset reads them, a path that exists where it needs one, positive sizes. ``ValueError`` naming
+    the field."""
+    options = dataset_options(dt.name)
+    for key in ("path", "resize"):
+        if getattr(dt, key) is not None and key not in options:
+            readers = [n for n in DATASETS.names() if key in dataset_options(n)]
+            raise ValueError(f"data.{key} is read only by data.name={' or '.join(readers)}; dataset {dt.name!r} "
+                             f"takes no {key}")
+    if dt.path is None and DATASETS.meta(dt.name).get("needs_path"):
+        raise ValueError(f"data.name={dt.name} needs data.path: a folder, or a .tar, .tar.gz, .tgz or .zip archive "
+                         f"of one, holding train/<class>/<image> and test/<class>/<image> (e.g. --set "
+                         f"data.name={dt.name} data.path=~/data/pets)")
+    if dt.path is not None:
+        try:
+            exists = os.path.exists(resolve_path(dt.path))
+        except (OSError, ValueError):  # a NUL byte, a name too long
+            exists = False
+        if not exists:
+            raise ValueError(f"data.path {dt.path!r} does not exist; give a folder or a .tar, .tar.gz, .tgz or "
+                             f".zip archive holding train/<class>/<image> and test/<class>/<image>")
+    if dt.resize is not None and dt.resize < 1:
+        raise ValueError(f"data.resize must be a positive integer (the side of the square images), got {dt.resize}")
+    if dt.train_subset is not None and dt.train_subset < 1:
+        raise ValueError(f"data.train_subset must be a positive integer (training images), got {dt.train_subset}")

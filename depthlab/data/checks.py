@@ -18,6 +18,13 @@ _SAVE_HINT = {"weights": "torch.save(model.state_dict(), path)",
               "data": "torch.save((x, y), path) with x and y tensors"}
 
 
+def pickled_global(e: BaseException) -> Optional[str]:
+    """The object a ``torch.load(weights_only=True)`` refusal names (``"posix.system"``), or None when
+    ``e`` is not such a refusal (the file is damaged or not a torch file)."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+    return found.group(1) if found else None
+
+
 def load_tensor_file(path, what: str = "data"):
     """``torch.load(path, weights_only=True)`` (tensors and plain containers only), every failure
     one ``DataFileError`` naming the file; ``what`` ("data" or "weights") words the advice."""
@@ -34,10 +41,10 @@ def load_tensor_file(path, what: str = "data"):
     except OSError as e:  # a directory, no permission
         raise DataFileError(f"{path}: the {what} file cannot be read: {(e.strerror or str(e)).lower()}") from None
     except Exception as e:  # noqa: BLE001 - whatever a damaged file makes torch raise, the file is at fault
-        found = re.search(r"GLOBAL ([\w.]+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        found = pickled_global(e)
         if found:  # never pass torch's advice on: weights_only=False would run the file's code
             raise DataFileError(f"{path}: refusing to load the {what} file: it holds a pickled object "
-                                f"({found.group(1)}) beyond tensors and plain containers, and loading it could run "
+                                f"({found}) beyond tensors and plain containers, and loading it could run "
                                 f"code; write it with {hint}") from None
         raise DataFileError(f"{path}: not a {what} file written by torch.save, or truncated or corrupt "
                             f"({type(e).__name__}); write it with {hint}") from None

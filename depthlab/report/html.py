@@ -35,8 +35,6 @@ def _page(title: str, body: str) -> str:
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
 
 
-_pct = pct  # "-" for a missing value (null in strict JSON) or anything that is not a number
-_num = fmt
 
 
 def write_demo_report(out_dir) -> Path:
@@ -47,15 +45,15 @@ def write_demo_report(out_dir) -> Path:
     curves = plot_training_curves({r["model"]: r["run_dir"] for r in results}, out_dir / "curves.png",
                                   title=f"plain (dashed) vs resnet (solid) on {summary['dataset']}")
     cols = [("model", lambda r: text(r["model"])), ("depth", lambda r: text(r["depth"])),
-            ("params", lambda r: fmt(r["params"], ",")), ("train acc", lambda r: _pct(r["train_acc"])),
-            ("test acc", lambda r: _pct(r["test_acc"])), ("seconds", lambda r: fmt(r["seconds"], ".1f"))]
+            ("params", lambda r: fmt(r["params"], ",")), ("train acc", lambda r: pct(r["train_acc"])),
+            ("test acc", lambda r: pct(r["test_acc"])), ("seconds", lambda r: fmt(r["seconds"], ".1f"))]
     check = summary["check"]
     verdict = {True: "<b class=ok>observed</b>", False: "<b class=bad>not observed</b>",
                None: "<b>not checked</b>"}[check["observed"]]
     detail = ""
     if check.get("gap") is not None:
-        detail = (f" (depth {check['depth']}: plain {_pct(check['plain_train_acc'])}, resnet "
-                  f"{_pct(check['resnet_train_acc'])} training accuracy)")
+        detail = (f" (depth {check['depth']}: plain {pct(check['plain_train_acc'])}, resnet "
+                  f"{pct(check['resnet_train_acc'])} training accuracy)")
     e = {k: html.escape(text(summary.get(k))) for k in ("recipe", "dataset", "seed", "device")}
     body = (f"<p>Plain and residual networks of the same depths trained with the <code>{e['recipe']}</code> "
             f"recipe on <code>{e['dataset']}</code> (seed {e['seed']}, device {e['device']}, "
@@ -74,9 +72,9 @@ def write_run_report(run_dir) -> Path:
     cfg = load_object(run_dir / "config.json")
     rows = read_metrics(run_dir)
     curves = plot_training_curves({text((cfg.get("model") or {}).get("name")): run_dir}, run_dir / "curves.png")
-    cols = [("epoch", lambda r: text(r["epoch"])), ("lr", lambda r: _num(r.get("lr"), ".4g")),
-            ("train loss", lambda r: _num(r.get("train_loss"), ".4f")), ("train acc", lambda r: _pct(r["train_acc"])),
-            ("test acc", lambda r: _pct(r.get("test_acc"))), ("seconds", lambda r: _num(r.get("seconds"), ".1f"))]
+    cols = [("epoch", lambda r: text(r["epoch"])), ("lr", lambda r: fmt(r.get("lr"), ".4g")),
+            ("train loss", lambda r: fmt(r.get("train_loss"), ".4f")), ("train acc", lambda r: pct(r["train_acc"])),
+            ("test acc", lambda r: pct(r.get("test_acc"))), ("seconds", lambda r: fmt(r.get("seconds"), ".1f"))]
     body = (f"<h2>config</h2><pre>{html.escape(json.dumps(cfg, indent=2))}</pre><h2>training</h2>"
             + _img(curves) + _table(rows, cols))
     return write_file(run_dir / "report.html", _page(f"depthlab run {run_dir.name}", body).encode())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import re
 from pathlib import Path
 from typing import List, Optional
@@ -183,8 +182,3 @@ def write_file(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; a symbolic link at ``path`` is replaced, never followed."""
     atomic_write_bytes(Path(path), lambda f: f.write(data))
     return Path(path)
-
-
-def finite(v) -> bool:
-    n = number(v)
-    return n is not None and math.isfinite(n)

@@ -9,8 +9,7 @@ import re
 from pathlib import Path
 from typing import List
 
-from depthlab.report.html import _pct
-from depthlab.report.inputs import fmt, load_object, number, text
+from depthlab.report.inputs import fmt, load_object, number, pct, text
 from depthlab.report.pages import _find, format_cell, run_status, run_status_text
 from depthlab.report.plots import read_metrics
 
@@ -145,7 +144,7 @@ def run_markdown(run_dir, level: int = 1) -> str:
         lines += [f"> {_md(last['diagnosis']['message'])}", ""]
     if rows:
         cols = [("epoch", "epoch", format_cell), ("train loss", "train_loss", format_cell),
-                ("train acc", "train_acc", _pct), ("test acc", "test_acc", _pct), ("val acc", "val_acc", _pct),
+                ("train acc", "train_acc", pct), ("test acc", "test_acc", pct), ("val acc", "val_acc", pct),
                 ("seconds", "elapsed", format_cell)]
         cols = [c for c in cols if c[1] in last]
         lines += ["Final metrics (last epoch):", "", "| " + " | ".join(c[0] for c in cols) + " |",
@@ -165,8 +164,8 @@ def runs_markdown(run_dirs: List[Path], root: Path) -> str:
         epochs = f"{text(last.get('epoch', 0))}/{text(_dict(cfg.get('train')).get('epochs'))}"
         cells = [Path(d).relative_to(root).as_posix(), _dict(cfg.get("model")).get("name"),
                  _dict(cfg.get("data")).get("name"), run_status(cfg, rows), epochs]
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + f" | {_pct(last.get('train_acc'))} | "
-                     f"{_pct(last.get('test_acc'))} |")
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + f" | {pct(last.get('train_acc'))} | "
+                     f"{pct(last.get('test_acc'))} |")
     return "\n".join(lines) + "\n"
 
 

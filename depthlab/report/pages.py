@@ -13,7 +13,7 @@ from typing import List
 
 from depthlab.report.diagnostics import diagnostic_figures
 from depthlab.report.figures import render
-from depthlab.report.html import _page, _pct
+from depthlab.report.html import _page
 from depthlab.report.inputs import (
     fmt,
     href,
@@ -23,6 +23,7 @@ from depthlab.report.inputs import (
     log,
     number,
     output_dir,
+    pct,
     text,
     write_file,
 )
@@ -156,7 +157,7 @@ def write_experiment_report(exp_dir) -> Path:
                      + "</section>")
     runs = [r for r in _rows(doc.get("runs")) if isinstance(r, dict)]
     if runs:
-        rows = [[r.get("run_id"), run_status_text(r), _pct(r.get("train_acc")), _pct(r.get("test_acc")),
+        rows = [[r.get("run_id"), run_status_text(r), pct(r.get("train_acc")), pct(r.get("test_acc")),
                  r.get("seconds_per_epoch"), f"yes, made by: {text(r.get('made_by'), 'not recorded')}"
                  if r.get("reused") else "no", r.get("run_dir")] for r in runs]
         parts.append("<section id=runs><h2>Runs</h2>" + _table(
@@ -216,8 +217,8 @@ def write_run_page(run_dir) -> Path:
     parts += _diagnostic_figures(run_dir)
     parts.append("</section><section id=results><h2>Metrics per epoch</h2>")
     parts.append(_table({"title": "", "columns": ["epoch", "lr", "train loss", "train acc", "test acc", "seconds"],
-                         "rows": [[r["epoch"], r.get("lr"), r.get("train_loss"), _pct(r.get("train_acc")),
-                                   _pct(r.get("test_acc")), r.get("seconds")] for r in rows]}))
+                         "rows": [[r["epoch"], r.get("lr"), r.get("train_loss"), pct(r.get("train_acc")),
+                                   pct(r.get("test_acc")), r.get("seconds")] for r in rows]}))
     parts.append(f"</section><section id=provenance><h2>Config</h2><pre>{_e(json.dumps(cfg, indent=2))}"
                  "</pre></section>")
     return write_file(run_dir / "report.html", _styled(_page(f"depthlab run {run_dir.name}", "".join(parts))).encode())
@@ -287,8 +288,8 @@ def write_index(root, pages: List[Path]) -> Path:
             m = read_metrics(d)
             last = m[-1] if m else {}
             rows.append(f"<tr><td class=l>{link}{_e(d.name)}</a></td><td class=l>run"
-                        f"</td><td class=l>{len(m)} epochs</td><td class=l>train {_pct(last.get('train_acc'))}, "
-                        f"test {_pct(last.get('test_acc'))}</td></tr>")
+                        f"</td><td class=l>{len(m)} epochs</td><td class=l>train {pct(last.get('train_acc'))}, "
+                        f"test {pct(last.get('test_acc'))}</td></tr>")
     body = ("<section id=index><table><tr><th class=l>page</th><th class=l>what</th><th class=l>scale</th>"
             "<th class=l>verdicts / result</th></tr>" + "".join(rows) + "</table></section>")
     page = _page(f"depthlab reports in {root.name or root}", body)

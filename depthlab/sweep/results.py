@@ -13,6 +13,7 @@ from typing import Dict, List
 
 from depthlab.experiments.base import bar_figure, fmt_mean_sd, mean_sd
 from depthlab.fileio import atomic_write_text
+from depthlab.report.inputs import pct
 from depthlab.report.pages import _dl, _page, _styled, _table
 from depthlab.report.pages import _figure as figure
 
@@ -153,7 +154,7 @@ def report_html(doc: dict) -> str:
     runs = {"title": f"{len(doc['runs'])} runs", "columns": ["run", "seed", "status", "this invocation", "epoch",
                                                              "train acc", "test acc", "seconds", "error"],
             "rows": [[r["run_id"], r["seed"], r["status"], _action(r), r.get("epoch"),
-                      _pct(r.get("train_acc")), _pct(r.get("test_acc")), r.get("seconds"), r.get("error") or ""]
+                      pct(r.get("train_acc")), pct(r.get("test_acc")), r.get("seconds"), r.get("error") or ""]
                      for r in doc["runs"]]}
     parts.append("<section id=runs><h2>Runs</h2>" + _table(runs) + "</section>")
     parts.append("<section id=provenance><h2>What was run</h2>" + _dl([
@@ -170,10 +171,6 @@ def report_html(doc: dict) -> str:
 def _action(r: dict) -> str:
     n = r.get("retries")
     return f"{r.get('action')}, {n} retr{'y' if n == 1 else 'ies'} (worker died)" if n else str(r.get("action"))
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def _figure(doc: dict) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
 import random
 import re
 import struct
@@ -30,6 +29,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from depthlab.data.checks import pickled_global
 from depthlab.fileio import atomic_write_bytes
 
 log = logging.getLogger("depthlab")
@@ -189,10 +189,10 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {e.strerror or e}; fix its "
                               f"permissions") from None
     except Exception as e:  # noqa: BLE001 - damaged bytes make torch fail in many ways; every one is named
-        found = re.search(r"GLOBAL ([\w.]+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        found = pickled_global(e)
         if found:  # a pickle naming an object beyond tensors; anything else is not a torch file at all
             raise CheckpointError(f"refusing checkpoint {str(path)!r}: it carries a pickled object "
-                                  f"({found.group(1)}) beyond tensors and plain containers; depthlab never "
+                                  f"({found}) beyond tensors and plain containers; depthlab never "
                                   f"writes one, and loading it could run code") from None
         first = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0]
         raise CheckpointDamaged(path, f"is unreadable (truncated or not a torch file): {first}") from None

@@ -45,8 +45,12 @@ def run_differences(saved: dict, wanted: RunConfig, epochs: bool = False) -> str
     want["data"]["path"] = resolve_path(wanted.data.path)  # saved absolute (resolve_config)
     old, new = _flat(saved), _flat(want)
     ignored = _RESUMABLE_CHANGES - ({"train.epochs"} if epochs else set())
-    diff = sorted(k for k, v in new.items() if v is not None and k not in ignored and old.get(k) != v)
-    return "; ".join(f"{k}: saved {old.get(k)!r}, now {new[k]!r}" for k in diff)
+    return _describe(old, new, [k for k, v in new.items() if v is not None and k not in ignored])
+
+
+def _describe(old: dict, new: dict, keys) -> str:
+    """``"field: saved X, now Y; ..."`` for the flattened ``keys`` whose values differ."""
+    return "; ".join(f"{k}: saved {old.get(k)!r}, now {new[k]!r}" for k in sorted(keys) if old.get(k) != new[k])
 
 
 def prepare_run_dir(cfg: RunConfig, resume, overwrite: bool) -> Optional[dict]:
@@ -59,7 +63,7 @@ def prepare_run_dir(cfg: RunConfig, resume, overwrite: bool) -> Optional[dict]:
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run directory {str(run_dir)!r} is a file, not a directory; choose another run_id")
     if saved_path.exists():
-        if not resume and made_by_this_job(run_dir) and not _resume_differences(cfg, run_dir):
+        if not resume and made_by_this_job(run_dir) and not _resume_differences(cfg, run_dir)[1]:
             # the group's earlier attempt started this run: refusing (or replacing) it would lose its work
             logging.getLogger("depthlab").warning(
                 "torchrun restart %d: resuming %r, which this torchrun job started (a restart continues its own "
@@ -73,10 +77,10 @@ def prepare_run_dir(cfg: RunConfig, resume, overwrite: bool) -> Optional[dict]:
             raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; pass resume=True (CLI: "
                               f"--resume) to continue it, overwrite=True (CLI: --overwrite) to replace it, or "
                               f"choose another run_id")
-        details = _resume_differences(cfg, run_dir)
+        saved, details = _resume_differences(cfg, run_dir)
         if details:
             raise ConfigError(f"cannot resume {str(run_dir)!r}: it holds a different run ({details})")
-        return json.loads(saved_path.read_text())
+        return saved
     if resume is True:
         raise ConfigError(f"nothing to resume: {str(run_dir)!r} holds no run (no config.json)")
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -87,9 +91,9 @@ def prepare_run_dir(cfg: RunConfig, resume, overwrite: bool) -> Optional[dict]:
     return None
 
 
-def _resume_differences(cfg: RunConfig, run_dir: Path) -> str:
-    """``"field: saved X, now Y; ..."`` for what differs from the run saved in ``run_dir`` (beyond
-    the resumable fields); empty when it is this run."""
+def _resume_differences(cfg: RunConfig, run_dir: Path) -> tuple:
+    """``(saved config, "field: saved X, now Y; ...")`` for what differs from the run saved in
+    ``run_dir`` (beyond the resumable fields); the text is empty when it is this run."""
     try:
         saved = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError) as e:
@@ -97,8 +101,7 @@ def _resume_differences(cfg: RunConfig, run_dir: Path) -> str:
     if not isinstance(saved, dict):
         raise ConfigError(f"{str(run_dir / 'config.json')!r} is not a depthlab run config (not a mapping)")
     new, old = _flat(cfg.to_dict()), _flat(saved)
-    diff = sorted(k for k in new if k not in _RESUMABLE_CHANGES and new[k] != old.get(k))
-    return "; ".join(f"{k}: saved {old.get(k)!r}, now {new[k]!r}" for k in diff)
+    return saved, _describe(old, new, [k for k in new if k not in _RESUMABLE_CHANGES])
 
 
 def _check_replaceable(run_dir: Path) -> None:
@@ -160,8 +163,9 @@ def resume_point(run_dir: Path, map_location, set_aside: bool) -> ckpt.Pick:
         path = run_dir / name
         rows, damage = fileio.read_jsonl_checked(path)
         bad = next((str(d) for d in damage if not d.torn), None)
-        if bad is None and name == "metrics.jsonl" and fileio.epoch_gap(rows):
-            bad = f"{path}: {fileio.epoch_gap(rows)}"
+        gap = fileio.epoch_gap(rows) if name == "metrics.jsonl" else None
+        if bad is None and gap:
+            bad = f"{path}: {gap}"
         if bad is not None:
             raise ConfigError(f"cannot resume {str(run_dir)!r}: {bad}; resuming would rewrite the file without "
                               f"the lost rows. Restore {name} from a backup, or train the run again with "
@@ -181,7 +185,7 @@ def truncate_logs(path: Path, epoch: int) -> int:
         logging.getLogger("depthlab").warning("%s; dropped it", d)
     kept = [r for r in rows if not (r.get("kind", "epoch") == "epoch" and r.get("epoch", 0) > epoch)]
     fileio.write_jsonl(path, kept)
-    return sum(1 for r in rows if r.get("kind") == "epoch" and r.get("epoch", 0) > epoch)
+    return len(rows) - len(kept)
 
 
 def last_epoch_row(path: Path) -> dict:

@@ -59,6 +59,11 @@ def load_weights(run_dir: Path, checkpoint: str, path: Path, map_location, steps
                                              f"(CLI: --checkpoint last) for the newest good one") from None
 
 
+def steps_per_epoch(cfg: RunConfig, data) -> int:
+    """Training steps per epoch of a run (a checkpoint at epoch E is step E * this)."""
+    return -(-len(data.train_x) // (cfg.train.batch_size or 1))
+
+
 def _saved_config(run_dir: Path) -> RunConfig:
     if not (run_dir / "config.json").exists():
         raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
@@ -76,7 +81,7 @@ def load_run(run_dir, checkpoint: str = "last", device: str = "auto", valid=CHEC
     model = build_from_config(cfg, data).to(dev)
     epoch = 0
     if path is not None:
-        state, path = load_weights(run_dir, checkpoint, path, dev, -(-len(data.train_x) // (cfg.train.batch_size or 1)))
+        state, path = load_weights(run_dir, checkpoint, path, dev, steps_per_epoch(cfg, data))
         model.load_state_dict(state["model"])
         epoch = int(state["epoch"])
     return model.eval(), data, cfg, epoch, path
