@@ -212,14 +212,31 @@ def _check_writable(directory: Path, target) -> None:
 def _cmd_report(args) -> int:
     from depthlab.fileio import atomic_write_text
     from depthlab.report import write_report
-    from depthlab.report.markdown import report_markdown
+    from depthlab.report.markdown import compare_markdown, report_markdown
+    from depthlab.report.pages import write_compare_page
 
-    text = report_markdown(args.path, command_line(args)) if args.markdown else None  # fails before writing
+    if len(args.path) > 1:  # the same experiments side by side, one column per directory
+        cmd = command_line(args)
+        text = compare_markdown(args.path, cmd) if args.markdown else None  # fails before writing
+        html = Path(args.html or "compare.html")
+        _check_writable(html.parent, html)
+        if text is not None:
+            _check_writable(Path(args.markdown).parent, args.markdown)
+        print(write_compare_page(args.path, html, cmd))
+        if text is not None:
+            atomic_write_text(Path(args.markdown), text)
+            print(args.markdown)
+        return 0
+    path = args.path[0]
+    if args.html:
+        raise ValueError("--html names the page of a comparison (several directories); one directory's report "
+                         "is written into it as report.html")
+    text = report_markdown(path, command_line(args)) if args.markdown else None  # fails before writing
     if text is not None:  # the HTML goes into the directory, the Markdown beside it or elsewhere
-        if Path(args.path).is_dir():
-            _check_writable(Path(args.path), Path(args.path) / "report.html")
+        if Path(path).is_dir():
+            _check_writable(Path(path), Path(path) / "report.html")
         _check_writable(Path(args.markdown).parent, args.markdown)
-    print(write_report(args.path))
+    print(write_report(path))
     if text is not None:
         atomic_write_text(Path(args.markdown), text)
         print(args.markdown)
@@ -361,9 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_reproduce)
 
     s = sub.add_parser("report", help="self-contained HTML report of a run or experiment directory (or an index)")
-    s.add_argument("path", help="a run directory, an experiment directory, or a directory of them")
+    s.add_argument("path", nargs="+", help="a run directory, an experiment directory, or a directory of them; "
+                                           "several directories of experiments (e.g. one per dataset) compare "
+                                           "their verdicts side by side")
     s.add_argument("--markdown", metavar="FILE", help="also write Markdown: every experiment's verdicts and tables, "
                                                        "a run's config and final metrics, or a table of the runs")
+    s.add_argument("--html", metavar="FILE", help="where the comparison page of several directories goes "
+                                                  "(default: compare.html)")
     s.set_defaults(func=_cmd_report)
 
     s = sub.add_parser("sweep", help="run a grid of configs x seeds (local processes or Ray); skips finished runs")

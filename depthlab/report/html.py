@@ -29,7 +29,7 @@ def _table(rows, cols) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _page(title: str, body: str) -> str:
+def html_page(title: str, body: str) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'>"
             f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\"><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
@@ -63,7 +63,7 @@ def write_demo_report(out_dir) -> Path:
             + _table(results, cols) + _img(curves)
             + "<p>Reproduce: <code>depthlab demo</code>. Each run directory holds config.json, metrics.jsonl "
               "and checkpoints.</p>")
-    return write_file(out_dir / "report.html", _page("depthlab demo: the degradation problem", body).encode())
+    return write_file(out_dir / "report.html", html_page("depthlab demo: the degradation problem", body).encode())
 
 
 def write_run_report(run_dir) -> Path:
@@ -77,4 +77,4 @@ def write_run_report(run_dir) -> Path:
             ("test acc", lambda r: pct(r.get("test_acc"))), ("seconds", lambda r: fmt(r.get("seconds"), ".1f"))]
     body = (f"<h2>config</h2><pre>{html.escape(json.dumps(cfg, indent=2))}</pre><h2>training</h2>"
             + _img(curves) + _table(rows, cols))
-    return write_file(run_dir / "report.html", _page(f"depthlab run {run_dir.name}", body).encode())
+    return write_file(run_dir / "report.html", html_page(f"depthlab run {run_dir.name}", body).encode())
