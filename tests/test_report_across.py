@@ -12,12 +12,13 @@ def _v(claim, status="observed", detail="x 1.0%"):
     return {"claim": claim, "status": status, "detail": detail, "seeds": 3}
 
 
-def _experiment(root, name, data, scale, verdicts):
-    d = root / name
+def _experiment(root, name, data, scale, verdicts, folder=None):
+    d = root / (folder or name)
     d.mkdir(parents=True)
     (d / "experiment.json").write_text(json.dumps({
         "name": name, "title": f"{name} title", "source": "Someone 2015", "scale": scale,
-        "data": {"name": data, "source": JPEG if data == "cifar10" else ""}, "verdicts": verdicts}))
+        "data": {"name": data, "source": JPEG if data == "cifar10" else ""} if data else {"name": None},
+        "verdicts": verdicts}))
 
 
 def _roots(tmp_path):
@@ -63,6 +64,22 @@ def test_same_dataset_columns_are_told_apart_by_scale_then_folder(tmp_path):
     assert compare_verdicts([a, b])["columns"] == ["CIFAR-10 (JPEG re-encoding), real scale",
                                                    "CIFAR-10 (JPEG re-encoding), paper scale"]
     assert compare_verdicts([b, c])["columns"][1] == "CIFAR-10 (JPEG re-encoding), paper scale (c)"
+
+
+def test_one_folder_of_two_scales_gives_two_columns_and_a_dataless_experiment_joins_its_scale(tmp_path, capsys):
+    """``reproduce X`` and ``reproduce X --scale real`` both write under runs/reproduce (X, X-real)."""
+    root = tmp_path / "reproduce"
+    _experiment(root, "shattered", None, "quick", [_v("1-D inputs shatter")])
+    _experiment(root, "degradation", "digits", "quick", [_v("plain-56 beats plain-20")])
+    _experiment(root, "degradation", "cifar10", "real", [_v("plain-56 beats plain-20", "not observed")],
+                folder="degradation-real")
+    c = compare_verdicts([root])
+    assert c["columns"] == ["digits", "CIFAR-10 (JPEG re-encoding)"]
+    assert [e["name"] for e in c["experiments"]] == ["degradation", "shattered"]
+    assert [[v and v["status"] for v in r["cells"]] for e in c["experiments"] for r in e["rows"]] == [
+        ["observed", "not observed"], ["observed", None]]
+    assert main(["report", str(root), "--compare", "--html", str(tmp_path / "c.html")]) == 0
+    assert (tmp_path / "c.html").is_file() and capsys.readouterr().out.strip() == str(tmp_path / "c.html")
 
 
 def test_cli_writes_the_page_and_the_markdown_and_escapes_what_files_say(tmp_path, capsys):

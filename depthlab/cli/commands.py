@@ -215,7 +215,7 @@ def _cmd_report(args) -> int:
     from depthlab.report.markdown import compare_markdown, report_markdown
     from depthlab.report.pages import write_compare_page
 
-    if len(args.path) > 1:  # the same experiments side by side, one column per directory
+    if len(args.path) > 1 or args.compare:  # the same experiments side by side, a column per dataset and scale
         cmd = command_line(args)
         text = compare_markdown(args.path, cmd) if args.markdown else None  # fails before writing
         html = Path(args.html or "compare.html")
@@ -229,8 +229,8 @@ def _cmd_report(args) -> int:
         return 0
     path = args.path[0]
     if args.html:
-        raise ValueError("--html names the page of a comparison (several directories); one directory's report "
-                         "is written into it as report.html")
+        raise ValueError("--html names the page of a comparison (several directories, or --compare); one "
+                         "directory's report is written into it as report.html")
     text = report_markdown(path, command_line(args)) if args.markdown else None  # fails before writing
     if text is not None:  # the HTML goes into the directory, the Markdown beside it or elsewhere
         if Path(path).is_dir():
@@ -383,8 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "their verdicts side by side")
     s.add_argument("--markdown", metavar="FILE", help="also write Markdown: every experiment's verdicts and tables, "
                                                        "a run's config and final metrics, or a table of the runs")
-    s.add_argument("--html", metavar="FILE", help="where the comparison page of several directories goes "
-                                                  "(default: compare.html)")
+    s.add_argument("--compare", action="store_true", help="compare verdicts even with one directory (its "
+                                                            "experiments grouped by dataset and scale)")
+    s.add_argument("--html", metavar="FILE", help="where the comparison page goes (default: compare.html)")
     s.set_defaults(func=_cmd_report)
 
     s = sub.add_parser("sweep", help="run a grid of configs x seeds (local processes or Ray); skips finished runs")

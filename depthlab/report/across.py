@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from depthlab.report.inputs import load_object, text
 
@@ -24,7 +24,9 @@ def claim_key(claim: str) -> str:
     return re.sub(r"\d+(?:\.\d+)?", "#", claim).strip()
 
 
-def _experiments(root: Path) -> Dict[str, Path]:
+def _columns(root: Path) -> List[dict]:
+    """The experiment directories at or below ``root`` (one level), grouped into columns by dataset and
+    scale: ``[{"root", "label", "scale", "docs": {name: experiment.json}}]``."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{str(root)!r} is not a directory")
@@ -35,28 +37,36 @@ def _experiments(root: Path) -> Dict[str, Path]:
     if not found:
         raise FileNotFoundError(f"no experiment directory (experiment.json) in {str(root)!r}; run "
                                 f"`depthlab reproduce NAME --out {root}` first")
-    out = {}
-    for d in found:
-        doc = load_object(d / "experiment.json")
-        out.setdefault(text(doc.get("name")) or d.name, d)
-    return out
+    columns: Dict[tuple, dict] = {}
+    docs = [(d, load_object(d / "experiment.json")) for d in found]
+    # experiments with no dataset (shattered's synthetic inputs) join their scale's column, once it exists
+    for d, doc in sorted(docs, key=lambda x: _label(x[1]) is None):
+        label, scale = _label(doc), text(doc.get("scale"))
+        if label is None:
+            label = next((lab for lab, sc in columns if sc == scale), "no dataset")
+        col = columns.setdefault((label, scale), {"root": root, "label": label, "scale": scale, "docs": {}})
+        col["docs"].setdefault(text(doc.get("name")) or d.name, doc)
+    return list(columns.values())
 
 
-def _label(doc: dict) -> str:
+def _label(doc: dict) -> Optional[str]:
+    """The dataset a column is named by (None for an experiment that reads none)."""
     data = doc.get("data") if isinstance(doc.get("data"), dict) else {}
-    name = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(text(data.get("name")), text(data.get("name")) or "?")
+    if not isinstance(data.get("name"), str) or not data["name"]:
+        return None
+    name = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(data["name"], text(data["name"]))
     return name + (" (JPEG re-encoding)" if "JPEG" in text(data.get("source")) else "")
 
 
 def compare_verdicts(roots: List[Path]) -> dict:
-    """``{"columns": [label per root], "experiments": [{"name", "title", "source", "rows": [{"claim",
-    "cells": [verdict dict or None per root]}]}]}`` for every experiment under any root."""
-    found = [_experiments(r) for r in roots]
-    docs = [{n: load_object(d / "experiment.json") for n, d in f.items()} for f in found]
-    labels = [_label(next(iter(ds.values()))) for ds in docs]
-    scales = [text(next(iter(ds.values())).get("scale")) for ds in docs]
-    labels = [f"{lab}, {sc} scale" if labels.count(lab) > 1 else lab for lab, sc in zip(labels, scales)]
-    labels = [f"{lab} ({Path(r).name})" if labels.count(lab) > 1 else lab for lab, r in zip(labels, roots)]
+    """``{"columns": [label], "experiments": [{"name", "title", "source", "rows": [{"claim", "cells":
+    [verdict dict or None per column]}]}]}`` for every experiment under any root. A column is one dataset
+    at one scale in one root (``runs/reproduce`` holding quick and ``-real`` experiments gives two)."""
+    cols = [c for r in roots for c in _columns(r)]
+    labels = [c["label"] for c in cols]
+    labels = [f"{lab}, {c['scale']} scale" if labels.count(lab) > 1 else lab for lab, c in zip(labels, cols)]
+    labels = [f"{lab} ({Path(c['root']).name})" if labels.count(lab) > 1 else lab for lab, c in zip(labels, cols)]
+    docs = [c["docs"] for c in cols]
     names = list(dict.fromkeys(n for ds in docs for n in ds))
     experiments = []
     for name in names:
