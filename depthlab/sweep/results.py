@@ -13,8 +13,9 @@ from typing import Dict, List
 
 from depthlab.experiments.base import bar_figure, fmt_mean_sd, mean_sd
 from depthlab.fileio import atomic_write_text
+from depthlab.report.html import html_page
 from depthlab.report.inputs import pct
-from depthlab.report.pages import _dl, _page, _styled, _table
+from depthlab.report.pages import _dl, _styled, _table
 from depthlab.report.pages import _figure as figure
 
 STATUSES = ("finished", "diverged", "failed", "interrupted")
@@ -165,7 +166,7 @@ def report_html(doc: dict) -> str:
         ("platform", prov.get("platform")), ("started", prov.get("started")), ("finished", prov.get("finished")),
         ("wall time", f"{prov.get('seconds', 0):.0f} s (this invocation)")])
         + f"<h3>sweep.yaml</h3><pre>{html.escape(doc.get('source_text', ''))}</pre></section>")
-    return _styled(_page(f"depthlab sweep {doc['name']}", "".join(parts)))
+    return _styled(html_page(f"depthlab sweep {doc['name']}", "".join(parts)))
 
 
 def _action(r: dict) -> str:
