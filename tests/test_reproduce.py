@@ -273,3 +273,19 @@ def test_three_seeds_by_default_at_the_quick_scale_one_at_the_paper_scale(tmp_pa
     paper = reproduce("shattered", scale="paper", params=Shattered.smoke, out=str(tmp_path / "p"), quiet=True,
                       report=False)
     assert paper["seeds"] == 1
+
+
+def test_provenance_names_the_commit_that_started_and_a_checkout_changed_while_it_ran(tmp_path, monkeypatch):
+    """A long experiment imports modules as it goes: the commit it started from is the one recorded, and a
+    checkout moved meanwhile (a pull, a commit, an edit) is named beside it, not in its place."""
+    from depthlab.experiments import runner
+
+    commits = iter(["aaaa", "bbbb+dirty"])
+    monkeypatch.setattr(runner, "git_commit", lambda: next(commits))
+    doc = reproduce("shattered", seeds=1, params=EXPERIMENTS.get("shattered").smoke, out=str(tmp_path / "s"),
+                    device="cpu", quiet=True, report=False)
+    assert (doc["provenance"]["commit"], doc["provenance"]["commit_at_end"]) == ("aaaa", "bbbb+dirty")
+    monkeypatch.setattr(runner, "git_commit", lambda: "aaaa")
+    doc = reproduce("shattered", seeds=1, params=EXPERIMENTS.get("shattered").smoke, out=str(tmp_path / "t"),
+                    device="cpu", quiet=True, report=False)
+    assert doc["provenance"]["commit"] == "aaaa" and "commit_at_end" not in doc["provenance"]

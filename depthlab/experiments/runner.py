@@ -213,7 +213,7 @@ def reproduce(name: str, scale: str = "quick", seeds: Optional[int] = None, out:
     _check_dataset_param(p)
     out_dir = Path(out) if out else Path("runs") / "reproduce" / (name if scale == "quick" else f"{name}-{scale}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    started, t0, commit = datetime.now(timezone.utc), time.perf_counter(), git_commit()  # the code that runs
     specs = exp.runs(p)
     dataset, data_name, note = (None, p["dataset"], "")
     if specs or p.get("dataset"):
@@ -238,7 +238,7 @@ def reproduce(name: str, scale: str = "quick", seeds: Optional[int] = None, out:
     doc = {"name": exp.name, "title": exp.title, "source": exp.source, "claim": exp.claim,
            "expected": exp.expected, "scale": scale, "seeds": seeds, "params": p,
            "data": {"name": data_name, "note": note, "source": getattr(dataset, "source", None)},
-           "provenance": provenance(command, device, started, t0),
+           "provenance": provenance(command, device, started, t0, commit),
            "runs": ctx.results, "verdicts": findings.verdicts, "tables": findings.tables,
            "figures": findings.figures, "notes": findings.notes}
     atomic_write_text(out_dir / "experiment.json", json.dumps(doc, indent=1, default=_jsonable))
@@ -382,20 +382,27 @@ def _seconds_per_epoch(run_dir: Path) -> Optional[float]:
     return sum(rest) / len(rest)
 
 
-def provenance(command: Optional[str], device: str, started: datetime, t0: float) -> dict:
-    """What was run, where and when: command, commit, versions, device, time."""
-
+def provenance(command: Optional[str], device: str, started: datetime, t0: float, commit: str) -> dict:
+    """What was run, where and when: command, commit (``commit``: the checkout's when it started; a
+    checkout changed while it ran adds ``commit_at_end``), versions, device, time."""
     dev = resolve_device(device)
     if dev.type == "cuda":
         dev_name = f"cuda: {torch.cuda.get_device_name(dev)}"
     else:
         dev_name = f"{dev.type}: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    return {"command": command,
-            "commit": git_commit(), "depthlab": __version__, "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "device": dev_name,
+    return {"command": command, "commit": commit, **commit_at_end(commit), "depthlab": __version__,
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "device": dev_name,
             "started": started.isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": time.perf_counter() - t0}
+
+
+def commit_at_end(commit: str) -> dict:
+    """``{"commit_at_end": now}`` when the checkout's commit is no longer ``commit`` (edited or checked
+    out while a long job ran: its first modules were imported from ``commit``, later ones maybe not)."""
+    now = git_commit()
+    return {} if now == commit else {"commit_at_end": now}
 
 
 def git_commit() -> str:

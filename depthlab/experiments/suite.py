@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from depthlab.config import ConfigError
 from depthlab.experiments.base import EXPERIMENTS
-from depthlab.experiments.runner import git_commit, reproduce, resolve_params
+from depthlab.experiments.runner import commit_at_end, git_commit, reproduce, resolve_params
 from depthlab.fileio import atomic_write_text
 
 STATUSES = ("observed", "not observed", "inconclusive")
@@ -45,7 +45,7 @@ def reproduce_all(scale: str = "quick", seeds: Optional[int] = None, out: Option
     shares = split_params(names, scale, params)
     for n in names:  # every experiment's parameters are checked before the first one trains
         resolve_params(EXPERIMENTS.get(n)(), scale, shares[n])
-    t0, rows = time.perf_counter(), []
+    t0, rows, commit = time.perf_counter(), [], git_commit()
     for i, n in enumerate(names, 1):
         if not quiet:
             print(f"[{i}/{len(names)}] {n}", file=sys.stderr, flush=True)
@@ -62,7 +62,8 @@ def reproduce_all(scale: str = "quick", seeds: Optional[int] = None, out: Option
 
     index = write_report(base)
     result = {"experiments": rows, "seconds": time.perf_counter() - t0, "index": str(index),
-              "command": command, "scale": scale, "seeds": seeds, "jobs": jobs, "commit": git_commit(),
+              "command": command, "scale": scale, "seeds": seeds, "jobs": jobs, "commit": commit,
+              **commit_at_end(commit),
               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
     # suite.json: the wall time and machine of the whole suite, the first line of `depthlab report --markdown`
     atomic_write_text(base / "suite.json", json.dumps(result, indent=2) + "\n")

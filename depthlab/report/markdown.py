@@ -66,13 +66,14 @@ def experiment_markdown(exp_dir, level: int = 2) -> str:
     prov, data = _dict(doc.get("provenance")), _dict(doc.get("data"))
     runs = [r for r in _list(doc.get("runs")) if isinstance(r, dict)]
     h = "#" * level
+    moved = f" (checkout at {_code(prov['commit_at_end'])} when it finished)" if prov.get("commit_at_end") else ""
     lines = [f"{h} {_md(doc.get('name'))}", "", f"**{_md(doc.get('title'))}** ({_md(doc.get('source'))})", "",
              f"**Paper:** {_md(doc.get('claim'))}", "", f"**Expected at this scale:** {_md(doc.get('expected'))}", "",
              *_fenced(text(prov.get("command", f"depthlab reproduce {text(doc.get('name'))}")), "bash"), "",
              f"{_md(doc.get('scale'))} scale, {_md(doc.get('seeds'))} seed(s), data {_code(data.get('name'))}"
              f"{' (' + _md(data['source']) + ')' if data.get('source') else ''}; "
              f"{_md(prov.get('device', '?'))}; torch {_md(prov.get('torch', '?'))}; "
-             f"commit {_code(prov.get('commit', '?'))}; "
+             f"commit {_code(prov.get('commit', '?'))}{moved}; "
              f"{_md(prov.get('finished', '?'))[:10]}; {_train_seconds(runs):.0f} s of training over "
              f"{len(runs)} runs, this invocation {fmt(prov.get('seconds', 0), '.0f')} s "
              f"({sum(1 for r in runs if r.get('reused'))} runs reused).", ""]

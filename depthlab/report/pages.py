@@ -169,7 +169,8 @@ def write_experiment_report(exp_dir) -> Path:
     parts.append("<section id=provenance><h2>What was run</h2>" + _dl([
         ("command", prov.get("command")), ("scale", doc.get("scale")), ("seeds", doc.get("seeds")),
         ("data", text(data.get("name")) + (f" ({text(data['source'])})" if data.get("source") else "")),
-        ("commit", prov.get("commit")),
+        ("commit", text(prov.get("commit")) + (f" (the checkout was at {text(prov['commit_at_end'])} when it "
+                                               f"finished)" if prov.get("commit_at_end") else "")),
         ("depthlab", prov.get("depthlab")), ("torch", prov.get("torch")), ("python", prov.get("python")),
         ("device", prov.get("device")), ("platform", prov.get("platform")), ("started", prov.get("started")),
         ("finished", prov.get("finished")), ("wall time", f"{fmt(prov.get('seconds', 0), '.0f')} s (this invocation; "

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import torch
 
-from depthlab.experiments.runner import _params_of, git_commit
+from depthlab.experiments.runner import _params_of, commit_at_end, git_commit
 from depthlab.fileio import atomic_write_text, read_jsonl
 from depthlab.sweep.executors import execute, import_ray
 from depthlab.sweep.results import METRICS, aggregate, cell, counts, summary_line, write_results
@@ -71,7 +71,7 @@ def run_sweep(path_or_dict, executor: Optional[str] = None, workers: Optional[in
     ``paths`` of results.json / results.md / report.html. Failed and diverged runs are recorded and
     the sweep goes on (``doc["failed"]`` lists the failed run ids; the CLI exits 1 for them);
     finished runs are skipped, interrupted ones resumed."""
-    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    started, t0, commit = datetime.now(timezone.utc), time.perf_counter(), git_commit()
     plan = plan_sweep(path_or_dict, executor=executor, workers=workers)
     spec = plan.spec
     records, tasks, index = [], [], []
@@ -102,7 +102,7 @@ def run_sweep(path_or_dict, executor: Optional[str] = None, workers: Optional[in
         for rec, run in zip(records, plan.runs):
             if rec["status"] in ("interrupted", "failed"):  # how far it got (checkpointed epochs)
                 rec["epoch"] = _epochs_done(run)
-        doc = _document(spec, plan, records, command, started, t0)
+        doc = _document(spec, plan, records, command, started, t0, commit)
         write_results(spec.sweep_dir, doc)
         if interrupted:
             log(f"interrupted: {summary_line(doc)}; run the same command again to resume")
@@ -163,7 +163,7 @@ def _params(run: PlannedRun, cache: dict) -> Optional[int]:
     return cache[key]
 
 
-def _document(spec: SweepSpec, plan: Plan, records: List[dict], command, started, t0) -> dict:
+def _document(spec: SweepSpec, plan: Plan, records: List[dict], command, started, t0, commit) -> dict:
 
     if command is None:
         command = (f"depthlab sweep {spec.source_path}" if spec.source_path else "depthlab.sweep.run_sweep(<dict>)")
@@ -175,7 +175,7 @@ def _document(spec: SweepSpec, plan: Plan, records: List[dict], command, started
     doc["failed"] = [r["run_id"] for r in records if r["status"] == "failed"]
     doc.update(aggregate(spec.grid_keys, records))
     doc["runs"] = records
-    doc["provenance"] = {"command": command, "commit": git_commit(), "depthlab": __version__,
+    doc["provenance"] = {"command": command, "commit": commit, **commit_at_end(commit), "depthlab": __version__,
                          "torch": torch.__version__, "python": platform.python_version(),
                          "platform": platform.platform(), "started": started.isoformat(timespec="seconds"),
                          "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
