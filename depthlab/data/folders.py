@@ -236,6 +236,9 @@ def find_cifar_folders(name: str, data_dir: Path) -> Optional[Path]:
     return found[0] if found else None
 
 
+_ANNOUNCED: set = set()  # (dataset, path) whose form this process has already named
+
+
 def load_cifar_folders(name: str, path: Path, data_dir: Path, verify: bool = True) -> RawData:
     """CIFAR-10/100 from its class-folder form (a folder or archive in the ``imagefolder`` layout):
     its structure checked (CIFAR's classes in label order, 50,000 / 10,000 images, every image 32x32
@@ -244,9 +247,11 @@ def load_cifar_folders(name: str, path: Path, data_dir: Path, verify: bool = Tru
     require = images.Require((32, 32), True, f"{title}'s class-folder form")
     d = read_image_folder(Path(path), data_dir, require=require, check=_cifar_check(name, verify))
     kinds = " and ".join(sorted(d.formats))
-    log.warning("%s: read the class-folder form at %s (%s train / %s test %s images, 32x32 RGB); the archive's MD5 "
-                "checksums do not apply, checked its structure instead", name, path, f"{len(d.train_y):,}",
-                f"{len(d.test_y):,}", kinds)
+    if (name, str(path)) not in _ANNOUNCED:  # once per process: a grid's runs each load it again
+        _ANNOUNCED.add((name, str(path)))
+        log.warning("%s: read the class-folder form at %s (%s train / %s test %s images, 32x32 RGB); the archive's "
+                    "MD5 checksums do not apply, checked its structure instead", name, path, f"{len(d.train_y):,}",
+                    f"{len(d.test_y):,}", kinds)
     lossy = ("; JPEG is a lossy re-encoding of CIFAR's pixels, so compare its errors with the papers' only "
              "roughly") if "JPEG" in d.formats else ""
     source = f"{title} from its class-folder form ({kinds} images{lossy})"
