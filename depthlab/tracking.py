@@ -7,7 +7,8 @@
             opt.step()
 
 Per step, ``step()`` reads every Conv2d / Linear weight gradient's norm into a tensor on the
-model's device (one fused ``_foreach_norm``, no host-device synchronisation). Every ``every`` steps
+model's device (one fused ``_foreach_norm``, no host-device synchronisation); call it right after
+``backward``, before clipping or anything else that changes the gradients. Every ``every`` steps
 (and at the end) the buffered norms go to ``<run_dir>/diagnostics.jsonl`` in one transfer, as
 ``gradient_tracking`` records (one per layer, a value per step), and to TensorBoard when it is
 installed. With ``data`` (a depthlab dataset or ``(x, y)`` tensors), the heavier ``quantities``

@@ -70,6 +70,10 @@ def test_taps_fire_once_each_in_forward_order_and_sums_are_branch_plus_shortcut(
     assert torch.allclose(outs["layer2.0.sum"], by_hand, atol=1e-6)
 
 
+def _branch(b, h):
+    return b.bn2(b.conv2(torch.relu(b.bn1(b.conv1(h)))))
+
+
 def test_a_deleted_block_returns_relu_of_its_shortcut_and_swaps_run_the_other_block():
     net = _resnet()
     model = adapt(net)
@@ -79,7 +83,7 @@ def test_a_deleted_block_returns_relu_of_its_shortcut_and_swaps_run_the_other_bl
         h = net.relu(net.bn1(net.conv1(x)))
         for name, blk in [("layer1.0", net.layer1[0]), ("layer1.1", net.layer1[1]), ("layer2.0", net.layer2[0]),
                           ("layer2.1", net.layer2[1])]:
-            h = replace.get(name, blk._compute)(h)
+            h = replace.get(name, blk)(h)
         return net.fc(torch.flatten(net.avgpool(h), 1))
 
     with torch.no_grad():
@@ -89,7 +93,9 @@ def test_a_deleted_block_returns_relu_of_its_shortcut_and_swaps_run_the_other_bl
             down = net.layer2[0].downsample
             assert torch.allclose(model(x), by_hand({"layer2.0": lambda h: torch.relu(down(h))}), atol=1e-6)
         with blocks_permuted(model, [1, 0, 2, 3]):
-            swapped = by_hand({"layer1.0": net.layer1[1]._compute, "layer1.1": net.layer1[0]._compute})
+            first, second = net.layer1
+            swapped = by_hand({"layer1.0": lambda h: torch.relu(h + _branch(second, h)),
+                               "layer1.1": lambda h: torch.relu(h + _branch(first, h))})
             assert torch.allclose(model(x), swapped, atol=1e-6)
         assert torch.allclose(model(x), by_hand({}), atol=1e-6)  # restored
 
@@ -197,16 +203,16 @@ class Untraceable(CustomResidual):
         return super().forward(x)
 
 
-def test_sums_of_an_unrecognised_residual_net_are_found_by_tracing_and_read_their_values():
+def test_blocks_of_a_net_written_in_one_forward_are_found_by_tracing_and_read_their_values():
     torch.manual_seed(0)
     net = CustomResidual()
     model = adapt(net)
-    assert model.sums == "fx" and model.block_names == []
-    assert list(model.taps()) == ["inp", "f1", "sum.add", "f2", "sum.add_1", "out"]
+    assert model.sums == "fx" and model.block_names == ["add", "add_1"]  # top-level additions: node names
+    assert list(model.taps()) == ["inp", "f1", "add.sum", "f2", "add_1.sum", "out"]
     assert list(model.state_dict()) == ["net." + k for k in net.state_dict()]
     x, y = torch.randn(3, 1, 8, 8), torch.randint(0, 10, (3,))
     seen = {}
-    hook = model.taps()["sum.add"].register_forward_hook(lambda m, i, o: seen.setdefault("sum", o.detach()))
+    hook = model.taps()["add.sum"].register_forward_hook(lambda m, i, o: seen.setdefault("sum", o.detach()))
     with torch.no_grad():
         assert torch.allclose(model(x), net(x))
         h = torch.relu(net.inp(x))
@@ -217,7 +223,7 @@ def test_sums_of_an_unrecognised_residual_net_are_found_by_tracing_and_read_thei
     s1 = h0 + torch.relu(net.f1(h0))
     s1.retain_grad()
     nn.functional.cross_entropy(net.out((s1 + torch.relu(net.f2(s1))).mean((2, 3))), y).backward()
-    assert g.error_norm[g.taps.index("sum.add")] == pytest.approx(s1.grad.norm().item(), rel=1e-5)
+    assert g.error_norm[g.taps.index("add.sum")] == pytest.approx(s1.grad.norm().item(), rel=1e-5)
 
 
 def test_a_model_that_does_not_trace_keeps_its_conv_and_linear_taps():
@@ -228,17 +234,27 @@ def test_a_model_that_does_not_trace_keeps_its_conv_and_linear_taps():
 
 
 def test_paths_and_responses_on_an_adapted_resnet_match_brute_force():
-    from test_diag_shattering import brute_force_grad
-
     from depthlab.diagnostics.paths import input_gradients
     from depthlab.diagnostics.responses import responses
 
     model = adapt(_resnet(seed=2))
+    net = model.net
     x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 10, (5,))
     n = len(model.blocks)
     g0, gn = input_gradients(model, x, y, [[], range(n)], mode="single_path")
-    torch.testing.assert_close(g0, brute_force_grad(model, x, y, True, False))  # shortcuts only
-    torch.testing.assert_close(gn, brute_force_grad(model, x, y, False, True))  # branches only
+
+    def brute_force(detach_branch):
+        xb = x.clone().requires_grad_(True)
+        h = net.relu(net.bn1(net.conv1(xb)))
+        for b in [*net.layer1, *net.layer2]:
+            s = h if b.downsample is None else b.downsample(h)
+            out = _branch(b, h)
+            h = torch.relu(s + out.detach() if detach_branch else s.detach() + out)
+        loss = nn.functional.cross_entropy(net.fc(torch.flatten(net.avgpool(h), 1)), y, reduction="sum")
+        return torch.autograd.grad(loss, xb)[0]
+
+    torch.testing.assert_close(g0, brute_force(True))  # shortcuts only
+    torch.testing.assert_close(gn, brute_force(False))  # branches only
     r = responses(model, x)
     assert r.blocks == model.block_names and r.bn == ["branch.bn2"] * n
     outs = []
@@ -253,7 +269,7 @@ def test_paths_and_responses_on_an_adapted_resnet_match_brute_force():
 
 
 class TimmLikeBlock(nn.Module):
-    """timm's BasicBlock names (act1, act2): found by name, not re-expressed."""
+    """timm's BasicBlock names (act1, act2) instead of torchvision's relu."""
 
     def __init__(self, c):
         super().__init__()
@@ -264,15 +280,23 @@ class TimmLikeBlock(nn.Module):
         return self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))) + x)
 
 
-def test_blocks_of_another_layout_are_found_with_traced_sums_but_never_silently_deleted():
+def test_blocks_of_another_layout_are_found_by_tracing_and_deleted():
+    torch.manual_seed(0)
     net = nn.Sequential()
     net.add_module("stem", nn.Conv2d(1, 4, 3, padding=1))
     net.add_module("layer1", nn.Sequential(TimmLikeBlock(4), TimmLikeBlock(4)))
     net.add_module("pool", nn.AdaptiveAvgPool2d(1))
     net.add_module("flat", nn.Flatten())
     net.add_module("fc", nn.Linear(4, 10))
+    net.eval()
     model = adapt(net)
     assert model.block_names == ["layer1.0", "layer1.1"] and model.sums == "fx"
-    assert [t for t in model.taps() if t.startswith("sum.")] == ["sum.add", "sum.add_1"]
-    with pytest.raises(ValueError, match="blocks that can be deleted"):
-        lesion_study(model, load_dataset("digits"), max_k=1, samples=1)
+    assert [t for t in model.taps() if t.endswith("sum")] == ["layer1.0.sum", "layer1.1.sum"]
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad(), blocks_disabled(model, [0]):
+        b = net.layer1[1]
+        h = torch.relu(net.stem(x))  # block 0 deleted: act2(0 + x)
+        want = net.fc(net.flat(net.pool(b.act2(b.bn2(b.conv2(b.act1(b.bn1(b.conv1(h))))) + h))))
+        assert torch.allclose(model(x), want, atol=1e-6)
+    r = lesion_study(model, load_dataset("digits"), max_k=1, samples=1, n_test=16)
+    assert [b["name"] for b in r["blocks"]] == ["layer1.0", "layer1.1"]

@@ -46,3 +46,45 @@ def test_config_key_default_off_and_validation():
     for bad in ("0", "-1"):
         with pytest.raises(ConfigError, match=r"methods\.clip_grad_norm must be > 0"):
             RunConfig().with_overrides([f"methods.clip_grad_norm={bad}"]).validate()
+
+
+def test_gradient_tracking_records_the_raw_gradients_before_clipping_changes_them(tmp_path, monkeypatch):
+    """``diagnostics.track_gradients`` reads each step's gradients before any method changes them:
+    the norms recorded equal the norms of the raw gradients that reach the clipping, per layer
+    and step (with clipping at 1e-3 every step is clipped, so the other order records ~1e-3)."""
+    import json
+
+    from depthlab.diagnostics.gradient_flow import parametric_layers
+    from depthlab.methods import clip_grad_norm
+    from depthlab.training import train
+
+    seen = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *args, **kwargs):
+        seen.append([float(m.weight.grad.norm()) for _, m in layers])
+        return real_clip(params, max_norm, *args, **kwargs)
+
+    cfg = RunConfig().with_overrides(["model.name=resnet", "model.depth=8", "model.width=4", "data.name=digits",
+                                      "train.epochs=2", "train.batch_size=256", "train.device=cpu",
+                                      "train.threads=1", "methods.clip_grad_norm=1e-3",
+                                      "diagnostics.track_gradients=true", f"out_dir={tmp_path}", "run_id=r"])
+    original_setup = clip_grad_norm.ClipGradNorm.setup
+
+    def setup(self, model):
+        layers[:] = parametric_layers(model)
+        original_setup(self, model)
+
+    layers = []
+    monkeypatch.setattr(clip_grad_norm.ClipGradNorm, "setup", setup)
+    monkeypatch.setattr(clip_grad_norm.torch.nn.utils, "clip_grad_norm_", spy)
+    train(cfg, quiet=True)
+    rows = [json.loads(line) for line in (cfg.run_dir / "diagnostics.jsonl").read_text().splitlines()]
+    by_layer = {}
+    for r in rows:
+        by_layer.setdefault(r["layer"], []).extend(r["value"])
+    recorded = [[by_layer[name][step] for name, _ in layers] for step in range(len(seen))]
+    assert len(seen) == sum(len(v) for v in by_layer.values()) // len(layers) > 2
+    assert max(max(s) for s in seen) > 1e-2  # the raw norms are far above the clipping threshold
+    for step, (want, got) in enumerate(zip(seen, recorded)):
+        assert got == pytest.approx(want, rel=1e-5), step

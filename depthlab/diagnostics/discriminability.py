@@ -9,7 +9,8 @@ feature maps, whose test accuracy is the discriminability.
 Measurement, per tap of ``model.taps()`` (every conv output and every block ``sum``):
 
 * features: the tap output, adaptive-average-pooled to ``pool x pool`` (``pool=1``: global average
-  pooling, d = C; ``pool=2``: 2x2, d = 4C) and flattened; a constant-1 column is appended for the
+  pooling, d = C; ``pool=2``: 2x2, d = 4C) and flattened; token sequences (B, tokens, D) of a
+  transformer are averaged over their tokens (d = D); a constant-1 column is appended for the
   bias, which is **not** penalised (exactly scikit-learn's ``Ridge(fit_intercept=True)``).
 * probe-train / validation split: ``data.train_x`` (first ``n_train`` samples of a seeded
   permutation, default all), of which a seeded fraction ``val_fraction`` is held out as the
@@ -76,11 +77,17 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def pool_features(out: torch.Tensor, pool: int = 1) -> torch.Tensor:
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def pool_features(out: torch.Tensor, pool: int = 1, tokens: bool = False) -> torch.Tensor:
     """(B, C, H, W) -> (B, C * pool^2): adaptive average pool to ``pool x pool``, flattened
-    (channel-major). (B, C) inputs are returned as they are."""
+    (channel-major). (B, C) inputs are returned as they are. ``tokens``: the features are the
+    last dimension, (B, tokens, D) -> (B, D), averaged over the tokens."""
     if out.dim() == 2:
         return out
+    if tokens:
+        return out.mean(dim=tuple(range(1, out.dim() - 1)))
     if pool == 1:
         return out.mean(dim=tuple(range(2, out.dim())))
     return F.adaptive_avg_pool2d(out, pool).flatten(1)
@@ -93,13 +100,19 @@ def _batches(n: int, batch_size: int):
 
 def _run_pass(model: nn.Module, taps: "Dict[str, nn.Module]", x: torch.Tensor, batch_size: int,
               pool: int, on_batch) -> None:
-    """One forward pass over ``x``; ``on_batch(lo, hi, {tap: (B, d) float32 features})``."""
+    """One forward pass over ``x``; ``on_batch(lo, hi, {tap: (B, d) float32 features})``.
+    Token sequences are averaged over their tokens: a Linear's output with 3+ dimensions, and
+    every later output that is not a conv's (a transformer's residual stream)."""
     device = _device(model)
     feats: Dict[str, torch.Tensor] = {}
+    seen_tokens = [False]
 
     def make_hook(name):
-        def hook(_module, _inp, out):
-            feats[name] = pool_features(out.detach().float(), pool)
+        def hook(module, _inp, out):
+            if isinstance(module, nn.Linear) and out.dim() >= 3:
+                seen_tokens[0] = True
+            tokens = seen_tokens[0] and not isinstance(module, CONVS)
+            feats[name] = pool_features(out.detach().float(), pool, tokens)
         return hook
 
     handles = [m.register_forward_hook(make_hook(n)) for n, m in taps.items()]
@@ -107,6 +120,7 @@ def _run_pass(model: nn.Module, taps: "Dict[str, nn.Module]", x: torch.Tensor, b
         with eval_mode(model), torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
             for lo, hi in _batches(len(x), batch_size):
                 feats.clear()
+                seen_tokens[0] = False
                 model(x[lo:hi].to(device=device, dtype=torch.float32))
                 missing = [n for n in taps if n not in feats]
                 if missing:
