@@ -10,8 +10,8 @@ hand-written loop under ``depthlab.track``. ``depthlab.adapt`` finds its 12 bran
 branch deleted, k random branches deleted, swaps of k pairs), the path decomposition, gradient
 flow along the residual stream and layer-wise discriminability run on it, and the same lesion
 study on the ResNet-18-layout net of ``examples/own_model.py``, trained alike, for comparison.
-Writes ``runs/transformer/{vit,resnet}/diagnosis`` (``depthlab report`` pages) and prints the
-numbers docs/own-model.md quotes.
+Writes ``runs/transformer/{vit,resnet}/diagnosis`` (``depthlab report`` pages) and
+``runs/transformer/lesion.png``, and prints the numbers docs/own-model.md quotes.
 """
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ def train(name, model, data, epochs, opt):
 
 
 def summarise(name, records):
+    """Print the numbers docs/own-model.md quotes; return them for the figure."""
     get = {(r["quantity"], r["name"], r["layer"]): r["value"] for r in records}
     blocks = [r["layer"] for r in records if r["quantity"] == "lesion" and r["name"] == "error"]
     intact = get[("lesion", "intact_error", None)]
@@ -88,6 +89,43 @@ def summarise(name, records):
     stop = [r for r in records if r["quantity"] == "discriminability" and r["name"] == "probe_stops_rising"]
     if stop:
         print(f"  the read-out stops rising after {stop[0]['layer'][:-4]} ({stop[0]['value'] + 1} of {len(acc)})")
+    stream = [get[("gradient_flow", "error_rms", f"{b}.sum")] for b in blocks]
+    print(f"  gradient flow along the residual stream (backward error RMS at each sum, first / last): "
+          f"{stream[0] / stream[-1]:.3g}")
+    return {"blocks": blocks, "intact": intact, "single": [get[("lesion", "error", b)] for b in blocks],
+            "delete_k": ks, "swap_k": swaps, "distribution": get[("paths", "distribution", None)],
+            "stream": stream, "probe": [v for _, v in acc]}
+
+
+def figure(results, path):
+    """Single-branch lesions, k-branch lesions and the path-length distribution, ViT beside ResNet."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+    colours = {"vit": "tab:blue", "resnet": "tab:orange"}
+    labels = {"vit": "ViT, 6 layers (12 branches)", "resnet": "ResNet-18 layout (8 blocks)"}
+    for name, r in results.items():
+        n = len(r["blocks"])
+        depth = [(i + 0.5) / n for i in range(n)]
+        axes[0].plot(depth, [100 * e for e in r["single"]], "o-", color=colours[name], label=labels[name])
+        axes[0].axhline(100 * r["intact"], color=colours[name], ls=":", lw=1)
+        ks = range(1, len(r["delete_k"]) + 1)
+        axes[1].plot(ks, [100 * e for e in r["delete_k"]], "o-", color=colours[name], label=labels[name])
+        axes[2].plot(range(len(r["distribution"])), r["distribution"], "o-", color=colours[name], label=labels[name])
+    axes[0].set(xlabel="position of the deleted branch (fraction of depth)", ylabel="test error (%)",
+                title="one branch deleted (dotted: intact)")
+    axes[1].set(xlabel="k random branches deleted", ylabel="test error (%), mean of draws",
+                title="k branches deleted")
+    axes[2].set(xlabel="path length k (branches on the path)", ylabel="share of the input gradient",
+                title="gradient by path length (Veit et al. Fig. 6)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(loc="upper left", fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(vit_epochs: int = 40, resnet_epochs: int = 10, options=None) -> None:
@@ -101,11 +139,13 @@ def main(vit_epochs: int = 40, resnet_epochs: int = 10, options=None) -> None:
     train("resnet", net, data, resnet_epochs,
           opt=torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4))
     here = Path(__file__).resolve().parent
-    for name, factory in (("vit", "vit"), ("resnet", "resnet")):
-        records = diagnose_user_model(f"{here / 'transformer.py'}:{factory}", "digits", OUT / name / "diagnosis",
+    results = {}
+    for name in ("vit", "resnet"):
+        records = diagnose_user_model(f"{here / 'transformer.py'}:{name}", "digits", OUT / name / "diagnosis",
                                       QUANTITIES, weights=OUT / name / "weights.pt", options=options or OPTIONS)
-        summarise(name, records)
+        results[name] = summarise(name, records)
         print("report:", depthlab.write_report(OUT / name / "diagnosis"))
+    print("figure:", figure(results, OUT / "lesion.png"))
 
 
 if __name__ == "__main__":

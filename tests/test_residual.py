@@ -224,5 +224,6 @@ def test_the_transformer_example_runs_end_to_end(tmp_path, monkeypatch, capsys):
                                                              "discriminability": {"n_train": 300, "n_test": 100}})
     out = capsys.readouterr().out
     assert "layers.5#1" in out and "paths: 90% of the gradient" in out and "read-out stops rising" in out
+    assert (tmp_path / "runs/transformer/lesion.png").stat().st_size > 10_000
     for name in ("vit", "resnet"):
         assert (tmp_path / "runs/transformer" / name / "diagnosis" / "report.html").is_file()
