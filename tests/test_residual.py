@@ -160,7 +160,7 @@ def test_diagnosing_never_changes_the_model():
     torch.testing.assert_close(clone(x), full)
 
 
-def test_a_model_that_does_not_trace_is_read_through_its_named_blocks():
+def test_a_model_that_does_not_trace_is_read_through_its_named_blocks(caplog):
     class Untraceable(ConvNet):
         def forward(self, x):
             if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace the whole model
@@ -172,7 +172,9 @@ def test_a_model_that_does_not_trace_is_read_through_its_named_blocks():
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
-    model = adapt(net)  # the layer{N}.{i} modules, each traced on its own
+    with caplog.at_level("WARNING", logger="depthlab"):
+        model = adapt(net)  # the layer{N}.{i} modules, each traced on its own
+    assert "does not trace with torch.fx" in caplog.text and "layer1.0, layer1.1, layer2.0, layer2.1" in caplog.text
     assert model.sums == "blocks" and model.block_names == ["layer1.0", "layer1.1", "layer2.0", "layer2.1"]
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():

@@ -193,8 +193,8 @@ def lesion_study(model: nn.Module, data, *, max_k: int = 3, samples: int = 5, se
     names = list(getattr(model, "block_names", [f"block{i}" for i in range(len(blocks))]))
     fixed = [name for name, b in zip(names, blocks) if not hasattr(b, "enabled")]
     if fixed:
-        raise ValueError(f"lesion needs blocks that can be deleted (an identity path depthlab can run); "
-                         f"{len(fixed)} of {len(blocks)} cannot, e.g. {fixed[0]!r}")
+        raise ValueError(f"lesion needs blocks that can be deleted (an identity path depthlab can run: a "
+                         f"residual addition x + f(x)); {len(fixed)} of {len(blocks)} cannot, e.g. {fixed[0]!r}")
     m = len(data.test_x) if n_test is None else min(int(n_test), len(data.test_x))
     x, y = data.test_x[:m], data.test_y[:m]
     n = len(blocks)

@@ -30,6 +30,7 @@ runs as it would; Python flags read in a forward are fixed at the time of ``adap
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ from depthlab.models.residual import ResidualBlock, block_names, find_residuals,
 RESNET_BLOCK = re.compile(r"(^|\.)layer\d+\.\d+$")  # also inside a wrapper: model.layer1.0
 DENSE_LAYER = re.compile(r"(^|\.)denseblock\d+\.denselayer\d+$")
 PARAMETRIC = (nn.Conv2d, nn.Linear)
+log = logging.getLogger("depthlab")
 SUM_PREFIX = "depthlab_sum_"
 MODES = (False, True)  # eval, train
 
@@ -92,7 +94,7 @@ def _traced_blocks(module: nn.Module, prefix: str = ""):
     """``(graphs by training flag, blocks, sum taps)`` for ``module`` traced in both modes, or None
     if it does not trace. Train mode is dropped (eval's graph serves both) where it finds other
     blocks than eval mode."""
-    graphs = {flag: trace(module, flag) for flag in MODES}
+    graphs = {flag: trace(module, flag)[0] for flag in MODES}
     if graphs[False] is None:
         return None
     found = {flag: find_residuals(gm) for flag, gm in graphs.items() if gm is not None}
@@ -145,7 +147,13 @@ class AdaptedNet(nn.Module):
             graphs, slots, _ = whole
             names = [b.name for b in slots]
         if not slots:
-            for unit in (list(blocks) if blocks is not None else find_blocks(net)):
+            units_named = list(blocks) if blocks is not None else find_blocks(net)
+            if blocks is None and whole is None:
+                log.warning("depthlab.adapt: %s does not trace with torch.fx (%s); reading its blocks by name: %s",
+                            type(net).__name__, trace(net, False)[1],
+                            ", ".join(units_named) if units_named else "none recognised (pass blocks=[...] to "
+                            "depthlab.adapt or --blocks to depthlab diagnose)")
+            for unit in units_named:
                 traced = _traced_blocks(modules[unit], unit)
                 if traced is not None and traced[1]:
                     units.append((unit, modules[unit], traced[0]))

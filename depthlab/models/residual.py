@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import fx, nn
@@ -223,21 +223,21 @@ def rewrite(gm: fx.GraphModule, residuals: List[Residual], blocks: List[Residual
     gm.recompile()
 
 
-def trace(net: nn.Module, training: bool) -> Optional[fx.GraphModule]:
-    """``net`` traced with its modules in ``training`` mode (flags restored), in-place activations
-    out-of-place; None if it does not trace."""
+def trace(net: nn.Module, training: bool) -> Tuple[Optional[fx.GraphModule], str]:
+    """``(net traced with its modules in training mode, "")`` (flags restored, in-place
+    activations out-of-place), or ``(None, why)`` if it does not trace."""
     flags = [(m, m.training) for m in net.modules()]
     try:
         net.train(training)
         gm = fx.symbolic_trace(net)
-    except Exception:  # noqa: BLE001 - any tracing failure means: this model does not trace (documented)
-        return None
+    except Exception as e:  # noqa: BLE001 - any tracing failure means: this model does not trace (documented)
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     finally:
         for m, flag in flags:
             m.training = flag
     _out_of_place(gm)
     gm.recompile()
-    return gm
+    return gm, ""
 
 
 def block_names(residuals: List[Residual], prefix: str = "") -> List[str]:
