@@ -29,6 +29,7 @@ _EXPORTS = {
     "reproduce": "depthlab.experiments",
     "list_experiments": "depthlab.experiments",
     "write_report": "depthlab.report",
+    "compare": "depthlab.report",
     "run_sweep": "depthlab.sweep",
 }
 

@@ -93,7 +93,7 @@ class TrainConfig:
     warmup_lr: Optional[float] = None
     seed: int = 0                          # model init; data order/augmentation streams derive from it
     device: str = "auto"                   # "auto" (cuda, mps, cpu) | "cpu" | "cuda" | "cuda:N" | "mps"
-    threads: Optional[int] = None          # CPU intra-op threads; None: torch's default
+    threads: Optional[int] = None          # CPU intra-op threads; None / "auto": the cores free now
     # the fast path (depthlab/training/fastpath.py): how a step runs, not what it computes;
     # None / "auto": the default measured fastest on that device (docs/performance.md)
     bf16: Optional[bool] = None            # bf16 autocast (weights and optimizer stay float32)
@@ -180,7 +180,7 @@ class RunConfig:
             if isinstance(node[parts[-1]], dict):
                 raise ConfigError(f"{key.strip()!r} is a config section, not a key; valid keys: "
                                   + ", ".join(k for k in valid_keys() if k.startswith(key.strip() + ".")))
-            node[parts[-1]] = _parse_override(raw, _field_hint(parts))
+            node[parts[-1]] = _parse_override(raw, _field_hint(parts), parts[-1] if parts[0] == "train" else "")
         return RunConfig.from_dict(d)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -383,10 +383,13 @@ def _field_hint(parts):
 NULLS = ("", "~", "null", "Null", "NULL")
 
 
-def _parse_override(raw, hint):
+AUTO_FIELDS = ("threads", "bf16", "channels_last")  # train.X=auto: None, the documented automatic choice
+
+
+def _parse_override(raw, hint, key=""):
     """An override's value: YAML for bool/int/float fields; a str field's own text unless quoted."""
     text = raw.strip()
-    if text in NULLS:
+    if text in NULLS or (text == "auto" and key in AUTO_FIELDS):
         return None
     if _unwrap(hint)[1] is str and text[:1] not in ("'", '"'):
         return text  # not YAML's idea of it: 010 (octal 8), yes (True), x #1 (comment), 2020-01-01 (a date)

@@ -213,16 +213,20 @@ def _cmd_report(args) -> int:
     from depthlab.fileio import atomic_write_text
     from depthlab.report import write_report
     from depthlab.report.markdown import compare_markdown, report_markdown
-    from depthlab.report.pages import write_compare_page
 
-    if len(args.path) > 1 or args.compare:  # the same experiments side by side, a column per dataset and scale
+    if len(args.path) > 1 or args.compare:  # runs: curves and configs; experiments: verdicts, a column per dataset
+        from depthlab.report.comparison import DEFAULT_OUT, compare, is_run
+
         cmd = command_line(args)
+        if args.markdown and all(is_run(Path(p)) for p in args.path):
+            raise ValueError("--markdown writes the verdicts of experiment directories side by side; for runs, "
+                             "the comparison is the HTML page (--html FILE)")
         text = compare_markdown(args.path, cmd) if args.markdown else None  # fails before writing
-        html = Path(args.html or "compare.html")
-        _check_writable(html.parent, html)
+        html = Path(args.html) if args.html else DEFAULT_OUT
+        _check_writable(html.parent if html.parent.exists() else Path("."), html)
         if text is not None:
             _check_writable(Path(args.markdown).parent, args.markdown)
-        print(write_compare_page(args.path, html, cmd))
+        print(compare(args.path, html, cmd))
         if text is not None:
             atomic_write_text(Path(args.markdown), text)
             print(args.markdown)
@@ -379,13 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="self-contained HTML report of a run or experiment directory (or an index)")
     s.add_argument("path", nargs="+", help="a run directory, an experiment directory, or a directory of them; "
-                                           "several directories of experiments (e.g. one per dataset) compare "
-                                           "their verdicts side by side")
+                                           "several runs compare their curves, configs and diagnostics on one "
+                                           "page; several directories of experiments (e.g. one per dataset) "
+                                           "compare their verdicts side by side")
     s.add_argument("--markdown", metavar="FILE", help="also write Markdown: every experiment's verdicts and tables, "
                                                        "a run's config and final metrics, or a table of the runs")
     s.add_argument("--compare", action="store_true", help="compare verdicts even with one directory (its "
                                                             "experiments grouped by dataset and scale)")
-    s.add_argument("--html", metavar="FILE", help="where the comparison page goes (default: compare.html)")
+    s.add_argument("--html", metavar="FILE", help="where the comparison page goes (default: runs/compare.html)")
     s.set_defaults(func=_cmd_report)
 
     s = sub.add_parser("sweep", help="run a grid of configs x seeds (local processes or Ray); skips finished runs")

@@ -299,6 +299,8 @@ def _train_task(task: dict) -> dict:
 
     torch.set_num_threads(task["threads"])
     cfg = RunConfig.from_dict(task["config"])
+    if cfg.train.threads is None:  # the pool's share of the cores (auto would measure the sibling workers)
+        cfg.train.threads = task["threads"]
     return _train_one(RunSpec(task["id"], [], task["labels"]), task["seed"], cfg, None, task["fresh"], True,
                       task["command"], task["experiment"])
 

@@ -263,12 +263,15 @@ def _panel(ax, name: str, per_run: Dict[str, List[dict]], spread: Optional[Dict[
         ax.legend(fontsize=8)
 
 
-def diagnostic_figures(run_dirs: List[str], out_dir, quantities=None) -> List[Tuple[str, Path]]:
+def diagnostic_figures(run_dirs: List[str], out_dir, quantities=None,
+                       labels: Optional[List[str]] = None) -> List[Tuple[str, Path]]:
     """``(quantity, png path)`` for each quantity found in the runs' diagnostics.jsonl, drawn into
     ``out_dir/diagnostics_<quantity>.png`` (a quantity that is not a plain name gets a sanitised file
     name: the records may come from anyone's directory). Malformed records are skipped with one
-    logged line per file."""
-    runs = {Path(d).name: clean_diagnostics(read_diagnostics(d), Path(d) / "diagnostics.jsonl") for d in run_dirs}
+    logged line per file. ``labels``: the runs' names in the legends (default: the directory names)."""
+    labels = labels or [Path(d).name for d in run_dirs]
+    runs = {label: clean_diagnostics(read_diagnostics(d), Path(d) / "diagnostics.jsonl")
+            for label, d in zip(labels, run_dirs)}
     found = sorted({r["quantity"] for rs in runs.values() for r in rs})
     out_dir = output_dir(Path(out_dir))
     drawn = []

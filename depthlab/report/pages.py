@@ -75,7 +75,7 @@ def _find(root: Path, depth: int = 3) -> List[Path]:
     return out
 
 
-def _data_uri(data: bytes, mime: str) -> str:
+def data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
@@ -89,7 +89,7 @@ def _figure(spec: dict, base: Path, idx: int, alt: str = "") -> str:
     except (ValueError, KeyError, TypeError, IndexError, OSError) as e:  # says why; the page stays
         return f"<p class=note>figure {_e(title or str(idx))} could not be drawn: {_e(text(str(e)))}</p>"
     alt = alt or title or f"figure {idx}"
-    return (f"<figure id='fig{idx}'><img alt='{_e(alt)}' src='{_data_uri(svg, 'image/svg+xml')}'>"
+    return (f"<figure id='fig{idx}'><img alt='{_e(alt)}' src='{data_uri(svg, 'image/svg+xml')}'>"
             f"<figcaption>Figure {idx}. {_e(title)}. {_e(text(spec.get('caption'), ''))}</figcaption></figure>")
 
 
@@ -104,7 +104,7 @@ def _rows(v) -> list:
     return v if isinstance(v, list) else []
 
 
-def _table(t: dict) -> str:
+def html_table(t: dict) -> str:
     if not isinstance(t, dict):
         return ""
     cols = _rows(t.get("columns"))
@@ -149,7 +149,7 @@ def write_experiment_report(exp_dir) -> Path:
         parts.append(f"<tr><td class=l>{_e(text(v.get('claim')))}</td><td class='l {_status_class(v.get('status'))}'>"
                      f"{_e(text(v.get('status')))}</td><td class=l>{_e(text(v.get('detail')))}</td></tr>")
     parts.append("</table></section><section id=results><h2>Results</h2>")
-    parts += [_table(t) for t in _rows(doc.get("tables"))]
+    parts += [html_table(t) for t in _rows(doc.get("tables"))]
     parts.append("</section><section id=figures><h2>Plots</h2>")
     parts += [_figure(spec, exp_dir, i) for i, spec in enumerate(_rows(doc.get("figures")), 1)]
     parts.append("</section>")
@@ -161,7 +161,7 @@ def write_experiment_report(exp_dir) -> Path:
         rows = [[r.get("run_id"), run_status_text(r), pct(r.get("train_acc")), pct(r.get("test_acc")),
                  r.get("seconds_per_epoch"), f"yes, made by: {text(r.get('made_by'), 'not recorded')}"
                  if r.get("reused") else "no", r.get("run_dir")] for r in runs]
-        parts.append("<section id=runs><h2>Runs</h2>" + _table(
+        parts.append("<section id=runs><h2>Runs</h2>" + html_table(
             {"title": f"{len(runs)} training runs", "columns": ["run", "status", "train acc", "test acc", "s / epoch",
                                                                  "reused", "directory"], "rows": rows}) + "</section>")
     params = {k: v for k, v in _dict(doc.get("params")).items() if v not in (None, [], ())}
@@ -178,7 +178,7 @@ def write_experiment_report(exp_dir) -> Path:
         ("training time", f"{train_seconds:.0f} s over {len(runs)} runs")])
         + f"<h3>parameters</h3><pre>{_e(text(json.dumps(params, indent=1, default=str)))}</pre></section>")
     page = html_page(f"depthlab reproduce {text(doc.get('name'))}: {text(doc.get('title'))}", "".join(parts))
-    return write_file(exp_dir / "report.html", _styled(page).encode())
+    return write_file(exp_dir / "report.html", styled(page).encode())
 
 
 def run_status_text(row: dict) -> str:
@@ -218,13 +218,13 @@ def write_run_page(run_dir) -> Path:
         parts.append(_figure(curves, run_dir, 1, alt="training curves"))
     parts += _diagnostic_figures(run_dir)
     parts.append("</section><section id=results><h2>Metrics per epoch</h2>")
-    parts.append(_table({"title": "", "columns": ["epoch", "lr", "train loss", "train acc", "test acc", "seconds"],
+    parts.append(html_table({"title": "", "columns": ["epoch", "lr", "train loss", "train acc", "test acc", "seconds"],
                          "rows": [[r["epoch"], r.get("lr"), r.get("train_loss"), pct(r.get("train_acc")),
                                    pct(r.get("test_acc")), r.get("seconds")] for r in rows]}))
     parts.append(f"</section><section id=provenance><h2>Config</h2><pre>{_e(json.dumps(cfg, indent=2))}"
                  "</pre></section>")
     page = html_page(f"depthlab run {run_dir.name}", "".join(parts))
-    return write_file(run_dir / "report.html", _styled(page).encode())
+    return write_file(run_dir / "report.html", styled(page).encode())
 
 
 def _data_text(run_dir: Path, data: dict) -> str:
@@ -248,7 +248,7 @@ def _diagnostic_figures(run_dir: Path) -> List[str]:
     """One inline PNG figure per quantity of the directory's diagnostics.jsonl (none without one)."""
     if not (run_dir / "diagnostics.jsonl").is_file():
         return []
-    return [f"<figure><img alt='{_e(quantity)}' src='{_data_uri(png.read_bytes(), 'image/png')}'>"
+    return [f"<figure><img alt='{_e(quantity)}' src='{data_uri(png.read_bytes(), 'image/png')}'>"
             f"<figcaption>{_e(quantity)}</figcaption></figure>"
             for quantity, png in diagnostic_figures([str(run_dir)], output_dir(run_dir / "report_files"))]
 
@@ -267,7 +267,7 @@ def write_tracked_page(run_dir) -> Path:
         ("data", meta.get("data")), ("started", meta.get("started"))]) + "</section>",
         "<section id=figures><h2>Diagnostics</h2>"] + _diagnostic_figures(run_dir) + ["</section>"]
     page = html_page(f"depthlab tracked run {run_dir.name}", "".join(parts))
-    return write_file(run_dir / "report.html", _styled(page).encode())
+    return write_file(run_dir / "report.html", styled(page).encode())
 
 
 def write_index(root, pages: List[Path]) -> Path:
@@ -296,10 +296,10 @@ def write_index(root, pages: List[Path]) -> Path:
     body = ("<section id=index><table><tr><th class=l>page</th><th class=l>what</th><th class=l>scale</th>"
             "<th class=l>verdicts / result</th></tr>" + "".join(rows) + "</table></section>")
     page = html_page(f"depthlab reports in {root.name or root}", body)
-    return write_file(root / "index.html", _styled(page).encode())
+    return write_file(root / "index.html", styled(page).encode())
 
 
-def _styled(page: str) -> str:
+def styled(page: str) -> str:
     return page.replace("</style>", _EXTRA_CSS + "</style>", 1)
 
 
@@ -327,4 +327,4 @@ def write_compare_page(roots: List[Path], out: Path, command: str = "depthlab re
             rows.append(f"<tr><td class=l>{_e(r['claim'])}</td>{cells}</tr>")
         parts.append(f"<section><h2>{_e(e['name'])}</h2><p>{_e(e['title'])} ({_e(e['source'])})</p>"
                      f"<table>{head}{''.join(rows)}</table></section>")
-    return write_file(Path(out), _styled(html_page("Verdicts across datasets", "".join(parts))).encode())
+    return write_file(Path(out), styled(html_page("Verdicts across datasets", "".join(parts))).encode())

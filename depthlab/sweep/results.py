@@ -15,7 +15,7 @@ from depthlab.experiments.base import bar_figure, fmt_mean_sd, mean_sd
 from depthlab.fileio import atomic_write_text
 from depthlab.report.html import html_page
 from depthlab.report.inputs import pct
-from depthlab.report.pages import _dl, _styled, _table
+from depthlab.report.pages import _dl, html_table, styled
 from depthlab.report.pages import _figure as figure
 
 STATUSES = ("finished", "diverged", "failed", "interrupted")
@@ -144,7 +144,7 @@ def report_html(doc: dict) -> str:
     if doc.get("description"):
         parts.append(f"<p>{html.escape(doc['description'])}</p>")
     parts.append(f"<section id=summary><p>{html.escape(summary_line(doc))}</p></section>")
-    parts.append("<section id=results><h2>Results</h2>" + _table(doc["table"]) + "</section>")
+    parts.append("<section id=results><h2>Results</h2>" + html_table(doc["table"]) + "</section>")
     fig = _figure(doc)
     if fig:
         parts.append(f"<section id=figures><h2>Test accuracy</h2>{fig}</section>")
@@ -157,7 +157,7 @@ def report_html(doc: dict) -> str:
             "rows": [[r["run_id"], r["seed"], r["status"], _action(r), r.get("epoch"),
                       pct(r.get("train_acc")), pct(r.get("test_acc")), r.get("seconds"), r.get("error") or ""]
                      for r in doc["runs"]]}
-    parts.append("<section id=runs><h2>Runs</h2>" + _table(runs) + "</section>")
+    parts.append("<section id=runs><h2>Runs</h2>" + html_table(runs) + "</section>")
     parts.append("<section id=provenance><h2>What was run</h2>" + _dl([
         ("command", prov.get("command")), ("executor", f"{doc['executor']}, {doc['workers']} worker(s), "
                                                        f"{doc['threads_per_worker']} thread(s) each"),
@@ -166,7 +166,7 @@ def report_html(doc: dict) -> str:
         ("platform", prov.get("platform")), ("started", prov.get("started")), ("finished", prov.get("finished")),
         ("wall time", f"{prov.get('seconds', 0):.0f} s (this invocation)")])
         + f"<h3>sweep.yaml</h3><pre>{html.escape(doc.get('source_text', ''))}</pre></section>")
-    return _styled(html_page(f"depthlab sweep {doc['name']}", "".join(parts)))
+    return styled(html_page(f"depthlab sweep {doc['name']}", "".join(parts)))
 
 
 def _action(r: dict) -> str:

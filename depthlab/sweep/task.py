@@ -96,7 +96,10 @@ def run_task(task: dict) -> dict:
         from depthlab.training import train
 
         torch.set_num_threads(task["threads"])
-        summary = train(RunConfig.from_dict(task["config"]), resume=resume, quiet=True)
+        cfg = RunConfig.from_dict(task["config"])
+        if cfg.train.threads is None:  # the sweep's threads_per_worker
+            cfg.train.threads = task["threads"]
+        summary = train(cfg, resume=resume, quiet=True)
         rec.update({k: summary.get(k) for k in METRIC_KEYS + ("params",)}, status=summary["status"])
         if rec["status"] not in ("finished", "diverged", "interrupted"):
             rec["status"] = "failed"

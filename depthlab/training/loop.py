@@ -29,6 +29,7 @@ from depthlab.training.progress import Progress
 from depthlab.training.resume import check_epochs_change, last_epoch_row, prepare_run_dir, resume_point, truncate_logs
 from depthlab.training.safety import RunLock, StopSignals
 from depthlab.training.tensorboard import TensorBoardLog
+from depthlab.training.threads import apply_threads
 
 
 def resolve_device(name: str) -> torch.device:
@@ -157,7 +158,8 @@ def train_or_stop(cfg: RunConfig, **kwargs) -> dict:
 
 
 def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
-    if cfg.train.threads:
+    threads = apply_threads(cfg.train.threads) if device.type == "cpu" else None
+    if threads is None and cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=False)
@@ -208,6 +210,7 @@ def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
     diags = TrainingDiagnostics(cfg, model, dataset, run_dir, spe, tensorboard=tb) if dist.is_main else NoDiagnostics()
     progress = Progress(total=total_steps, done=0, quiet=quiet,
                         title=f"{cfg.resolved_run_id} ({n_params:,} params, {device}"
+                              + (f", {threads.note}" if threads is not None else "")
                               + (f", {dist.world} processes)" if dist.active else ")"))
 
     def make_step(observer):
