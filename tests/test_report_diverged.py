@@ -35,3 +35,19 @@ def test_a_diverged_runs_status_names_the_epoch_and_the_diagnosis():
     assert run_status_text(row) == ("diverged in epoch 3 (2 epoch(s) completed): diverged at step 50 (epoch 3); "
                                     "the gradient ...")
     assert run_status_text({"status": "finished", "epoch": 3}) == "finished"
+
+
+def test_a_diverged_runs_own_page_shows_the_diagnosis(tmp_path):
+    from depthlab.config import RunConfig
+    from depthlab.report import write_report
+    from depthlab.training import train
+
+    cfg = RunConfig().with_overrides(["model.name=plain", "model.depth=8", "model.width=4", "data.name=digits",
+                                      "train.epochs=2", "train.lr=1e6", "train.device=cpu", "train.threads=1",
+                                      f"out_dir={tmp_path}", "run_id=boom"])
+    assert train(cfg, quiet=True)["status"] == "diverged"
+    message = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+               if '"diverged"' in line][0]["diagnosis"]["message"]
+    page = write_report(cfg.run_dir).read_text()
+    import html
+    assert "diverged in epoch 1" in page and html.escape(message, quote=True)[:60] in page

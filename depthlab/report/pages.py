@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import List
 
+from depthlab.fileio import read_jsonl
 from depthlab.report.across import compare_verdicts, verdict_status
 from depthlab.report.diagnostics import diagnostic_figures
 from depthlab.report.figures import render
@@ -192,6 +193,18 @@ def run_status_text(row: dict) -> str:
     return status
 
 
+def divergence_text(run_dir: Path) -> str:
+    """A diverged run's status with the diagnosis its metrics.jsonl holds (which parameter or
+    output first went non-finite, at which step); "" for a run that did not diverge."""
+    path = Path(run_dir) / "metrics.jsonl"
+    for r in read_jsonl(path) if path.is_file() else []:
+        if isinstance(r, dict) and r.get("status") == "diverged":
+            d = r.get("diagnosis")
+            return run_status_text({"status": "diverged", "epoch": r.get("epoch"),
+                                    "diagnosis": d.get("message") if isinstance(d, dict) else d})
+    return ""
+
+
 def run_status(cfg: dict, rows: List[dict]) -> str:
     """finished, diverged, incomplete or not started, from a run's config and epoch rows."""
     if not rows:
@@ -209,10 +222,11 @@ def write_run_page(run_dir) -> Path:
     rows = read_metrics(run_dir)
     curves = {"type": "curves", "title": f"{text(model.get('name'))} training", "runs": {run_dir.name: "."},
               "metrics": ["train_loss", "train_error", "test_error"]}
+    diverged = divergence_text(run_dir)
     parts = ["<section id=summary><h2>Run</h2>" + _dl([
         ("model", f"{text(model.get('name'))} (depth {text(model.get('depth'))})"), ("data", _data_text(run_dir, data)),
         ("recipe", train.get("recipe")), ("seed", train.get("seed")), ("epochs", train.get("epochs")),
-        ("status", run_status(cfg, rows))]) + "</section>"]
+        ("status", diverged or run_status(cfg, rows))]) + "</section>"]
     parts.append("<section id=figures><h2>Training</h2>")
     if rows:
         parts.append(_figure(curves, run_dir, 1, alt="training curves"))
