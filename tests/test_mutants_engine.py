@@ -134,8 +134,8 @@ def test_stop_mid_epoch_saves_the_exact_position_and_partial_sums(tmp_path, monk
     summary = h.training.run(0, 0)
     assert {k: summary[k] for k in ("status", "signal", "epoch", "step")} == {
         "status": "interrupted", "signal": "SIGTERM", "epoch": 1, "step": 5}
-    assert h.progress.logs == ["SIGTERM: stopped at epoch 2, step 2 of 3; checkpoint saved, continue with "
-                               "resume=True (CLI: --resume)"]
+    assert h.progress.logs == ["SIGTERM: stopped in epoch 2 at step 2 of 3 (1 epoch completed: the summary's "
+                               "epoch); checkpoint saved, continue with resume=True (CLI: --resume)"]
     assert names(h) == ["epoch_0001.pt", "epoch_0001_step_000002.pt"]
     assert [r["epoch"] for r in rows(h)] == [1]  # the partial epoch wrote no row
     state = load_checkpoint(h.ckpts / "epoch_0001_step_000002.pt")
@@ -170,8 +170,8 @@ def test_stop_during_an_epochs_last_step_saves_that_epoch_and_names_its_end(tmp_
     summary = fresh_run(h)
     assert {k: summary[k] for k in ("status", "signal", "epoch", "step")} == {
         "status": "interrupted", "signal": "SIGTERM", "epoch": 2, "step": 6}
-    assert h.progress.logs == ["SIGTERM: stopped at the end of epoch 2; checkpoint saved, continue with "
-                               "resume=True (CLI: --resume)"]
+    assert h.progress.logs == ["SIGTERM: stopped at the end of epoch 2 (2 epochs completed: the summary's "
+                               "epoch); checkpoint saved, continue with resume=True (CLI: --resume)"]
     assert names(h)[-1] == "epoch_0002.pt" and [r["epoch"] for r in rows(h)] == [1, 2]
     again = harness(tmp_path / "run", monkeypatch, epochs=3)
     assert resumed_run(again)["status"] == "finished"

@@ -268,3 +268,14 @@ def test_ray_executor_on_a_local_instance(tmp_path):
     assert not ray.is_initialized()  # the instance it started is shut down
     assert (tmp_path / "sweeps" / "t" / "runs" / "lr=0.05_s0" / "metrics.jsonl").exists()
     assert not math.isnan(doc["groups"][0]["test_acc"]["mean"])
+
+
+def test_the_summary_line_counts_runs_that_never_began_as_not_started():
+    from depthlab.sweep.results import counts, summary_line
+
+    records = [{"status": "interrupted", "action": "trained", "epoch": 1},
+               {"status": "interrupted", "action": "trained", "epoch": 0},
+               {"status": "interrupted", "action": "not run", "epoch": 0},
+               {"status": "interrupted", "action": "not run", "epoch": None}]
+    line = summary_line({"counts": counts(records)})
+    assert line == "4 runs: 0 finished, 2 interrupted, 2 not started (this invocation: 2 trained, 2 not run)"

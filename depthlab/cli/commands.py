@@ -120,6 +120,7 @@ def _cmd_remedies(args) -> int:
 def _cmd_diagnose(args) -> int:
     from depthlab.diagnosis import diagnose
     from depthlab.diagnostics import resolve_quantities
+    from depthlab.diagnostics.reading import reading
     from depthlab.report.diagnostics import plot_diagnostics
 
     if args.list:
@@ -144,6 +145,8 @@ def _cmd_diagnose(args) -> int:
         records = diagnose(run_dir, args.quantities, checkpoint=args.checkpoint, device=args.device,
                            options=options)
         print(f"{run_dir}: {len(records)} records -> {run_dir}/diagnostics.jsonl", file=sys.stderr)
+        for line in reading(records):
+            print(f"  {line}")
     out = args.out or args.run_dirs[0]
     for path in plot_diagnostics(args.run_dirs, out, quantities=names):
         print(path)
@@ -152,6 +155,7 @@ def _cmd_diagnose(args) -> int:
 
 def _diagnose_user_model(args, options) -> int:
     """``depthlab diagnose --model pkg.mod:fn [--weights W] --data D``: your own network."""
+    from depthlab.diagnostics.reading import reading
     from depthlab.report import write_report
     from depthlab.tracking import diagnose_user_model
 
@@ -165,6 +169,8 @@ def _diagnose_user_model(args, options) -> int:
     records = diagnose_user_model(args.model, args.data, out, args.quantities, weights=args.weights, blocks=blocks,
                                   options=options)
     print(f"{args.model}: {len(records)} records -> {out}/diagnostics.jsonl", file=sys.stderr)
+    for line in reading(records):
+        print(f"  {line}")
     print(write_report(out))
     return 0
 

@@ -121,15 +121,17 @@ def compare(a: Sequence[float], b: Sequence[float], min_gap: float) -> dict:
     return {"holds": holds, "diff": diff, "spread": spread, "n": min(na, nb)}
 
 
-def verdict(claim: str, holds: Optional[bool], detail: str, seeds: int = 1, spread: Optional[float] = None) -> dict:
+def verdict(claim: str, holds: Optional[bool], detail: str, seeds: int = 1, spread: Optional[float] = None,
+            unit: str = "seed") -> dict:
     """One checked expectation: status ``observed`` / ``not observed`` / ``inconclusive`` and the
-    numbers it rests on (``detail``). ``holds=None`` means the data could not decide."""
+    numbers it rests on (``detail``). ``holds=None`` means the data could not decide. ``seeds``
+    counts the samples behind it, in ``unit`` (``seed``; ``init`` where an experiment draws its own)."""
     if holds is None:
         sp = "" if spread is None or not math.isfinite(spread) else f", spread {spread:.3g}"
-        status = f"{INCONCLUSIVE} ({seeds} seed{'s' if seeds != 1 else ''}{sp})"
+        status = f"{INCONCLUSIVE} ({seeds} {unit}{'s' if seeds != 1 else ''}{sp})"
     else:
         status = OBSERVED if holds else NOT_OBSERVED
-    return {"claim": claim, "status": status, "detail": detail, "seeds": seeds}
+    return {"claim": claim, "status": status, "detail": detail, "seeds": seeds, "unit": unit}
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], note: str = "") -> dict:

@@ -231,6 +231,9 @@ def reproduce(name: str, scale: str = "quick", seeds: Optional[int] = None, out:
               file=sys.stderr, flush=True)
     ctx.results = _train_grid(grid, dataset, fresh, quiet, command, exp.name, jobs)
     findings: Findings = exp.analyse(ctx)
+    if not specs:
+        findings.notes.append(f"No training runs: seeds ({seeds}) do not apply here; each verdict counts the "
+                              "samples it draws itself (its detail names them).")
     if seeds == 1 and specs:
         findings.notes.append("One seed: each verdict compares single runs, so a gap of a point or two can be "
                               "seed noise; `--seeds 3` gives mean +- sd and calls a verdict inconclusive where the "

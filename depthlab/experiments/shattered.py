@@ -82,25 +82,25 @@ class Shattered(Experiment):
         c = compare(lag1["shallow"], [p["shallow_min"]] * len(lag1["shallow"]), 0.0)  # spread: the inits'
         f.verdicts.append(verdict(f"the 1-layer net's gradients are brown-noise-like: lag-1 >= {p['shallow_min']}",
                                   c["holds"], f"lag-1 autocorrelation over {n} inits: {fmt('shallow')}; "
-                                  f"{fmt('brown')}", n, c["spread"]))
+                                  f"{fmt('brown')}", n, c["spread"], unit="init"))
         band = p["white_band"]
         c = _all(compare(lag1["feedforward"], lag1["white"], -band), compare(lag1["white"], lag1["feedforward"], -band))
         f.verdicts.append(verdict(f"the {p['ff_depth']}-layer feedforward net's gradients are white-noise-like: "
                                   f"lag-1 within +-{band} of white noise's", c["holds"],
-                                  f"{fmt('feedforward')}; {fmt('white')}", n, c["spread"]))
+                                  f"{fmt('feedforward')}; {fmt('white')}", n, c["spread"], unit="init"))
         c = _all(compare(lag1["resnet"], lag1["feedforward"], p["margin"]),
                  compare(lag1["shallow"], lag1["resnet"], 0.0))
         f.verdicts.append(verdict(f"the {p['res_blocks']}-block ResNet is in between: lag-1 above the "
                                   f"{p['ff_depth']}-layer net's by >= {p['margin']} and below the 1-layer net's",
                                   c["holds"], f"{fmt('resnet')}; {fmt('feedforward')}; {fmt('shallow')}", n,
-                                  c["spread"]))
+                                  c["spread"], unit="init"))
         c = _all(compare(area["resnet"], area["feedforward"], p["margin"] / 2),
                  compare(area["shallow"], area["resnet"], 0.0))
         f.verdicts.append(verdict(f"the ResNet's ACF decays faster than the 1-layer net's and slower than the "
                                   f"{p['ff_depth']}-layer net's (mean ACF over lags 1..{p['max_lag']}; gap "
                                   f">= {p['margin'] / 2} above the feedforward net)", c["holds"],
                                   f"{fmt('resnet', area)}; {fmt('feedforward', area)}; {fmt('shallow', area)}",
-                                  n, c["spread"]))
+                                  n, c["spread"], unit="init"))
 
         f.tables.append(table("Gradient autocorrelation at init", ["sequence", "lag-1 ACF",
                                                                    f"mean ACF, lags 1..{p['max_lag']}"],

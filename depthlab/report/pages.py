@@ -11,12 +11,15 @@ import json
 from pathlib import Path
 from typing import List
 
+from depthlab.diagnosis import read_diagnostics
+from depthlab.diagnostics.reading import reading
 from depthlab.fileio import read_jsonl
 from depthlab.report.across import compare_verdicts, verdict_status
 from depthlab.report.diagnostics import diagnostic_figures
 from depthlab.report.figures import render
 from depthlab.report.html import html_page
 from depthlab.report.inputs import (
+    clean_diagnostics,
     fmt,
     href,
     integer,
@@ -259,10 +262,15 @@ def _data_text(run_dir: Path, data: dict) -> str:
 
 
 def _diagnostic_figures(run_dir: Path) -> List[str]:
-    """One inline PNG figure per quantity of the directory's diagnostics.jsonl (none without one)."""
+    """A plain-language reading of the directory's diagnostics.jsonl, then one inline PNG figure per
+    quantity (nothing without the file)."""
     if not (run_dir / "diagnostics.jsonl").is_file():
         return []
-    return [f"<figure><img alt='{_e(quantity)}' src='{data_uri(png.read_bytes(), 'image/png')}'>"
+    lines = reading(clean_diagnostics(read_diagnostics(run_dir), run_dir / "diagnostics.jsonl"))
+    summary = (["<section id=reading><h3>Reading</h3><ul>" + "".join(f"<li>{_e(x)}</li>" for x in lines)
+                + "</ul><p><small>Thresholds are conventions for a first look, named in each line; the figures "
+                  "hold the numbers.</small></p></section>"] if lines else [])
+    return summary + [f"<figure><img alt='{_e(quantity)}' src='{data_uri(png.read_bytes(), 'image/png')}'>"
             f"<figcaption>{_e(quantity)}</figcaption></figure>"
             for quantity, png in diagnostic_figures([str(run_dir)], output_dir(run_dir / "report_files"))]
 

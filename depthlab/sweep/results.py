@@ -78,15 +78,23 @@ def _not_finished(items: List[dict]) -> str:
     return "; ".join(f"{status} {','.join(seeds)}" for status, seeds in by.items())
 
 
+def _not_started(r: dict) -> bool:
+    """An interrupted sweep's run that never began (no epoch done, not run by this invocation)."""
+    return r["status"] == "interrupted" and r.get("action") == "not run" and not r.get("epoch")
+
+
 def counts(records: List[dict]) -> dict:
-    return {"runs": len(records), **{s: sum(r["status"] == s for r in records) for s in STATUSES},
+    """Runs per status (an interrupted run that never began counts as ``not started``) and per action."""
+    return {"runs": len(records),
+            **{s: sum(r["status"] == s and not _not_started(r) for r in records) for s in STATUSES},
+            "not started": sum(_not_started(r) for r in records),
             "actions": {a: sum(r.get("action") == a for r in records) for a in ACTIONS},
             "retried": sum(bool(r.get("retries")) for r in records)}
 
 
 def summary_line(doc: dict) -> str:
     c, a = doc["counts"], doc["counts"]["actions"]
-    parts = [f"{c[s]} {s}" for s in STATUSES if c[s] or s == "finished"]
+    parts = [f"{c[s]} {s}" for s in STATUSES + ("not started",) if c.get(s) or s == "finished"]
     acted = ", ".join(f"{a[k]} {k}" for k in ACTIONS if a[k])
     if c.get("retried"):
         acted += f"; {c['retried']} resumed after a worker died"

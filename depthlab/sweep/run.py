@@ -133,7 +133,8 @@ def progress_text(rec: dict) -> str:
     if rec["status"] == "diverged":
         return f"{rec['run_id']} diverged at epoch {rec.get('epoch')}{tail}"
     if rec["status"] == "interrupted":
-        return f"{rec['run_id']} interrupted after {rec.get('epoch')} epochs, checkpointed{tail}"
+        n = rec.get("epoch") or 0
+        return f"{rec['run_id']} interrupted with {n} epoch{'s' if n != 1 else ''} completed, checkpointed{tail}"
     return f"{rec['run_id']} {rec['status']}{_metrics_text(rec)}{tail}"
 
 

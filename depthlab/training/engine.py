@@ -172,9 +172,9 @@ class Training:
 
     # --------------------------------------------------------------------------- endings
     def _interrupted(self, epoch: int, step: int, spe: int) -> dict:
-        where = f"epoch {epoch + 1}, step {step} of {spe}" if step else f"the end of epoch {epoch}"
-        self.progress.log(f"{self.stop.name}: stopped at {where}; checkpoint saved, continue with resume=True "
-                          f"(CLI: --resume)")
+        where = f"in epoch {epoch + 1} at step {step} of {spe}" if step else f"at the end of epoch {epoch}"
+        self.progress.log(f"{self.stop.name}: stopped {where} ({epoch} epoch{'s' if epoch != 1 else ''} completed: "
+                          f"the summary's epoch); checkpoint saved, continue with resume=True (CLI: --resume)")
         self.summary.update(status="interrupted", signal=self.stop.name, epoch=epoch, step=epoch * spe + step)
         return self.summary
 

@@ -37,7 +37,10 @@ def checkpoint_path(run_dir: Path, checkpoint: str, valid=CHECKPOINTS) -> Option
     else:
         path = Path(checkpoint) if Path(checkpoint).exists() else run_dir / "checkpoints" / checkpoint
     if path is None or not path.exists():
-        raise ConfigError(f"no {checkpoint!r} checkpoint in {str(run_dir / 'checkpoints')!r} ({choices})")
+        why = (": 'best' is kept only by runs trained with train.keep_best=true and a validation split "
+               "(data.val_fraction > 0), e.g. --set data.val_fraction=0.1 train.keep_best=true"
+               if checkpoint == "best" else "")
+        raise ConfigError(f"no {checkpoint!r} checkpoint in {str(run_dir / 'checkpoints')!r}{why} ({choices})")
     return path
 
 
@@ -98,7 +101,8 @@ def evaluate_run(run_dir, checkpoint: str = "last", split: str = "test", device:
     model, dataset, _, epoch, path = load_run(run_dir, checkpoint, device, valid=EVAL_CHECKPOINTS)
     x, y = getattr(dataset, f"{split}_x"), getattr(dataset, f"{split}_y")
     if x is None:
-        raise ConfigError(f"run {str(run_dir)!r} has no {split} split (data.val_fraction is 0)")
+        raise ConfigError(f"run {str(run_dir)!r} has no {split} split: it was trained with data.val_fraction=0; "
+                          f"train with e.g. --set data.val_fraction=0.1 to hold one out")
     loss, acc = evaluate(model, x, y)
     row = {"kind": "eval", "checkpoint": str(path), "epoch": epoch, "split": split,
            f"{split}_loss": loss, f"{split}_acc": acc}
