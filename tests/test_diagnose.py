@@ -7,7 +7,7 @@ from depthlab.cli import main
 from depthlab.config import RunConfig
 from depthlab.diagnosis import diagnose, read_diagnostics
 from depthlab.diagnostics import DIAGNOSTICS, resolve_quantities
-from depthlab.report.diagnostics import plot_quantity
+from depthlab.report.diagnostics import plot_quantity, summary_numbers
 from depthlab.training import train
 
 ALL = ("gradient_flow", "responses", "jacobian", "orthonormality", "shattering", "paths", "discriminability",
@@ -68,8 +68,12 @@ def test_plot_kinds_from_records(tmp_path):
              {"quantity": "q", "layer": None, "name": "text", "value": "ignored"}]
     path = plot_quantity({"a": recs, "b": recs}, "q", tmp_path / "q.png")
     assert path.stat().st_size > 5000
-    with pytest.raises(ValueError, match="no plottable records"):
+    with pytest.raises(ValueError, match="no curves to draw"):
         plot_quantity({"a": recs}, "other", tmp_path / "o.png")
+    single = [r for r in recs if r["name"] == "scalar"]
+    with pytest.raises(ValueError, match="single numbers go to the summary table"):  # never a one-bar panel
+        plot_quantity({"a": single}, "q", tmp_path / "s.png")
+    assert summary_numbers({"a": recs, "b": single}) == [["q", "scalar", 3.0, 3.0]]
 
 
 def test_all_skips_what_a_model_cannot_support_but_a_named_quantity_raises(run_dirs, caplog, recwarn):
@@ -117,3 +121,21 @@ def test_every_quantity_on_every_family_runs_or_says_why(family, overrides):
             warnings.simplefilter("error")
             json.dumps(records)  # plain data
         assert records, q
+
+
+def test_a_scheduled_quantity_is_drawn_per_epoch_and_a_snapshot_names_its_epoch():
+    import matplotlib.pyplot as plt
+
+    from depthlab.report.diagnostics import draw_quantity
+
+    recs = [{"quantity": "gradient_flow", "layer": f"l{i}", "name": "error_rms", "value": 10.0 ** -(e * i),
+             "step": 10 * e, "epoch": e} for e in range(4) for i in range(3)]
+    fig = draw_quantity({"run": recs}, "gradient_flow")
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == ["epoch 0", "epoch 1", "epoch 2", "epoch 3"]
+    assert ax.get_ylabel() == "RMS of dL/d(layer output)" and ax.get_yscale() == "log"  # spans 6 decades
+    assert [t.get_text() for t in fig.legends[0].texts] == ["epoch 0", "epoch 1", "epoch 2", "epoch 3"]
+    plt.close(fig)
+    fig = draw_quantity({"run": [r for r in recs if r["epoch"] == 3]}, "gradient_flow")
+    assert fig._suptitle.get_text() == "gradient_flow (epoch 3)" and not fig.legends
+    plt.close(fig)

@@ -145,8 +145,8 @@ def _cmd_diagnose(args) -> int:
         records = diagnose(run_dir, args.quantities, checkpoint=args.checkpoint, device=args.device,
                            options=options)
         print(f"{run_dir}: {len(records)} records -> {run_dir}/diagnostics.jsonl", file=sys.stderr)
-        for line in reading(records):
-            print(f"  {line}")
+        for line in reading(records):  # stderr: stdout lists the pictures (scripts read it)
+            print(f"  {line}", file=sys.stderr)
     out = args.out or args.run_dirs[0]
     for path in plot_diagnostics(args.run_dirs, out, quantities=names):
         print(path)
@@ -170,7 +170,7 @@ def _diagnose_user_model(args, options) -> int:
                                   options=options)
     print(f"{args.model}: {len(records)} records -> {out}/diagnostics.jsonl", file=sys.stderr)
     for line in reading(records):
-        print(f"  {line}")
+        print(f"  {line}", file=sys.stderr)
     print(write_report(out))
     return 0
 

@@ -16,10 +16,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from depthlab.diagnosis import read_diagnostics  # noqa: E402
 from depthlab.report.diagnostics import diagnostic_figures  # noqa: E402
 from depthlab.report.html import html_page  # noqa: E402
-from depthlab.report.inputs import ReportInputError, fmt, load_object, output_dir, pct, text, write_file  # noqa: E402
-from depthlab.report.pages import data_uri, html_table, run_status, styled, write_compare_page  # noqa: E402
+from depthlab.report.inputs import (  # noqa: E402
+    ReportInputError,
+    clean_diagnostics,
+    fmt,
+    load_object,
+    output_dir,
+    pct,
+    text,
+    write_file,
+)
+from depthlab.report.pages import (  # noqa: E402
+    data_uri,
+    html_table,
+    numbers_table,
+    run_status,
+    styled,
+    write_compare_page,
+)
 from depthlab.report.plots import TEXT_AS_IS, read_metrics  # noqa: E402
 
 DEFAULT_OUT = Path("runs/compare.html")
@@ -142,8 +159,10 @@ def write_runs_page(paths: List[Path], out: Path, command: str = "depthlab repor
                     else "<p>Nothing: the configs are identical.</p>") + "</section>")
     figures = diagnostic_figures([str(p) for p in paths], output_dir(out.parent / f"{out.stem}_files"),
                                  labels=labels)
-    if figures:
-        parts.append("<section id=diagnostics><h2>Diagnostics, one line per run</h2>"
+    numbers = numbers_table({lab: clean_diagnostics(read_diagnostics(p), p / "diagnostics.jsonl")
+                             for lab, p in zip(labels, paths)})
+    if figures or numbers:
+        parts.append("<section id=diagnostics><h2>Diagnostics, one line per run</h2>" + "".join(numbers)
                      + "".join(f"<figure><img alt='{_e(q)}' src='{data_uri(png.read_bytes(), 'image/png')}'>"
                                f"<figcaption>{_e(q)}</figcaption></figure>" for q, png in figures) + "</section>")
     page = html_page(f"depthlab: {len(paths)} runs compared", "".join(parts))

@@ -28,6 +28,31 @@ from depthlab.report.plots import TEXT_AS_IS, save_figure  # noqa: E402
 
 MAX_PANELS = 6
 MAX_TICK_LABELS = 28  # layer names beyond this are thinned (every 2nd, 3rd, ... name shown)
+MAX_STEPS = 6         # a scheduled quantity of one run: at most this many snapshots drawn (first to last)
+# name -> (panel title, y-axis label) for the records depthlab writes; others show their name on both
+LABELS = {
+    "error_rms": ("backward error per layer", "RMS of dL/d(layer output)"),
+    "error_norm": ("backward error per layer", "||dL/d(layer output)||"),
+    "weight_grad_rms": ("weight gradient per layer", "RMS of dL/dW"),
+    "weight_grad_norm": ("weight gradient per layer", "||dL/dW||_F"),
+    "probe_accuracy": ("linear read-out per tap (test)", "read-out test accuracy"),
+    "val_accuracy": ("linear read-out per tap (validation)", "read-out validation accuracy"),
+    "fisher_ratio": ("class separation per tap", "Fisher ratio tr(S_B) / tr(S_W)"),
+    "error": ("one block deleted", "test error (fraction)"),
+    "error_delete_k_mean": ("k blocks deleted", "test error (fraction)"),
+    "error_swap_k_mean": ("k pairs of blocks swapped", "test error (fraction)"),
+    "kendall_tau_swap_k": ("order after the swaps", "Kendall tau to the original order"),
+    "std": ("branch response (last BN output)", "standard deviation"),
+    "magnitude": ("gradient through paths of length k", "mean ||dL/dx|| per path"),
+    "distribution": ("share of the gradient by path length", "fraction of the total"),
+    "contribution": ("total gradient by path length", "C(n, k) x magnitude"),
+    "counts": ("number of paths of length k", "C(n, k)"),
+    "singular_values": ("input-output Jacobian spectrum", "singular value"),
+    "dead_fraction": ("channels that never fire", "fraction of channels"),
+    "constant_fraction": ("channels that never change", "fraction of channels"),
+    "acf_mean": ("gradient autocorrelation", "autocorrelation"),
+    "wwt_minus_identity_fro": ("distance from orthonormal", "||W W^T - I||_F"),
+}
 
 
 def _latest(records: List[dict]) -> List[dict]:
@@ -129,32 +154,79 @@ def draw_step_series(runs: Dict[str, List[dict]]):
     return fig
 
 
+def _snapshots(records: List[dict]) -> List[int]:
+    """The steps at which a run recorded this quantity: at most ``MAX_STEPS``, first and last kept."""
+    steps = sorted({int(r.get("step") or 0) for r in records})
+    if len(steps) <= MAX_STEPS:
+        return steps
+    return [steps[round(i * (len(steps) - 1) / (MAX_STEPS - 1))] for i in range(MAX_STEPS)]
+
+
+def _when(records: List[dict], step: int) -> str:
+    epoch = next((r.get("epoch") for r in records if int(r.get("step") or 0) == step and r.get("epoch") is not None),
+                 None)
+    return f"epoch {epoch}" if epoch is not None else f"step {step}"
+
+
 def draw_quantity(runs: Dict[str, List[dict]], quantity: str):
-    """The figure for ``quantity`` (``runs``: label -> records); the caller saves or closes it."""
+    """The figure for ``quantity`` (``runs``: label -> records); the caller saves or closes it. One
+    panel per record name that is a curve (single numbers go to ``summary_numbers``); a run that
+    recorded the quantity at several steps gets a line per snapshot, named by its epoch."""
     if quantity == "gradient_tracking":
         return draw_step_series({k: [r for r in rs if r["quantity"] == quantity] for k, rs in runs.items()})
+    mine = {label: [r for r in records if r["quantity"] == quantity] for label, records in runs.items()}
+    steps = _snapshots(next(iter(mine.values()))) if len(mine) == 1 else []
+    when = ""
+    if len(steps) > 1:  # one run, several snapshots: each is a "run" of the figure, named by its epoch
+        (only,) = mine.values()
+        mine = {_when(only, st): [r for r in only if int(r.get("step") or 0) == st] for st in steps}
+    elif len(mine) == 1:
+        only = next(iter(mine.values()))
+        when = f" ({_when(only, max(int(r.get('step') or 0) for r in only))})" if only else ""
     by_name: Dict[str, Dict[str, List[dict]]] = {}
-    for label, records in runs.items():
-        for r in _latest([r for r in records if r["quantity"] == quantity]):
+    for label, records in mine.items():
+        for r in _latest(records):
             by_name.setdefault(r["name"], {}).setdefault(label, []).append(r)
     spreads = _fold_spreads(by_name)
     axes_only = {json.dumps(r.get("x")) for d in by_name.values() for rs in d.values() for r in rs if r.get("x")}
     for name in [n for n, d in by_name.items() if all("x" not in r and json.dumps(r["value"]) in axes_only
                                                      for rs in d.values() for r in rs)]:
         del by_name[name]  # e.g. paths' "ks": the axis of the other records, not a measurement
-    panels = [(n, d) for n, d in by_name.items() if _kind(next(iter(d.values()))) != "skip"][:MAX_PANELS]
+    panels = [(n, d) for n, d in by_name.items()
+              if _kind(next(iter(d.values()))) not in ("skip", "scalar")][:MAX_PANELS]
     if not panels:
-        raise ValueError(f"no plottable records for quantity {quantity!r}")
+        raise ValueError(f"no curves to draw for quantity {quantity!r} (single numbers go to the summary table)")
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     tall = any(_kind(next(iter(d.values()))) == "per-layer" for _, d in panels)  # room for layer names
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, (4.8 if tall else 3.8) * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.4 * cols, (5.0 if tall else 3.9) * rows + 0.5), squeeze=False)
     for ax, (name, per_run) in zip(axes.flat, panels):
         _panel(ax, name, per_run, spreads.get(name))
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(quantity)
+    handles, labels = [], []
+    for ax in axes.flat:  # one legend for the figure, above the panels: it never covers a curve
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.suptitle(quantity + when)
+    fig.tight_layout(rect=(0, 0, 1, 0.93 if len(labels) > 1 else 0.97))
+    if len(labels) > 1:
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=min(len(labels), 6),
+                   frameon=False, fontsize=8)
     return fig
+
+
+def summary_numbers(runs: Dict[str, List[dict]]) -> List[list]:
+    """``[quantity, name, value per run ...]`` for every single number (a scalar record without a
+    layer) at each run's latest step: the table that stands in for one-bar panels."""
+    rows: Dict[tuple, Dict[str, object]] = {}
+    for label, records in runs.items():
+        for r in _latest(records):
+            if r.get("layer") is None and _is_num(r["value"]) and r["quantity"] != "gradient_tracking":
+                rows.setdefault((r["quantity"], r["name"]), {})[label] = r["value"]
+    return [[q, n] + [rows[(q, n)].get(label) for label in runs] for q, n in sorted(rows)]
 
 
 def _fold_spreads(by_name: Dict[str, Dict[str, List[dict]]]) -> dict:
@@ -182,19 +254,20 @@ def _fold_spreads(by_name: Dict[str, Dict[str, List[dict]]]) -> dict:
 
 def plot_quantity(runs: Dict[str, List[dict]], quantity: str, path) -> Path:
     """``runs``: label -> records (from read_diagnostics). Writes and returns ``path``."""
-    return save_figure(draw_quantity(runs, quantity), path)
+    return save_figure(draw_quantity(runs, quantity), path, layout=quantity == "gradient_tracking")
 
 
 def _layer_ticks(ax, names: List[str]) -> None:
     step = max(1, math.ceil(len(names) / MAX_TICK_LABELS))
     ticks = list(range(0, len(names), step))
     ax.set_xticks(ticks)
-    ax.set_xticklabels([names[i] for i in ticks], rotation=90, fontsize=6)
+    ax.set_xticklabels([names[i] for i in ticks], rotation=90, fontsize=7)
 
 
 def _panel(ax, name: str, per_run: Dict[str, List[dict]], spread: Optional[Dict[str, List[dict]]] = None) -> None:
     kind = _kind(next(iter(per_run.values())))
     values, xs = [], []
+    title, ylabel = LABELS.get(name, (name, name))
     if kind == "per-layer":
         layers = list(dict.fromkeys(r["layer"] for rs in per_run.values() for r in rs))  # runs may differ
         where = {layer: i for i, layer in enumerate(layers)}
@@ -216,7 +289,7 @@ def _panel(ax, name: str, per_run: Dict[str, List[dict]], spread: Optional[Dict[
             values += ys
         ax.set_xlabel(xlabel)
         if spread:
-            name = f"{name} (+- sd)"
+            title = f"{title} (+- sd)"
     elif kind == "samples":
         for label, rs in per_run.items():
             ms = [_mean_sd(row) for row in rs[0]["value"]]
@@ -224,7 +297,7 @@ def _panel(ax, name: str, per_run: Dict[str, List[dict]], spread: Optional[Dict[
             ax.errorbar(xs, [m for m, _ in ms], yerr=[s for _, s in ms], marker=".", capsize=2, lw=1.2, label=label)
             values += [m for m, _ in ms]
         ax.set_xlabel(xlabel)
-        name = f"{name} (mean +- sd over samples)"
+        title = f"{title} (mean +- sd over samples)"
     elif kind == "curves":
         for label, rs in per_run.items():
             curves = [[_f(v) for v in row] for row in rs[0]["value"]]
@@ -238,17 +311,12 @@ def _panel(ax, name: str, per_run: Dict[str, List[dict]], spread: Optional[Dict[
                 ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
             values += [v for c in curves for v in c]
         ax.set_xlabel(xlabel)
-        name = f"{name} (mean, band: min-max over {len(curves)})"
-    elif kind == "scalar":
-        labels = list(per_run)
-        ys = [per_run[k][0]["value"] for k in labels]
-        ax.bar(range(len(ys)), ys, tick_label=labels)
-        values += ys
+        title = f"{title} (mean, band: min-max over {len(curves)})"
     elif kind == "matrix":
         label, rs = next(iter(per_run.items()))
         im = ax.imshow(rs[0]["value"], cmap="RdBu_r", vmin=-1, vmax=1)
         ax.figure.colorbar(im, ax=ax, fraction=0.046)
-        name = f"{name} ({label})"
+        title = f"{title} ({label})"
     if kind in ("sequence", "samples", "curves") and all(_is_num(v) for v in xs):
         if len(set(xs)) <= 12:  # few k values: a tick at each (one k alone would get 0.95 ... 1.05)
             ax.set_xticks(sorted(set(xs)))
@@ -257,10 +325,10 @@ def _panel(ax, name: str, per_run: Dict[str, List[dict]], spread: Optional[Dict[
     finite = [v for v in values if _is_num(v) and math.isfinite(v)]
     if finite and min(finite) > 0 and max(finite) / min(finite) > 100:
         ax.set_yscale("log")
-    ax.set_title(name, fontsize=10)
+    ax.set_title(title, fontsize=10)
+    if kind != "matrix":
+        ax.set_ylabel(ylabel, fontsize=9)
     ax.grid(alpha=0.3)
-    if kind in ("per-layer", "sequence", "samples", "curves") and len(per_run) > 1:
-        ax.legend(fontsize=8)
 
 
 def diagnostic_figures(run_dirs: List[str], out_dir, quantities=None,

@@ -15,7 +15,7 @@ from depthlab.diagnosis import read_diagnostics
 from depthlab.diagnostics.reading import reading
 from depthlab.fileio import read_jsonl
 from depthlab.report.across import compare_verdicts, verdict_status
-from depthlab.report.diagnostics import diagnostic_figures
+from depthlab.report.diagnostics import diagnostic_figures, summary_numbers
 from depthlab.report.figures import render
 from depthlab.report.html import html_page
 from depthlab.report.inputs import (
@@ -266,13 +266,25 @@ def _diagnostic_figures(run_dir: Path) -> List[str]:
     quantity (nothing without the file)."""
     if not (run_dir / "diagnostics.jsonl").is_file():
         return []
-    lines = reading(clean_diagnostics(read_diagnostics(run_dir), run_dir / "diagnostics.jsonl"))
+    records = clean_diagnostics(read_diagnostics(run_dir), run_dir / "diagnostics.jsonl")
+    lines = reading(records)
     summary = (["<section id=reading><h3>Reading</h3><ul>" + "".join(f"<li>{_e(x)}</li>" for x in lines)
                 + "</ul><p><small>Thresholds are conventions for a first look, named in each line; the figures "
                   "hold the numbers.</small></p></section>"] if lines else [])
-    return summary + [f"<figure><img alt='{_e(quantity)}' src='{data_uri(png.read_bytes(), 'image/png')}'>"
-            f"<figcaption>{_e(quantity)}</figcaption></figure>"
-            for quantity, png in diagnostic_figures([str(run_dir)], output_dir(run_dir / "report_files"))]
+    figures = [f"<figure><img alt='{_e(quantity)}' src='{data_uri(png.read_bytes(), 'image/png')}'>"
+               f"<figcaption>{_e(quantity)}</figcaption></figure>"
+               for quantity, png in diagnostic_figures([str(run_dir)], output_dir(run_dir / "report_files"))]
+    return summary + numbers_table({run_dir.name: records}) + figures
+
+
+def numbers_table(runs: dict) -> List[str]:
+    """The single numbers of the runs' diagnostics (``{label: records}``) as a table, a column per run."""
+    rows = summary_numbers(runs)
+    if not rows:
+        return []
+    return ["<section id=numbers><h3>Single numbers</h3>" + html_table({
+        "title": "", "columns": ["quantity", "name"] + (["value"] if len(runs) == 1 else list(runs)),
+        "rows": [[q, n] + [format_cell(v) for v in vals] for q, n, *vals in rows]}) + "</section>"]
 
 
 def write_tracked_page(run_dir) -> Path:

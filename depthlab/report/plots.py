@@ -61,10 +61,11 @@ def _training_curves(runs: Dict[str, str], path, title: str) -> Path:
     return save_figure(fig, path, dpi=110)
 
 
-def save_figure(fig, path, dpi: int = 100) -> Path:
-    """Lay out, write and close ``fig``; returns the path. Written atomically: a symbolic link at
-    ``path`` is replaced, never followed."""
-    fig.tight_layout()
+def save_figure(fig, path, dpi: int = 100, layout: bool = True) -> Path:
+    """Lay out (unless the caller did: ``layout=False``), write and close ``fig``; returns the path.
+    Written atomically: a symbolic link at ``path`` is replaced, never followed."""
+    if layout:
+        fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
