@@ -139,3 +139,19 @@ def test_a_scheduled_quantity_is_drawn_per_epoch_and_a_snapshot_names_its_epoch(
     fig = draw_quantity({"run": [r for r in recs if r["epoch"] == 3]}, "gradient_flow")
     assert fig._suptitle.get_text() == "gradient_flow (epoch 3)" and not fig.legends
     plt.close(fig)
+
+
+def test_a_range_and_a_one_layer_record_go_to_the_table_not_to_panels():
+    recs = [{"quantity": "paths", "layer": None, "name": "effective_range", "value": [2, 9], "x": ["k_lo", "k_hi"]},
+            {"quantity": "paths", "layer": None, "name": "magnitude", "value": [1.0, 0.5, 0.1], "x": [0, 1, 2]},
+            {"quantity": "d", "layer": "s3.sum", "name": "probe_stops_rising", "value": 3}]
+    assert summary_numbers({"a": recs}) == [["d", "probe_stops_rising (s3.sum)", 3],
+                                            ["paths", "effective_range", "k_lo=2, k_hi=9"]]
+    import matplotlib.pyplot as plt
+
+    from depthlab.report.diagnostics import draw_quantity
+
+    fig = draw_quantity({"a": recs}, "paths")
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.lines] == [
+        "gradient through paths of length k"]
+    plt.close(fig)

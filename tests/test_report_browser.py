@@ -53,6 +53,64 @@ def site(chromium_path, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def more(tmp_path_factory):
+    """The pages a researcher reads besides: a diagnosed run, an own-model diagnosis, a diverged run,
+    a sweep and a two-run comparison."""
+    import sys
+
+    from depthlab.config import RunConfig
+    from depthlab.report import compare, write_report
+    from depthlab.sweep import run_sweep
+    from depthlab.tracking import diagnose_user_model
+    from depthlab.training import train
+
+    root = tmp_path_factory.mktemp("more")
+    common = ["data.name=digits", "train.device=cpu", "train.threads=1", f"out_dir={root / 'runs'}"]
+    for run_id, depth in (("plain14", 14), ("resnet14", 14)):
+        name = "plain" if run_id.startswith("plain") else "resnet"
+        train(RunConfig().with_overrides([f"model.name={name}", f"model.depth={depth}", "model.width=8",
+                                          "train.epochs=2", f"run_id={run_id}", *common,
+                                          "diagnostics.quantities=gradient_flow@1,lesion@last,discriminability@last"
+                                          if name == "resnet" else "diagnostics.quantities=gradient_flow@1"]),
+              quiet=True)
+    boom = RunConfig().with_overrides(["model.name=plain", "model.depth=8", "model.width=4", "train.epochs=2",
+                                       "train.lr=1e6", "run_id=boom", *common])
+    train(boom, quiet=True)
+    examples = str(Path(__file__).resolve().parents[1] / "examples")
+    if examples not in sys.path:
+        sys.path.insert(0, examples)
+    own = root / "own"
+    diagnose_user_model(f"{examples}/tvnets.py:resnet18_layout", "digits", own, "gradient_flow,lesion,paths",
+                        options={"lesion": {"max_k": 2, "samples": 2}})
+    sweep = run_sweep({"name": "tiny", "out_dir": str(root / "sweeps"),
+                       "base": {"data": {"name": "digits"}, "train.epochs": 2, "model.width": 4, "model.depth": 8},
+                       "grid": {"model.name": ["plain", "resnet"]}, "seeds": 1, "workers": 1}, quiet=True)
+    return {"diagnosed": write_report(root / "runs" / "resnet14"), "own": write_report(own),
+            "diverged": write_report(boom.run_dir), "sweep": Path(sweep["paths"]["html"]),
+            "comparison": compare([root / "runs" / "plain14", root / "runs" / "resnet14"], root / "compare.html")}
+
+
+@pytest.mark.parametrize("name", ["diagnosed", "own", "diverged", "sweep", "comparison"])
+def test_the_pages_a_researcher_reads(browser, more, artefacts, name):
+    """Each loads offline and cleanly; where there are diagnostics, the plain-language reading and
+    the table of single numbers come first (single numbers are never drawn as one-bar panels:
+    tests/test_diagnose.py); the diverged run names its diagnosis; the sweep draws curves."""
+    facts = _open_and_check(browser, more[name], artefacts, name)
+    page = more[name].read_text()
+    if name in ("diagnosed", "own", "comparison"):
+        assert {"reading", "numbers"} <= set(facts["sections"]), facts["sections"]
+        assert "gradient_flow: gradients" in page
+    if name == "diagnosed":
+        assert "lesion: " in page and "discriminability: " in page
+    if name == "diverged":
+        assert "diverged in epoch 1" in page and "non-finite" in page
+    if name == "sweep":
+        assert "accuracy per grid point and training curves" in [i["alt"] for i in facts["images"]]
+    if name == "comparison":
+        assert "training curves" in [i["alt"] for i in facts["images"]] and ">model.name<" in page
+
+
+@pytest.fixture(scope="module")
 def artefacts(tmp_path_factory):
     env = os.environ.get("DEPTHLAB_ARTEFACTS")
     return Path(env) if env else tmp_path_factory.mktemp("artefacts")

@@ -67,6 +67,9 @@ def _lesion(get) -> Optional[str]:
         return (f"block {worst} dominates the lesion error: deleting it alone costs {cost[worst]:+.1f} points, "
                 f"{cost[worst] / total:.0%} of all single deletions' costs (above {DOMINATES:.0%}); the median block "
                 f"costs {median:+.1f}")
+    if intact >= 0.8:
+        return (f"the intact net's test error is {100 * intact:.1f}%, near chance, so deleting blocks cannot "
+                f"show what they do (the costliest, {worst}: {cost[worst]:+.1f} points)")
     word = "harmless" if median < HARMLESS_POINTS else "not harmless"
     return (f"deleting one block is {word} for the median block ({median:+.1f} points; threshold "
             f"{HARMLESS_POINTS:g}); the costliest, {worst}, costs {cost[worst]:+.1f} (intact error "

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from depthlab.diagnosis import read_diagnostics  # noqa: E402
+from depthlab.diagnostics.reading import reading  # noqa: E402
 from depthlab.report.diagnostics import diagnostic_figures  # noqa: E402
 from depthlab.report.html import html_page  # noqa: E402
 from depthlab.report.inputs import (  # noqa: E402
@@ -159,8 +160,12 @@ def write_runs_page(paths: List[Path], out: Path, command: str = "depthlab repor
                     else "<p>Nothing: the configs are identical.</p>") + "</section>")
     figures = diagnostic_figures([str(p) for p in paths], output_dir(out.parent / f"{out.stem}_files"),
                                  labels=labels)
-    numbers = numbers_table({lab: clean_diagnostics(read_diagnostics(p), p / "diagnostics.jsonl")
-                             for lab, p in zip(labels, paths)})
+    records = {lab: clean_diagnostics(read_diagnostics(p), p / "diagnostics.jsonl") for lab, p in zip(labels, paths)}
+    lines = [(lab, line) for lab, rs in records.items() for line in reading(rs)]
+    if lines:
+        parts.append("<section id=reading><h2>Reading</h2><ul>"
+                     + "".join(f"<li><b>{_e(lab)}</b>: {_e(line)}</li>" for lab, line in lines) + "</ul></section>")
+    numbers = numbers_table(records)
     if figures or numbers:
         parts.append("<section id=diagnostics><h2>Diagnostics, one line per run</h2>" + "".join(numbers)
                      + "".join(f"<figure><img alt='{_e(q)}' src='{data_uri(png.read_bytes(), 'image/png')}'>"

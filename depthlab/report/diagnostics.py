@@ -193,7 +193,8 @@ def draw_quantity(runs: Dict[str, List[dict]], quantity: str):
                                                      for rs in d.values() for r in rs)]:
         del by_name[name]  # e.g. paths' "ks": the axis of the other records, not a measurement
     panels = [(n, d) for n, d in by_name.items()
-              if _kind(next(iter(d.values()))) not in ("skip", "scalar")][:MAX_PANELS]
+              if _kind(next(iter(d.values()))) not in ("skip", "scalar") and not _one_layer(d)
+              and not _few_named(next(iter(d.values()))[0])][:MAX_PANELS]
     if not panels:
         raise ValueError(f"no curves to draw for quantity {quantity!r} (single numbers go to the summary table)")
     cols = min(3, len(panels))
@@ -218,14 +219,39 @@ def draw_quantity(runs: Dict[str, List[dict]], quantity: str):
     return fig
 
 
+def _few_named(r: dict) -> bool:
+    """A short list of numbers over named (not numeric) x, like paths' ``effective_range`` [k_lo,
+    k_hi]: numbers for the table, not a curve."""
+    x, v = r.get("x"), r["value"]
+    return _numbers(v) and len(v) <= 3 and isinstance(x, list) and not all(_is_num(e) for e in x)
+
+
+def _one_layer(per_run: Dict[str, List[dict]]) -> bool:
+    """A per-layer record with one layer in every run (discriminability's ``probe_stops_rising``):
+    a single number, for the table."""
+    return all(len(rs) == 1 and rs[0].get("layer") is not None for rs in per_run.values())
+
+
 def summary_numbers(runs: Dict[str, List[dict]]) -> List[list]:
     """``[quantity, name, value per run ...]`` for every single number (a scalar record without a
-    layer) at each run's latest step: the table that stands in for one-bar panels."""
+    layer, or a per-layer one with a single layer: ``name (layer)``) at each run's latest step: the
+    table that stands in for one-bar panels."""
     rows: Dict[tuple, Dict[str, object]] = {}
     for label, records in runs.items():
+        latest = [r for r in _latest(records) if _is_num(r["value"]) and r["quantity"] != "gradient_tracking"]
+        layers: Dict[tuple, int] = {}
+        for r in latest:
+            if r.get("layer") is not None:
+                layers[(r["quantity"], r["name"])] = layers.get((r["quantity"], r["name"]), 0) + 1
         for r in _latest(records):
-            if r.get("layer") is None and _is_num(r["value"]) and r["quantity"] != "gradient_tracking":
+            if r.get("layer") is None and _few_named(r):
+                rows.setdefault((r["quantity"], r["name"]), {})[label] = ", ".join(
+                    f"{x}={v:g}" for x, v in zip(r["x"], r["value"]))
+        for r in latest:
+            if r.get("layer") is None:
                 rows.setdefault((r["quantity"], r["name"]), {})[label] = r["value"]
+            elif layers[(r["quantity"], r["name"])] == 1:
+                rows.setdefault((r["quantity"], f"{r['name']} ({r['layer']})"), {})[label] = r["value"]
     return [[q, n] + [rows[(q, n)].get(label) for label in runs] for q, n in sorted(rows)]
 
 

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from depthlab.report.inputs import inside  # noqa: E402
-from depthlab.report.plots import TEXT_AS_IS, read_metrics  # noqa: E402
+from depthlab.report.plots import TEXT_AS_IS, plain_log_labels, read_metrics  # noqa: E402
 
 STYLE = {"font.size": 9.5, "axes.titlesize": 10.5, "axes.labelsize": 9.5, "legend.fontsize": 8,
          "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
@@ -47,6 +47,7 @@ def render(spec: dict, base_dir: Optional[Path] = None, fmt: str = "svg") -> byt
         else:
             fig, ax = plt.subplots(figsize=(6.4, 4.0) if kind != "heatmap" else (5.2, 4.4))
             _draw(ax, spec, base_dir)
+        plain_log_labels(fig)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=110, metadata={"Date": None} if fmt == "svg" else None)
@@ -144,8 +145,9 @@ def _curves(ax, runs: dict, metric: str, base_dir) -> None:
                 ha="center", va="center", fontsize=8)
     if metric.endswith("loss"):
         ax.set_yscale("log")
-    if ax.get_legend_handles_labels()[0]:  # a diverged run has no test accuracy to draw
-        ax.legend(frameon=False, ncol=2 if len(runs) > 4 else 1)
+    if len(runs) > 1 and ax.get_legend_handles_labels()[0]:  # beside the axes: never over a curve
+        ax.legend(frameon=False, ncol=2 if len(runs) > 8 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  fontsize=7)
 
 
 def _finite(v) -> bool:

@@ -19,6 +19,18 @@ from depthlab.report.inputs import clean_metrics
 TEXT_AS_IS = {"text.parse_math": False}
 
 
+def plain_log_labels(fig) -> None:
+    """Log axes labelled 0.001, 1e-06, 100 rather than mathtext (``$10^{-3}$``), which the pages'
+    plain-text setting (``TEXT_AS_IS``: a label from a record is never parsed) would show raw."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    for ax in fig.axes:
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale == "log":
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.set_minor_formatter(NullFormatter())
+
+
 def read_metrics(run_dir) -> List[dict]:
     """The per-epoch rows of a run's metrics.jsonl, each field of the type depthlab writes (rows
     that are not are skipped or their bad fields emptied, with one logged line naming the file)."""
@@ -64,6 +76,7 @@ def _training_curves(runs: Dict[str, str], path, title: str) -> Path:
 def save_figure(fig, path, dpi: int = 100, layout: bool = True) -> Path:
     """Lay out (unless the caller did: ``layout=False``), write and close ``fig``; returns the path.
     Written atomically: a symbolic link at ``path`` is replaced, never followed."""
+    plain_log_labels(fig)
     if layout:
         fig.tight_layout()
     buf = io.BytesIO()

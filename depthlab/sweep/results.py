@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from depthlab.experiments.base import bar_figure, fmt_mean_sd, mean_sd
+from depthlab.experiments.base import fmt_mean_sd, mean_sd
 from depthlab.fileio import atomic_write_text
 from depthlab.report.html import html_page
-from depthlab.report.inputs import pct
-from depthlab.report.pages import _dl, html_table, styled
-from depthlab.report.pages import _figure as figure
+from depthlab.report.inputs import inside, pct
+from depthlab.report.pages import _dl, data_uri, html_table, styled
+from depthlab.report.plots import read_metrics
 
 STATUSES = ("finished", "diverged", "failed", "interrupted")
 ACTIONS = ("trained", "resumed", "skipped", "not run")
@@ -155,7 +155,7 @@ def report_html(doc: dict) -> str:
     parts.append("<section id=results><h2>Results</h2>" + html_table(doc["table"]) + "</section>")
     fig = _figure(doc)
     if fig:
-        parts.append(f"<section id=figures><h2>Test accuracy</h2>{fig}</section>")
+        parts.append(f"<section id=figures><h2>Accuracy and training curves</h2>{fig}</section>")
     problems = _problems(doc)
     if problems:
         parts.append("<section id=problems><h2>Runs that did not finish</h2><ul>"
@@ -183,15 +183,65 @@ def _action(r: dict) -> str:
 
 
 def _figure(doc: dict) -> str:
-    """A bar chart of test accuracy (mean +- sd over finished seeds) per grid point, inline SVG."""
-    groups = [g for g in doc["groups"] if g["test_acc"]["n"]]
+    """Accuracy per grid point (mean +- sd over finished seeds, on an axis fitted to the values) and
+    the training curves (mean over seeds per epoch, one line per grid point), as one inline PNG."""
+    groups = [g for g in doc["groups"] if g["test_acc"]["n"] or g["train_acc"]["n"]]
     if not groups:
         return ""
-    spec = bar_figure("test accuracy per grid point", "test accuracy (%)", [g["point_id"] for g in groups],
-                      [100 * g["test_acc"]["mean"] for g in groups],
-                      yerr=[100 * (g["test_acc"]["sd"] or 0.0) for g in groups],
-                      caption="Mean over finished seeds; error bars: sample sd.")
-    return figure(spec, Path(doc["sweep_dir"]), 1)
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    base = Path(doc["sweep_dir"])
+    curves = {}
+    for g in groups:
+        per_epoch: Dict[int, Dict[str, List[float]]] = {}
+        for r in doc["runs"]:
+            where = inside(base, r.get("run_dir", "")) if r.get("point_id") == g["point_id"] else None
+            if where is None or r.get("status") != "finished":
+                continue
+            for row in read_metrics(where):
+                for key in ("train_acc", "test_acc"):
+                    if isinstance(row.get(key), (int, float)):
+                        per_epoch.setdefault(row["epoch"], {}).setdefault(key, []).append(100 * (1 - row[key]))
+        curves[g["point_id"]] = per_epoch
+    with plt.rc_context({"font.size": 9.5, "axes.grid": True, "grid.alpha": 0.3}):
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+        colours = plt.get_cmap("tab10")
+        x = list(range(len(groups)))
+        for key, label, marker in (("train_acc", "train", "o"), ("test_acc", "test", "s")):
+            pts = [(i, g[key]) for i, g in zip(x, groups) if g[key]["n"]]
+            axes[0].errorbar([i for i, _ in pts], [100 * v["mean"] for _, v in pts],
+                             yerr=[100 * (v["sd"] or 0.0) for _, v in pts], fmt=marker, capsize=3, label=label)
+        axes[0].set_xticks(x)
+        axes[0].set_xticklabels([g["point_id"] for g in groups], rotation=30 if len(groups) > 3 else 0,
+                                ha="right" if len(groups) > 3 else "center", fontsize=8)
+        axes[0].set(ylabel="accuracy (%), mean +- sd over seeds", title="final accuracy per grid point")
+        axes[0].legend(frameon=False)
+        for ax, key, title in ((axes[1], "train_acc", "training error"), (axes[2], "test_acc", "test error")):
+            for i, (point, per_epoch) in enumerate(curves.items()):
+                eps = sorted(e for e, d in per_epoch.items() if d.get(key))
+                if eps:
+                    ax.plot(eps, [sum(per_epoch[e][key]) / len(per_epoch[e][key]) for e in eps], "-o", ms=3,
+                            color=colours(i % 10), label=point)
+            ax.set(xlabel="epoch", ylabel=f"{title} (%), mean over seeds", title=title)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        handles, names = axes[1].get_legend_handles_labels()
+        fig.tight_layout(rect=(0, 0.1 if handles else 0, 1, 1))
+        if handles:
+            fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), frameon=False, fontsize=8)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+    img = data_uri(buf.getvalue(), "image/png")
+    return (f"<figure><img alt='accuracy per grid point and training curves' src='{img}'>"
+            "<figcaption>Left: mean +- sample sd over the finished seeds, on an axis fitted to the values. Middle "
+            "and right: per epoch, the mean over the finished seeds of each grid point (the test set where it was "
+            "evaluated).</figcaption></figure>")
 
 
 def print_table(doc: dict, file=None) -> None:
