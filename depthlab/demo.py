@@ -48,8 +48,8 @@ def run_demo(out: str = "runs/demo", depths: Sequence[int] = (8, 20, 56), famili
                             train=TrainConfig(recipe="quick", epochs=epochs, seed=seed, device=device,
                                               threads=threads),
                             out_dir=str(out / "runs"), run_id=f"{family}{depth}")
-            # a live bar per run on a terminal; one summary line per run otherwise
-            s = train(cfg, overwrite=True, quiet=quiet or not sys.stderr.isatty(), dataset=data)
+            # a live bar per run on a terminal; one line per epoch in a log
+            s = train(cfg, overwrite=True, quiet=quiet, dataset=data)
             row = {"model": f"{family}{depth}", "family": family, "depth": s["depth"], "params": s["params"],
                    "train_acc": s["train_acc"], "test_acc": s.get("test_acc"), "train_loss": s["train_loss"],
                    "seconds": s["elapsed"], "status": s["status"], "run_dir": str(Path(s["run_dir"]))}

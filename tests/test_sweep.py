@@ -279,3 +279,29 @@ def test_the_summary_line_counts_runs_that_never_began_as_not_started():
                {"status": "interrupted", "action": "not run", "epoch": None}]
     line = summary_line({"counts": counts(records)})
     assert line == "4 runs: 0 finished, 2 interrupted, 2 not started (this invocation: 2 trained, 2 not run)"
+
+
+def test_grid_progress_prints_a_line_per_epoch_of_runs_trained_elsewhere(tmp_path):
+    import io
+    import json
+
+    from depthlab.training.progress import GridProgress
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    row = {"kind": "epoch", "train_loss": 1.0, "train_acc": 0.5, "seconds": 1.0}
+    (b / "metrics.jsonl").write_text(json.dumps({**row, "epoch": 1}) + "\n")  # resumed: done before
+    out = io.StringIO()
+    progress = GridProgress([("a", a, 2), ("b", b, 2)], stream=out, interval=60)
+    with progress:
+        (a / "metrics.jsonl").write_text(json.dumps({**row, "epoch": 1}) + "\n" + json.dumps({**row, "epoch": 2})
+                                         + "\n" + '{"kind": "epo')  # a line being written
+        assert progress.poll() == 3
+    lines = out.getvalue().splitlines()
+    assert lines == ["  [a] epoch 1/2  loss 1.0000  train acc 0.500  1.0s",
+                     "  [a] epoch 2/2  loss 1.0000  train acc 0.500  1.0s"]
+    quiet = io.StringIO()
+    with GridProgress([("a", a, 2)], stream=quiet, quiet=True):
+        pass
+    assert quiet.getvalue() == ""

@@ -23,9 +23,11 @@ from depthlab.experiments.base import EXPERIMENTS, Experiment, Findings, RunSpec
 from depthlab.experiments.plan import check_depths, check_plan, data_config, maker_of, record_maker, run_config
 from depthlab.fileio import atomic_write_text, epoch_gap, read_jsonl
 from depthlab.models import count_params
+from depthlab.recipes import RECIPES
 from depthlab.training import load_run
 from depthlab.training.loop import build_from_config, resolve_device
 from depthlab.training.loop import train_or_stop as train
+from depthlab.training.progress import GridProgress
 from depthlab.version import __version__
 
 SCALES = ("quick", "real", "paper")  # digits/mnist1d; CIFAR-10 images on a 2-core CPU; the paper's recipe
@@ -288,12 +290,20 @@ def _train_grid(grid: list, dataset, fresh: bool, quiet: bool, command: str, exp
 
     # fresh interpreters (spawn): no inherited torch thread pools; a run that raises is an error row
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=spawn) as pool:
+    progress = GridProgress([(cfg.resolved_run_id, cfg.run_dir, run_epochs(cfg)) for _, _, cfg in grid], quiet=quiet,
+                            fresh=fresh)
+    with progress, ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=spawn) as pool:
         futures = {pool.submit(_train_task, t): i for i, t in enumerate(tasks)}
         for fut in as_completed(futures):
+            progress.poll()  # the run's last epochs before its line
             exc = fut.exception()
             on_result(futures[fut], fut.result() if exc is None else {"error": f"{type(exc).__name__}: {exc}"})
     return rows
+
+
+def run_epochs(cfg: RunConfig) -> int:
+    """A run's epochs, its recipe's where the config leaves them open."""
+    return cfg.train.epochs or RECIPES.get(cfg.train.recipe).epochs
 
 
 def _train_task(task: dict) -> dict:
@@ -325,9 +335,9 @@ def _train_one(spec: RunSpec, seed: int, cfg: RunConfig, dataset, fresh: bool, q
         if done is not None:
             s, reused = done, True
         elif (run_dir / "config.json").exists() and not fresh:  # the same run, interrupted: resume it
-            s = train(cfg, resume=True, quiet=quiet or not sys.stderr.isatty(), dataset=dataset)
+            s = train(cfg, resume=True, quiet=quiet, dataset=dataset)  # a bar, or a line per epoch in a log
         else:
-            s = train(cfg, overwrite=True, quiet=quiet or not sys.stderr.isatty(), dataset=dataset)
+            s = train(cfg, overwrite=True, quiet=quiet, dataset=dataset)
     except (ValueError, RuntimeError) as e:
         row.update(status=f"error: {e}", seconds=time.perf_counter() - t0)
         return row

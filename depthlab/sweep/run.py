@@ -12,12 +12,13 @@ from typing import List, Optional
 
 import torch
 
-from depthlab.experiments.runner import _params_of, commit_at_end, git_commit
+from depthlab.experiments.runner import _params_of, commit_at_end, git_commit, run_epochs
 from depthlab.fileio import atomic_write_text, read_jsonl
 from depthlab.sweep.executors import execute, import_ray
 from depthlab.sweep.results import METRICS, aggregate, cell, counts, summary_line, write_results
 from depthlab.sweep.spec import PlannedRun, SweepSpec, expand, load_spec
 from depthlab.sweep.task import METRIC_KEYS, RESUME, SKIP, TRAIN, existing_state, make_task
+from depthlab.training.progress import GridProgress
 from depthlab.version import __version__
 
 
@@ -108,9 +109,12 @@ def run_sweep(path_or_dict, executor: Optional[str] = None, workers: Optional[in
             log(f"interrupted: {summary_line(doc)}; run the same command again to resume")
         return doc
 
+    progress = GridProgress([(plan.runs[i].run_id, plan.runs[i].config.run_dir, run_epochs(plan.runs[i].config))
+                             for i in index], quiet=quiet or spec.executor != "local")
     try:
-        execute(tasks, spec.executor, spec.workers, spec.threads_per_worker, on_result,
-                ray_address=spec.ray_address, quiet=quiet)
+        with progress:
+            execute(tasks, spec.executor, spec.workers, spec.threads_per_worker, on_result,
+                    ray_address=spec.ray_address, quiet=quiet)
     except KeyboardInterrupt:
         finish(interrupted=True)
         raise
