@@ -41,3 +41,11 @@ def test_discriminability_paths_and_dead_features():
     assert reading(dead) == ["dead_features: 2 of 3 layers have at least 50% dead channels (never positive), the "
                              "most 90% in c2"]
     assert reading([{"quantity": "lesion", "name": "intact_error", "value": "x"}]) == []  # malformed: silent
+
+
+def test_an_inconclusive_verdict_gives_its_spread_in_the_units_of_its_numbers():
+    from depthlab.experiments.base import verdict
+
+    assert verdict("c", None, "d", 3, 0.00627, points=True)["status"] == "inconclusive (3 seeds, spread 0.63 points)"
+    assert verdict("c", None, "d", 3, 0.0727)["status"] == "inconclusive (3 seeds, spread 0.0727)"
+    assert verdict("c", None, "d", 8, 0.05, unit="init")["status"] == "inconclusive (8 inits, spread 0.05)"

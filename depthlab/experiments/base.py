@@ -122,12 +122,14 @@ def compare(a: Sequence[float], b: Sequence[float], min_gap: float) -> dict:
 
 
 def verdict(claim: str, holds: Optional[bool], detail: str, seeds: int = 1, spread: Optional[float] = None,
-            unit: str = "seed") -> dict:
+            unit: str = "seed", points: bool = False) -> dict:
     """One checked expectation: status ``observed`` / ``not observed`` / ``inconclusive`` and the
     numbers it rests on (``detail``). ``holds=None`` means the data could not decide. ``seeds``
-    counts the samples behind it, in ``unit`` (``seed``; ``init`` where an experiment draws its own)."""
+    counts the samples behind it, in ``unit`` (``seed``; ``init`` where an experiment draws its own).
+    ``points``: the spread is of fractions (accuracies, errors) and is shown in percentage points."""
     if holds is None:
-        sp = "" if spread is None or not math.isfinite(spread) else f", spread {spread:.3g}"
+        sp = ("" if spread is None or not math.isfinite(spread) else
+              f", spread {100 * spread:.2g} points" if points else f", spread {spread:.3g}")
         status = f"{INCONCLUSIVE} ({seeds} {unit}{'s' if seeds != 1 else ''}{sp})"
     else:
         status = OBSERVED if holds else NOT_OBSERVED

@@ -126,7 +126,7 @@ class Beyond(Experiment):
                 f"{v} trains at depth {deep}: training accuracy >= chance + {p['above_chance']:.0%} and >= the "
                 f"plain baseline + {p['gap']:.0%}", _all(c1["holds"], c2["holds"]),
                 f"{v}-{deep} {pct(acc[(v, deep)])}, plain-{deep} {pct(acc[(BASELINE, deep)])}, chance "
-                f"{chance:.0%}", n, max(c1["spread"], c2["spread"])))
+                f"{chance:.0%}", n, max(c1["spread"], c2["spread"]), points=True))
         within = {v: _within(ratio[(v, deep)], p["ratio_bound"]) for v in NAMES}
         f.verdicts.append(verdict(  # 2. the plain baseline's error explodes (or vanishes) at init
             f"at init the plain baseline's gradient ratio at depth {deep} is outside [1/{p['ratio_bound']:g}, "
@@ -239,12 +239,12 @@ def _xiao_verdicts(p, acc, ratio, spectra, chance, deep, n) -> list:
     c = compare(acc[(XIAO, deep)], [p["vanilla_trains"]] * n, 0)
     out.append(verdict(f"the vanilla tanh net with delta-orthogonal init trains at depth {deep} (training accuracy "
                        f">= {p['vanilla_trains']:.0%})", c["holds"], f"{XIAO}-{deep} {pct(acc[(XIAO, deep)])}",
-                       n, c["spread"]))
+                       n, c["spread"], points=True))
     c = compare([chance + p["near_chance"]] * n, acc[(XIAO_BASELINE, deep)], 0)
     out.append(verdict(f"the same net with Gaussian init at the same scales stays near chance at depth {deep} "
                        f"(< chance + {p['near_chance']:.0%})", c["holds"],
                        f"{XIAO_BASELINE}-{deep} {pct(acc[(XIAO_BASELINE, deep)])}, chance {chance:.0%}", n,
-                       c["spread"]))
+                       c["spread"], points=True))
     holds, spread = _within(ratio[(XIAO, deep)], bound)
     out.append(verdict(f"at init {XIAO}'s gradient ratio at depth {deep} is within [1/{bound:g}, {bound:g}]", holds,
                        f"{XIAO}-{deep} {_fmt_ratio(ratio[(XIAO, deep)])} ({XIAO_BASELINE}-{deep} "

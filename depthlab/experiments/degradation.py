@@ -64,13 +64,13 @@ class Degradation(Experiment):
         f.verdicts.append(verdict(
             f"plain-{hi} has a higher training error than plain-{lo} (by >= {p['gap']:.0%})", c["holds"],
             f"plain-{lo} {fmt_mean_sd(err[('plain', lo)], 100, unit='%')}, plain-{hi} "
-            f"{fmt_mean_sd(err[('plain', hi)], 100, unit='%')} training error", n, c["spread"]))
+            f"{fmt_mean_sd(err[('plain', hi)], 100, unit='%')} training error", n, c["spread"], points=True))
         # 2. resnet: training error does not rise over the same depths
         c = compare(err[("resnet", lo)], err[("resnet", hi)], -p["tolerance"])
         f.verdicts.append(verdict(
             f"resnet-{hi} trains at least as well as resnet-{lo} (within {p['tolerance']:.1%})", c["holds"],
             f"resnet-{lo} {fmt_mean_sd(err[('resnet', lo)], 100, unit='%')}, resnet-{hi} "
-            f"{fmt_mean_sd(err[('resnet', hi)], 100, unit='%')} training error", n, c["spread"]))
+            f"{fmt_mean_sd(err[('resnet', hi)], 100, unit='%')} training error", n, c["spread"], points=True))
         # 2b. ... and at every other step of the depth grid (e.g. resnet-110 vs resnet-56)
         for a, b in zip(depths, depths[1:]):
             if (a, b) == (lo, hi):
@@ -79,7 +79,7 @@ class Degradation(Experiment):
             f.verdicts.append(verdict(
                 f"resnet-{b} trains at least as well as resnet-{a} (within {p['tolerance']:.1%})", c["holds"],
                 f"resnet-{a} {fmt_mean_sd(err[('resnet', a)], 100, unit='%')}, resnet-{b} "
-                f"{fmt_mean_sd(err[('resnet', b)], 100, unit='%')} training error", n, c["spread"]))
+                f"{fmt_mean_sd(err[('resnet', b)], 100, unit='%')} training error", n, c["spread"], points=True))
         # 3-4. Fig. 7: mean branch-response std over layers (seed by seed), at the plain pair's deeper
         # depth (a plain net that failed to train has meaningless responses), and over resnet depths
         resp = ctx.measure("responses", lambda: _responses(ctx))

@@ -109,7 +109,7 @@ class Discriminability(Experiment):
             f"resnet-{d}: probe accuracy at the last block sum exceeds the best of the first third of the "
             f"block sums by >= {p['rise']:.0%}", c["holds"],
             f"last block sum {fmt_mean_sd(last, 100, unit='%')}, best early block sum "
-            f"{fmt_mean_sd(early, 100, unit='%')}", n, c["spread"]))
+            f"{fmt_mean_sd(early, 100, unit='%')}", n, c["spread"], points=True))
         # 2. plain: the profile stops rising well before the last block
         pos = {fam: [stop_position(x, p["tol"]) for x in recs[fam]] for fam in FAMILIES}
         c = compare([p["stall_fraction"]] * len(pos["plain"]), pos["plain"], 0.0)
@@ -120,7 +120,7 @@ class Discriminability(Experiment):
             f"{fmt_mean_sd(pos['resnet'], 100, digits=0, unit='%')}); peak plain probe accuracy "
             f"{fmt_mean_sd([max(profile(x)) for x in recs['plain'] if profile(x)], 100, unit='%')}, at the last "
             f"block {fmt_mean_sd([profile(x)[-1] for x in recs['plain'] if profile(x)], 100, unit='%')}",
-            n, c["spread"]))
+            n, c["spread"], points=True))
         # 3. resnet: the sums grow more discriminable with depth than the conv outputs
         rise_sum = [profile(x)[-1] - profile(x)[0] for x in recs["resnet"] if profile(x)]
         rise_conv = [profile(x, ".conv2")[-1] - profile(x, ".conv2")[0] for x in recs["resnet"] if profile(x, ".conv2")]
@@ -129,7 +129,7 @@ class Discriminability(Experiment):
             f"resnet-{d}: from the first block to the last, probe accuracy rises more at the residual sums "
             f"than at the conv outputs (by >= {p['gap']:.0%})", c["holds"],
             f"rise at sums {fmt_mean_sd(rise_sum, 100, unit=' points')}, at conv2 outputs "
-            f"{fmt_mean_sd(rise_conv, 100, unit=' points')}", n, c["spread"]))
+            f"{fmt_mean_sd(rise_conv, 100, unit=' points')}", n, c["spread"], points=True))
 
         self._per_tap(f, recs, d, n)
         self._duration(f, ctx, during, probes, rows, d)

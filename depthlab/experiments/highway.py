@@ -88,17 +88,17 @@ class Highway(Experiment):
         f.verdicts.append(verdict(
             f"at depth {hi} the highway net's training accuracy exceeds the plain net's by >= {p['gap']:.0%}",
             c["holds"], f"highway-{hi} {pct(acc[('highway', hi)])}, plain-{hi} {pct(acc[('plain', hi)])} "
-                        f"training accuracy", n, c["spread"]))
+                        f"training accuracy", n, c["spread"], points=True))
         c = compare(acc[("highway", hi)], acc[("highway", lo)], -p["tolerance"])
         f.verdicts.append(verdict(
             f"the highway net does not collapse with depth: highway-{hi} within {p['tolerance']:.0%} of highway-{lo}",
             c["holds"], f"highway-{lo} {pct(acc[('highway', lo)])}, highway-{hi} {pct(acc[('highway', hi)])} "
-                        f"training accuracy", n, c["spread"]))
+                        f"training accuracy", n, c["spread"], points=True))
         c = compare(acc[("plain", lo)], acc[("plain", hi)], p["gap"])
         f.verdicts.append(verdict(
             f"the plain net fails with depth: plain-{hi} trains worse than plain-{lo} by >= {p['gap']:.0%}",
             c["holds"], f"plain-{lo} {pct(acc[('plain', lo)])}, plain-{hi} {pct(acc[('plain', hi)])} "
-                        f"training accuracy", n, c["spread"]))
+                        f"training accuracy", n, c["spread"], points=True))
 
         rows = []
         for d in depths:

@@ -122,7 +122,7 @@ class Lesion(Experiment):
             f"median increase {fmt_mean_sd(med, 100, unit=' points')} (intact error "
             f"{fmt_mean_sd([s['intact_error'] for s in st['resnet']], 100, unit='%')}, worst non-downsampling "
             f"deletion {fmt_mean_sd([max(v) for v in nd], 100, unit=' points')})",
-            n, c["spread"]))
+            n, c["spread"], points=True))
         # 2. resnet: downsampling blocks matter more
         ds = [statistics.mean(single_increases(s, True)) for s in st["resnet"] if single_increases(s, True)]
         c = compare(ds, med, p["ds_gap"])
@@ -130,7 +130,7 @@ class Lesion(Experiment):
             f"resnet-{d}: deleting a downsampling block hurts more than a typical block (by >= "
             f"{100 * p['ds_gap']:.0f} points)", c["holds"],
             f"mean increase at downsampling blocks {fmt_mean_sd(ds, 100, unit=' points')}, median elsewhere "
-            f"{fmt_mean_sd(med, 100, unit=' points')}", n, c["spread"]))
+            f"{fmt_mean_sd(med, 100, unit=' points')}", n, c["spread"], points=True))
         # 3. plain: deleting one block sends error near chance
         plain_med = [statistics.median([b["error"] for b in s["blocks"]]) for s in st["plain"] if s["blocks"]]
         c = compare(plain_med, [p["chance_fraction"] * chance] * len(plain_med), 0.0)
@@ -139,7 +139,7 @@ class Lesion(Experiment):
             f"({100 * p['chance_fraction'] * chance:.0f}%)", c["holds"],
             f"median single-deletion error {fmt_mean_sd(plain_med, 100, unit='%')} (intact "
             f"{fmt_mean_sd([s['intact_error'] for s in st['plain']], 100, unit='%')}, chance "
-            f"{100 * chance:.0f}%)", n, c["spread"]))
+            f"{100 * chance:.0f}%)", n, c["spread"], points=True))
         # 4. resnet: error rises smoothly with k
         jumps = [largest_jump(s) for s in st["resnet"] if s["delete_k"]]
         c = compare([p["max_jump"]] * len(jumps), jumps, 0.0)
@@ -149,7 +149,7 @@ class Lesion(Experiment):
             f"resnet-{d}: error rises smoothly with the number k of deleted blocks (rises from k = 1 to the "
             f"largest k; no step between consecutive k above {100 * p['max_jump']:.0f} points)", holds,
             f"largest step {fmt_mean_sd(jumps, 100, unit=' points')}; error k = 1 -> k = {p['max_k']}: rise "
-            f"{fmt_mean_sd(rises, 100, unit=' points')}", n, c["spread"]))
+            f"{fmt_mean_sd(rises, 100, unit=' points')}", n, c["spread"], points=True))
         # 5. paths: gradient magnitude falls with path length, effective paths are short
         pr = [paths[r["run_id"]] for r in ctx.rows(family="resnet") if r["run_id"] in paths]
         slopes = [log_slope(x["ks"], x["magnitude"]) for x in pr]

@@ -93,7 +93,7 @@ class LooksLinear(Experiment):
         c = compare(test[("crelu-ll", D)], test[("resnet", D)], -p["gap"])
         f.verdicts.append(verdict(f"at depth {D}, CReLU + LL tracks the ResNet: test accuracy within "
                                   f"{p['gap']:.0%} of it (or above)", c["holds"],
-                                  f"test accuracy: {acc('crelu-ll')}, {acc('resnet')}", n, c["spread"]))
+                                  f"test accuracy: {acc('crelu-ll')}, {acc('resnet')}", n, c["spread"], points=True))
         ceiling = linear_ceiling(ctx.dataset)
         room = (f"; a linear classifier on the pixels reaches {ceiling:.1%} test accuracy, so a linear net "
                 f"can fall at most {mean_sd(test[('crelu-ll', D)])[0] - ceiling:.1%} below CReLU + LL here"
@@ -106,7 +106,8 @@ class LooksLinear(Experiment):
                                       f"{p['collapse']:.0%}", c["holds"],
                                       f"test accuracy: {acc(v)}, {acc('crelu-ll')}; train accuracy "
                                       f"{fmt_mean_sd(train[(v, D)], 100, unit='%')} vs "
-                                      f"{fmt_mean_sd(train[('crelu-ll', D)], 100, unit='%')}{extra}", n, c["spread"]))
+                                      f"{fmt_mean_sd(train[('crelu-ll', D)], 100, unit='%')}{extra}", n, c["spread"],
+                                      points=True))
 
         data = ctx.dataset.name if ctx.dataset is not None else p["dataset"]
         note = f"{p['recipe']} recipe on {data}; mean +- sd over {n} seed(s)"

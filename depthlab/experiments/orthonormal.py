@@ -106,12 +106,12 @@ class Orthonormal(Experiment):
                 c = compare(acc[(v, d)], acc[("plain", d)], p["gap"])
                 f.verdicts.append(verdict(
                     f"{v}-{d} trains better than plain-{d} by >= {p['gap']:.0%} (train accuracy)", c["holds"],
-                    f"plain {pct('plain', d)}, {v} {pct(v, d)}", n, c["spread"]))
+                    f"plain {pct('plain', d)}, {v} {pct(v, d)}", n, c["spread"], points=True))
             for v in REMEDIED:
                 c = compare(acc[(v, d)], acc[("resnet", d)], -p["near"])
                 f.verdicts.append(verdict(
                     f"{v}-{d} comes within {p['near']:.0%} of resnet-{d} (train accuracy)", c["holds"],
-                    f"resnet {pct('resnet', d)}, {v} {pct(v, d)}", n, c["spread"]))
+                    f"resnet {pct('resnet', d)}, {v} {pct(v, d)}", n, c["spread"], points=True))
 
         rows = []
         for d in depths:

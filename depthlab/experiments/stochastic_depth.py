@@ -87,7 +87,7 @@ class StochasticDepth(Experiment):
                 f"resnet-{d}: stochastic depth's test accuracy is at least constant depth's minus {p['tolerance']:.1%}",
                 c["holds"], f"constant {fmt_mean_sd(acc[('constant', d)], 100, unit='%')}, stochastic "
                             f"{fmt_mean_sd(acc[('stochastic', d)], 100, unit='%')} (diff {100 * c['diff']:+.1f} pts)",
-                n, c["spread"]))
+                n, c["spread"], points=True))
             c = compare([thr] * len(ratio[d]), ratio[d], 0.0)  # holds when mean ratio <= thr
             f.verdicts.append(verdict(
                 f"resnet-{d}: stochastic depth takes less time per epoch (ratio to constant depth <= {thr:g}; "
