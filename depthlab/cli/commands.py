@@ -238,6 +238,14 @@ def _cmd_report(args) -> int:
             print(args.markdown)
         return 0
     path = args.path[0]
+    if args.figures:
+        from depthlab.report.pages import export_figures
+
+        if not (Path(path) / "experiment.json").is_file():
+            raise ValueError("--figures writes an experiment's figures as PNG files; "
+                             f"{path!r} holds no experiment.json")
+        for png in export_figures(path, args.figures):
+            print(png)
     if args.html:
         raise ValueError("--html names the page of a comparison (several directories, or --compare); one "
                          "directory's report is written into it as report.html")
@@ -397,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compare", action="store_true", help="compare verdicts even with one directory (its "
                                                             "experiments grouped by dataset and scale)")
     s.add_argument("--html", metavar="FILE", help="where the comparison page goes (default: runs/compare.html)")
+    s.add_argument("--figures", metavar="DIR", help="also write an experiment's figures as PNG files into DIR "
+                                                   "(<experiment>_<n>.png)")
     s.set_defaults(func=_cmd_report)
 
     s = sub.add_parser("sweep", help="run a grid of configs x seeds (local processes or Ray); skips finished runs")

@@ -135,6 +135,7 @@ def _curves(ax, runs: dict, metric: str, base_dir) -> None:
             continue
         ys = [100 * (1 - r[key]) if metric.endswith("error") else r[key] for r in rows]
         line, = ax.plot([r["epoch"] for r in rows], ys, ls="--" if name.startswith("plain") else "-", lw=1.6,
+                        marker="o" if len(rows) <= 3 else None, ms=4,  # a lone point (the test set at the end)
                         color=cmap(0.85 * i / max(1, len(runs) - 1)),
                         label=name + (f" (diverged in epoch {bad})" if bad is not None else ""))
         if bad is not None:  # where it broke: an x after its last completed epoch

@@ -20,6 +20,7 @@ from depthlab.report.figures import render
 from depthlab.report.html import html_page
 from depthlab.report.inputs import (
     clean_diagnostics,
+    file_stem,
     fmt,
     href,
     integer,
@@ -95,6 +96,23 @@ def _figure(spec: dict, base: Path, idx: int, alt: str = "") -> str:
     alt = alt or title or f"figure {idx}"
     return (f"<figure id='fig{idx}'><img alt='{_e(alt)}' src='{data_uri(svg, 'image/svg+xml')}'>"
             f"<figcaption>Figure {idx}. {_e(title)}. {_e(text(spec.get('caption'), ''))}</figcaption></figure>")
+
+
+def export_figures(exp_dir, out_dir) -> List[Path]:
+    """An experiment's figures as PNG files ``<out_dir>/<experiment>_<n>.png`` (for a README or a
+    paper); figures that cannot be drawn are skipped with one logged line."""
+    exp_dir, out_dir = Path(exp_dir), Path(out_dir)
+    doc = load_object(exp_dir / "experiment.json")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, spec in enumerate(_rows(doc.get("figures")), 1):
+        try:
+            png = render(spec, exp_dir, fmt="png")
+        except (ValueError, KeyError, TypeError, IndexError, OSError, AttributeError) as e:
+            log.warning("figure %d of %s could not be drawn: %s", i, exp_dir, e)
+            continue
+        written.append(write_file(out_dir / f"{file_stem(exp_dir.name)}_{i}.png", png))
+    return written
 
 
 def _status_class(status) -> str:
