@@ -7,8 +7,8 @@ import math
 import expcheck as ec
 import pytest
 
-from depthlab.experiments.base import NOT_OBSERVED, OBSERVED
-from depthlab.experiments.beyond import NAMES, REMEDIES, VANILLA, XIAO, XIAO_BASELINE, Beyond, _within
+from depthlab.experiments.base import NOT_OBSERVED, OBSERVED, within
+from depthlab.experiments.beyond import NAMES, REMEDIES, VANILLA, XIAO, XIAO_BASELINE, Beyond
 from depthlab.experiments.runner import Context, reproduce
 
 # what each variant trains, as its config.json says (not the name the experiment gives the run)
@@ -121,17 +121,17 @@ def test_runs_give_the_deepest_depth_its_own_epochs_and_every_net_the_width():
 
 
 def test_within_bound_is_symmetric_and_rejects_undefined_ratios():
-    assert _within([50.0], 100)[0] and _within([0.02], 100)[0]
-    assert _within([500.0], 100)[0] is False and _within([1e-3], 100)[0] is False
-    assert _within([math.nan], 100)[0] is False and _within([math.inf], 100)[0] is False
-    assert _within([], 100)[0] is None
+    assert within([50.0], 100)[0] and within([0.02], 100)[0]
+    assert within([500.0], 100)[0] is False and within([1e-3], 100)[0] is False
+    assert within([math.nan], 100)[0] is False and within([math.inf], 100)[0] is False
+    assert within([], 100)[0] is None
 
 
 def test_seeds_straddling_a_constant_bound_are_inconclusive():
     # log10 ratios 1.95 and 2.08 against the bound 2: the seeds' spread straddles it. A constant compared
     # as a one-element list would have no spread, and the straddle rule needs two values on each side.
-    assert _within([90.0, 120.0], 100)[0] is None
-    assert _within([50.0, 60.0], 100)[0] is True and _within([500.0, 600.0], 100)[0] is False
+    assert within([90.0, 120.0], 100)[0] is None
+    assert within([50.0, 60.0], 100)[0] is True and within([500.0, 600.0], 100)[0] is False
 
 
 def _ctx(tmp_path, accs, ratios, spreads, fixup_loss=math.log(10)):

@@ -158,3 +158,17 @@ def test_lower_layers_load_without_the_higher_ones(code, forbidden):
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     loaded = eval(out)
     assert not [m for m in loaded if m.startswith(forbidden)], loaded
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A helper another module needs is public in the module that owns it (``from x import _y`` of a
+    depthlab module is refused; ``import ... as _alias`` of a public name is fine)."""
+    found = []
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("depthlab") or (
+                    isinstance(node, ast.ImportFrom) and node.level):
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        found.append(f"{module}: from {'.' * node.level}{node.module or ''} import {alias.name}")
+    assert found == []

@@ -181,7 +181,7 @@ def mnist1d(data_dir: Path, seed: int, download: bool, *, cache: bool = True) ->
                    images(arrays["x_test"]), labels(arrays["y_test"]), 10)
 
 
-def _check_positive_int(name: str, value, minimum: int = 1) -> int:
+def check_positive_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
@@ -198,9 +198,9 @@ def synthetic(data_dir: Path, seed: int, download: bool, *, shape: Sequence[int]
     if (not isinstance(shape, (tuple, list)) or len(shape) != 3
             or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape)):
         raise ValueError(f"shape must be (C, H, W) with three positive ints, got {shape!r}")
-    _check_positive_int("num_classes", num_classes, 2)
-    _check_positive_int("n_train", n_train)
-    _check_positive_int("n_test", n_test)
+    check_positive_int("num_classes", num_classes, 2)
+    check_positive_int("n_train", n_train)
+    check_positive_int("n_test", n_test)
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
         raise ValueError(f"noise must be a number >= 0, got {noise!r}")
     c, h, w = shape

@@ -20,7 +20,7 @@ import torch
 
 import depthlab.data.images as images
 import depthlab.data.progress as progress
-from depthlab.data.bundled import RawData, _check_positive_int
+from depthlab.data.bundled import RawData, check_positive_int
 from depthlab.data.checks import load_tensor_file
 from depthlab.data.files import CIFAR, DataFileError
 from depthlab.fileio import atomic_write_bytes
@@ -165,7 +165,7 @@ def imagefolder(data_dir: Path, seed: int, download: bool, *, path: Optional[str
         raise DataFileError("dataset 'imagefolder' needs path=DIR (CLI: data.path=DIR): a folder or a .tar, "
                             f".tar.gz, .tgz or .zip archive; {images.LAYOUT}")
     if resize is not None:
-        _check_positive_int("resize", resize)
+        check_positive_int("resize", resize)
     d = read_image_folder(Path(path).expanduser(), data_dir, resize)
     h, w = d.train_x.shape[2], d.train_x.shape[3]
     colour = d.train_x.shape[1] == 3

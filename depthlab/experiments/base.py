@@ -121,6 +121,27 @@ def compare(a: Sequence[float], b: Sequence[float], min_gap: float) -> dict:
     return {"holds": holds, "diff": diff, "spread": spread, "n": min(na, nb)}
 
 
+def within(ratios, bound):
+    """``(holds, spread)``: are the ratios within [1/bound, bound] (on a log10 scale, seeds'
+    spread deciding as in ``compare``)? A zero, nan or infinite ratio is outside."""
+    logs = [abs(math.log10(r)) if r is not None and r > 0 and math.isfinite(r) else math.inf for r in ratios]
+    if not logs:
+        return None, math.nan
+    if not all(map(math.isfinite, logs)):
+        return False, math.nan
+    c = compare([math.log10(bound)] * len(logs), logs, 0)  # a constant repeated: the seeds' spread decides
+    return c["holds"], c["spread"]
+
+
+def geo_mean(values) -> float:
+    logs = [math.log(v) for v in values if v and v > 0 and math.isfinite(v)]
+    return math.exp(sum(logs) / len(logs)) if logs else math.nan
+
+
+def fmt_ratio(values) -> str:
+    return ", ".join("overflow" if v == math.inf else f"{v:.3g}" for v in values) or "-"
+
+
 def verdict(claim: str, holds: Optional[bool], detail: str, seeds: int = 1, spread: Optional[float] = None,
             unit: str = "seed", points: bool = False) -> dict:
     """One checked expectation: status ``observed`` / ``not observed`` / ``inconclusive`` and the

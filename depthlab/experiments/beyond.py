@@ -46,6 +46,8 @@ from depthlab.experiments.base import (
     compare,
     curves_figure,
     fmt_mean_sd,
+    fmt_ratio,
+    geo_mean,
     line_figure,
     mean_sd,
     panels_figure,
@@ -53,6 +55,7 @@ from depthlab.experiments.base import (
     series,
     table,
     verdict,
+    within,
 )
 from depthlab.experiments.highway import train_acc
 from depthlab.experiments.remedies import VARIANTS
@@ -127,18 +130,18 @@ class Beyond(Experiment):
                 f"plain baseline + {p['gap']:.0%}", _all(c1["holds"], c2["holds"]),
                 f"{v}-{deep} {pct(acc[(v, deep)])}, plain-{deep} {pct(acc[(BASELINE, deep)])}, chance "
                 f"{chance:.0%}", n, max(c1["spread"], c2["spread"]), points=True))
-        within = {v: _within(ratio[(v, deep)], p["ratio_bound"]) for v in NAMES}
+        bounded = {v: within(ratio[(v, deep)], p["ratio_bound"]) for v in NAMES}
         f.verdicts.append(verdict(  # 2. the plain baseline's error explodes (or vanishes) at init
             f"at init the plain baseline's gradient ratio at depth {deep} is outside [1/{p['ratio_bound']:g}, "
-            f"{p['ratio_bound']:g}] (the error explodes or vanishes on its way down)", _not(within[BASELINE][0]),
-            f"first/last error RMS ratio of plain-{deep}: {_fmt_ratio(ratio[(BASELINE, deep)])}", n,
-            within[BASELINE][1]))
+            f"{p['ratio_bound']:g}] (the error explodes or vanishes on its way down)", _not(bounded[BASELINE][0]),
+            f"first/last error RMS ratio of plain-{deep}: {fmt_ratio(ratio[(BASELINE, deep)])}", n,
+            bounded[BASELINE][1]))
         for v in REMEDIES:  # 3. the init-time signal of each remedy
             f.verdicts.append(verdict(
                 f"at init {v}'s gradient ratio at depth {deep} is within [1/{p['ratio_bound']:g}, "
-                f"{p['ratio_bound']:g}]", within[v][0],
-                f"{v}-{deep} {_fmt_ratio(ratio[(v, deep)])} (plain-{deep} {_fmt_ratio(ratio[(BASELINE, deep)])})",
-                n, within[v][1]))
+                f"{p['ratio_bound']:g}]", bounded[v][0],
+                f"{v}-{deep} {fmt_ratio(ratio[(v, deep)])} (plain-{deep} {fmt_ratio(ratio[(BASELINE, deep)])})",
+                n, bounded[v][1]))
         fix = [x for d in depths for x in loss0[("fixup-resnet", d)]]
         off = [abs(x - math.log(classes)) for x in fix]  # every depth and seed, as the claim says
         f.verdicts.append(verdict(
@@ -159,7 +162,7 @@ class Beyond(Experiment):
                              fmt_mean_sd([r.get("seconds_per_epoch") for r in rs], digits=1),
                              ", ".join(sorted({r["status"] for r in rs}))])
                 after = any(init[f"{v}{d}-s{s}"]["after_step"] for s in ctx.seeds)
-                irows.append([f"{v}-{d}", fmt_mean_sd(loss0[(v, d)], digits=3), _fmt_ratio(ratio[(v, d)])
+                irows.append([f"{v}-{d}", fmt_mean_sd(loss0[(v, d)], digits=3), fmt_ratio(ratio[(v, d)])
                               + (" (after 1 step)" if after else "")])
         f.tables.append(table("Final training and test accuracy", ["model", "params", "train acc", "test acc",
                                                                    "epochs", "s / epoch", "status"], rows,
@@ -174,7 +177,7 @@ class Beyond(Experiment):
             ms = [mean_sd(acc[(v, d)]) for d in depths]
             acc_lines.append(series(v, depths, [100 * m for m, _, _ in ms], [100 * s for _, s, _ in ms],
                                     style=styles.get(v, "-")))
-            ratio_lines.append(series(v, depths, [_geo(ratio[(v, d)]) for d in depths], style=styles.get(v, "-")))
+            ratio_lines.append(series(v, depths, [geo_mean(ratio[(v, d)]) for d in depths], style=styles.get(v, "-")))
         f.figures.append(line_figure("Training accuracy vs depth", "depth (weighted layers)",
                                      "final training accuracy (%)", acc_lines, xscale="log",
                                      hlines=[{"y": 100 * chance, "label": "chance"}],
@@ -245,10 +248,10 @@ def _xiao_verdicts(p, acc, ratio, spectra, chance, deep, n) -> list:
                        f"(< chance + {p['near_chance']:.0%})", c["holds"],
                        f"{XIAO_BASELINE}-{deep} {pct(acc[(XIAO_BASELINE, deep)])}, chance {chance:.0%}", n,
                        c["spread"], points=True))
-    holds, spread = _within(ratio[(XIAO, deep)], bound)
+    holds, spread = within(ratio[(XIAO, deep)], bound)
     out.append(verdict(f"at init {XIAO}'s gradient ratio at depth {deep} is within [1/{bound:g}, {bound:g}]", holds,
-                       f"{XIAO}-{deep} {_fmt_ratio(ratio[(XIAO, deep)])} ({XIAO_BASELINE}-{deep} "
-                       f"{_fmt_ratio(ratio[(XIAO_BASELINE, deep)])})", n, spread))
+                       f"{XIAO}-{deep} {fmt_ratio(ratio[(XIAO, deep)])} ({XIAO_BASELINE}-{deep} "
+                       f"{fmt_ratio(ratio[(XIAO_BASELINE, deep)])})", n, spread))
     seeds = sorted(spectra[XIAO])
     last = {v: [spectra[v][s][-1] for s in seeds] for v in VANILLA}
     factors = [g["spread"] / d["spread"] for g, d in zip(last[XIAO_BASELINE], last[XIAO])]
@@ -323,30 +326,9 @@ def _init_signal(ctx) -> dict:
     return out
 
 
-def _within(ratios, bound):
-    """``(holds, spread)``: are the ratios within [1/bound, bound] (on a log10 scale, seeds'
-    spread deciding as in ``compare``)? A zero, nan or infinite ratio is outside."""
-    logs = [abs(math.log10(r)) if r is not None and r > 0 and math.isfinite(r) else math.inf for r in ratios]
-    if not logs:
-        return None, math.nan
-    if not all(map(math.isfinite, logs)):
-        return False, math.nan
-    c = compare([math.log10(bound)] * len(logs), logs, 0)  # a constant repeated: the seeds' spread decides
-    return c["holds"], c["spread"]
-
-
 def _all(*holds):
     return False if any(h is False for h in holds) else None if any(h is None for h in holds) else True
 
 
 def _not(h):
     return None if h is None else not h
-
-
-def _geo(values) -> float:
-    logs = [math.log(v) for v in values if v and v > 0 and math.isfinite(v)]
-    return math.exp(sum(logs) / len(logs)) if logs else math.nan
-
-
-def _fmt_ratio(values) -> str:
-    return ", ".join("overflow" if v == math.inf else f"{v:.3g}" for v in values) or "-"

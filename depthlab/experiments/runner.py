@@ -371,10 +371,10 @@ def _finished(run_dir: Path, wanted: RunConfig) -> Optional[dict]:
         return {**last, "status": "diverged", "depth": cfg["model"].get("depth"), "params": None}
     if last["epoch"] < cfg["train"]["epochs"]:
         return None
-    return {**last, "status": "finished", "depth": cfg["model"].get("depth"), "params": _params_of(cfg)}
+    return {**last, "status": "finished", "depth": cfg["model"].get("depth"), "params": params_of(cfg)}
 
 
-def _params_of(cfg: dict) -> Optional[int]:
+def params_of(cfg: dict) -> Optional[int]:
     """Trainable parameters of a saved config's model, built on the meta device (no memory)."""
 
     class _Shape:  # what build_from_config reads of a dataset

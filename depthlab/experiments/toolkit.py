@@ -37,12 +37,14 @@ from depthlab.experiments.base import (
     bar_figure,
     compare,
     fmt_mean_sd,
+    fmt_ratio,
+    geo_mean,
     mean_sd,
     register,
     table,
     verdict,
+    within,
 )
-from depthlab.experiments.beyond import _fmt_ratio, _geo, _within
 from depthlab.experiments.highway import train_acc
 from depthlab.training.loop import build_from_config
 
@@ -132,7 +134,7 @@ class Toolkit(Experiment):
             f.verdicts.append(verdict(claim, c["holds"] if isinstance(c, dict) else c[0], detail, n,
                                       c["spread"] if isinstance(c, dict) else c[1]))
 
-        acc = lambda c: f"{c} {pct(tr[c])} (error ratio at init {_fmt_ratio(ratio[c])})"  # noqa: E731
+        acc = lambda c: f"{c} {pct(tr[c])} (error ratio at init {fmt_ratio(ratio[c])})"  # noqa: E731
         # remove one ---------------------------------------------------------------------------
         v(f"the full toolkit trains at depth {p['depth']} (training accuracy >= {p['trains']:.0%})",
           compare(tr["full"], [p["trains"]] * n, 0), acc("full"))
@@ -140,7 +142,7 @@ class Toolkit(Experiment):
           f"{p['gap']:.0%} training accuracy)", compare(tr["full"], tr["full-identity"], p["gap"]),
           f"{acc('full')}, {acc('full-identity')}")
         v(f"without batch norm the backward error explodes at init (first/last ratio > {bound:g})",
-          _above(ratio["full-batch-norm"], bound), f"full-batch-norm {_fmt_ratio(ratio['full-batch-norm'])}")
+          _above(ratio["full-batch-norm"], bound), f"full-batch-norm {fmt_ratio(ratio['full-batch-norm'])}")
         v(f"without batch norm the net trains worse than the full toolkit (by >= {p['gap']:.0%})",
           compare(tr["full"], tr["full-batch-norm"], p["gap"]), f"{acc('full')}, {acc('full-batch-norm')}")
         for tool in ("init", "rectifier"):
@@ -160,19 +162,19 @@ class Toolkit(Experiment):
         near = lambda c: compare([chance + p["near_chance"]] * n, tr[c], 0)  # noqa: E731
         v(f"the bare net stays near chance (< chance + {p['near_chance']:.0%})", near("bare"), acc("bare"))
         v(f"the bare net's backward error vanishes at init (first/last ratio < 1/{bound:g})",
-          _above([1 / r if r else math.inf for r in ratio["bare"]], bound), f"bare {_fmt_ratio(ratio['bare'])}")
+          _above([1 / r if r else math.inf for r in ratio["bare"]], bound), f"bare {fmt_ratio(ratio['bare'])}")
         for tool in ("rectifier", "init", "dropout"):
             v(f"{LABEL[tool]} alone leaves the bare net near chance", near(f"bare+{tool}"), acc(f"bare+{tool}"))
         for tool in ("batch-norm", "identity"):
             v(f"{LABEL[tool]} alone makes the bare net train (>= chance + {p['near_chance']:.0%})",
               compare(tr[f"bare+{tool}"], [chance + p["near_chance"]] * n, 0), acc(f"bare+{tool}"))
         v(f"with identity shortcuts alone the error ratio at init is within [1/{bound:g}, {bound:g}]",
-          _within(ratio["bare+identity"], bound), f"bare+identity {_fmt_ratio(ratio['bare+identity'])}")
+          within(ratio["bare+identity"], bound), f"bare+identity {fmt_ratio(ratio['bare+identity'])}")
 
         data_name = ctx.dataset.name if ctx.dataset else "-"
         for name, base in (("remove-one", "full"), ("add-one", "bare")):
             rows = [[c, "-" if tool is None else ("off: " if base == "full" else "on: ") + LABEL[tool], pct(tr[c]),
-                     pct(te[c]), pct([a - b for a, b in zip(tr[c], te[c])]), _fmt_ratio(ratio[c]),
+                     pct(te[c]), pct([a - b for a, b in zip(tr[c], te[c])]), fmt_ratio(ratio[c]),
                      ", ".join(sorted({r["status"] for r in ctx.rows(cell=c)}))]
                     for c, t, tool, _ in cells(p) if t == name]
             f.tables.append(table(f"{name.capitalize()}: from the {base} net", [
@@ -216,8 +218,8 @@ def _post_activation_note(p, ratio, nb) -> str:
     return (f"The blocks are He et al. 2015's post-activation blocks: the activation follows the sum, so with a "
             f"sigmoid the identity path passes through it too, {nb} times, and its error is multiplied by at most "
             f"1/4 per block (sigmoid' <= 1/4): 4^-{nb} = {4.0 ** -nb:.1e} in all. Measured first/last ratios at "
-            f"init: bare+identity {_fmt_ratio(ratio['bare+identity'])}, full-rectifier (sigmoid with BN, shortcuts, "
-            f"He init) {_fmt_ratio(ratio['full-rectifier'])}. A clean identity path needs the activation off it "
+            f"init: bare+identity {fmt_ratio(ratio['bare+identity'])}, full-rectifier (sigmoid with BN, shortcuts, "
+            f"He init) {fmt_ratio(ratio['full-rectifier'])}. A clean identity path needs the activation off it "
             "(pre-activation blocks, He et al. 2016), which these tables do not switch.")
 
 
@@ -229,7 +231,7 @@ def _log_ratio(values):
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if finite and all(v == 0 for v in finite):
         return UNDERFLOW
-    g = _geo(values)
+    g = geo_mean(values)
     return math.log10(g) if g > 0 else None
 
 

@@ -11,7 +11,7 @@ from typing import List
 
 from depthlab.report.across import STATUSES, compare_verdicts, verdict_status
 from depthlab.report.inputs import fmt, load_object, number, pct, text
-from depthlab.report.pages import _find, format_cell, run_status, run_status_text
+from depthlab.report.pages import find_report_dirs, format_cell, run_status, run_status_text
 from depthlab.report.plots import read_metrics
 
 _MD_ESCAPES = (("\\", "\\\\"), ("`", "\\`"), ("[", "\\["), ("]", "\\]"), ("<", "&lt;"))
@@ -183,7 +183,7 @@ def report_markdown(path, command: str = "depthlab report") -> str:
     try:
         dirs = find_experiments(path)
     except FileNotFoundError:
-        runs = [d for d in _find(path) if (d / "config.json").exists()]
+        runs = [d for d in find_report_dirs(path) if (d / "config.json").exists()]
         if not runs:
             raise FileNotFoundError(f"{str(path)!r} holds no experiment (experiment.json) or run (config.json) "
                                     f"directory; run `depthlab reproduce NAME` or `depthlab train` first") from None

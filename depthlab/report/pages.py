@@ -57,7 +57,7 @@ def write_report(path) -> Path:
         return write_run_page(path)
     if (path / "tracked.json").is_file():
         return write_tracked_page(path)
-    found = _find(path)
+    found = find_report_dirs(path)
     if not found:
         raise FileNotFoundError(f"{str(path)!r} holds no experiment (experiment.json) or run (config.json) "
                                 f"directory; run `depthlab reproduce NAME` or `depthlab train` first")
@@ -65,7 +65,7 @@ def write_report(path) -> Path:
     return write_index(path, pages)
 
 
-def _find(root: Path, depth: int = 3) -> List[Path]:
+def find_report_dirs(root: Path, depth: int = 3) -> List[Path]:
     """Report directories under ``root``; symbolic links are not followed (a page is written into
     every directory found, and none may lie outside the folder asked for)."""
     out = []
@@ -76,7 +76,7 @@ def _find(root: Path, depth: int = 3) -> List[Path]:
         if any((d / f).is_file() for f in ("experiment.json", "config.json", "tracked.json")):
             out.append(d)
         elif depth > 1:
-            out += _find(d, depth - 1)
+            out += find_report_dirs(d, depth - 1)
     return out
 
 
@@ -146,7 +146,7 @@ def format_cell(v) -> str:
     return text(v)
 
 
-def _dl(items) -> str:
+def definition_list(items) -> str:
     return "<dl>" + "".join(f"<dt>{_e(text(k))}</dt><dd>{_e(format_cell(v))}</dd>" for k, v in items) + "</dl>"
 
 
@@ -188,7 +188,7 @@ def write_experiment_report(exp_dir) -> Path:
                                                                  "reused", "directory"], "rows": rows}) + "</section>")
     params = {k: v for k, v in _dict(doc.get("params")).items() if v not in (None, [], ())}
     train_seconds = sum(number(r.get("seconds")) or 0 for r in runs)
-    parts.append("<section id=provenance><h2>What was run</h2>" + _dl([
+    parts.append("<section id=provenance><h2>What was run</h2>" + definition_list([
         ("command", prov.get("command")), ("scale", doc.get("scale")), ("seeds", doc.get("seeds")),
         ("data", text(data.get("name")) + (f" ({text(data['source'])})" if data.get("source") else "")),
         ("commit", text(prov.get("commit")) + (f" (the checkout was at {text(prov['commit_at_end'])} when it "
@@ -244,7 +244,7 @@ def write_run_page(run_dir) -> Path:
     curves = {"type": "curves", "title": f"{text(model.get('name'))} training", "runs": {run_dir.name: "."},
               "metrics": ["train_loss", "train_error", "test_error"]}
     diverged = divergence_text(run_dir)
-    parts = ["<section id=summary><h2>Run</h2>" + _dl([
+    parts = ["<section id=summary><h2>Run</h2>" + definition_list([
         ("model", f"{text(model.get('name'))} (depth {text(model.get('depth'))})"), ("data", _data_text(run_dir, data)),
         ("recipe", train.get("recipe")), ("seed", train.get("seed")), ("epochs", train.get("epochs")),
         ("status", diverged or run_status(cfg, rows))]) + "</section>"]
@@ -311,7 +311,7 @@ def write_tracked_page(run_dir) -> Path:
     run_dir = Path(run_dir)
     meta = load_object(run_dir / "tracked.json")
     names = lambda v: ", ".join(text(x) for x in _rows(v)) or "-"  # noqa: E731
-    parts = ["<section id=summary><h2>Tracked run</h2>" + _dl([
+    parts = ["<section id=summary><h2>Tracked run</h2>" + definition_list([
         ("model", f"{text(meta.get('model'))} ({fmt(meta.get('params'), ',')} parameters, "
                   f"{len(_rows(meta.get('layers')))} Conv2d / Linear layers)"),
         ("every", f"{text(meta['every'])} steps" if meta.get("every") else "once (depthlab diagnose --model)"),

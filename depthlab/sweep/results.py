@@ -15,7 +15,7 @@ from depthlab.experiments.base import fmt_mean_sd, mean_sd
 from depthlab.fileio import atomic_write_text
 from depthlab.report.html import html_page
 from depthlab.report.inputs import inside, pct
-from depthlab.report.pages import _dl, data_uri, html_table, styled
+from depthlab.report.pages import data_uri, definition_list, html_table, styled
 from depthlab.report.plots import read_metrics
 
 STATUSES = ("finished", "diverged", "failed", "interrupted")
@@ -166,7 +166,7 @@ def report_html(doc: dict) -> str:
                       pct(r.get("train_acc")), pct(r.get("test_acc")), r.get("seconds"), r.get("error") or ""]
                      for r in doc["runs"]]}
     parts.append("<section id=runs><h2>Runs</h2>" + html_table(runs) + "</section>")
-    parts.append("<section id=provenance><h2>What was run</h2>" + _dl([
+    parts.append("<section id=provenance><h2>What was run</h2>" + definition_list([
         ("command", prov.get("command")), ("executor", f"{doc['executor']}, {doc['workers']} worker(s), "
                                                        f"{doc['threads_per_worker']} thread(s) each"),
         ("seeds", ", ".join(map(str, doc["seeds"]))), ("commit", prov.get("commit")),

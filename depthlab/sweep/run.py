@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import torch
 
-from depthlab.experiments.runner import _params_of, commit_at_end, git_commit, run_epochs
+from depthlab.experiments.runner import commit_at_end, git_commit, params_of, run_epochs
 from depthlab.fileio import atomic_write_text, read_jsonl
 from depthlab.sweep.executors import execute, import_ray
 from depthlab.sweep.results import METRICS, aggregate, cell, counts, summary_line, write_results
@@ -164,7 +164,7 @@ def _params(run: PlannedRun, cache: dict) -> Optional[int]:
     saved = json.loads((run.config.run_dir / "config.json").read_text())
     key = json.dumps([saved["model"], saved.get("methods")], sort_keys=True)
     if key not in cache:
-        cache[key] = _params_of(saved)
+        cache[key] = params_of(saved)
     return cache[key]
 
 

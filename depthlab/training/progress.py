@@ -5,13 +5,20 @@ import sys
 from pathlib import Path
 
 
+def _num(v, spec: str) -> str:
+    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
 def _fmt(row: dict) -> str:
-    parts = [f"epoch {row['epoch']:>3}", f"loss {row['train_loss']:.4f}", f"train acc {row['train_acc']:.3f}"]
+    parts = [f"epoch {row['epoch']:>3}", f"loss {_num(row.get('train_loss'), '.4f')}",
+             f"train acc {_num(row.get('train_acc'), '.3f')}"]
     if "test_acc" in row:
-        parts.append(f"test acc {row['test_acc']:.3f}")
+        parts.append(f"test acc {_num(row['test_acc'], '.3f')}")
     if "val_acc" in row:
-        parts.append(f"val acc {row['val_acc']:.3f}")
-    parts.append(f"{row['seconds']:.1f}s")
+        parts.append(f"val acc {_num(row['val_acc'], '.3f')}")
+    parts.append(f"{_num(row.get('seconds'), '.1f')}s")
+    if row.get("status") == "diverged":
+        parts.append("diverged")
     return "  ".join(parts)
 
 
