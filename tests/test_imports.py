@@ -13,14 +13,14 @@ PKG = ROOT / "depthlab"
 
 # Bottom to top: a package may import its own layer and the layers below, never one above.
 LAYERS = [
-    {"registry", "fileio", "version"},
+    {"registry", "fileio", "version", "stats"},
     {"models", "data", "recipes"},
     {"methods", "diagnostics"},
     {"config"},
     {"training"},
     {"diagnosis", "demo", "report", "tracking", "integrations"},
+    {"sweep"},         # the grid executor: below the experiments that will run on it
     {"experiments"},
-    {"sweep"},
     {"cli", "__main__", "__init__"},
 ]
 

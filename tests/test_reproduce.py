@@ -279,13 +279,16 @@ def test_provenance_names_the_commit_that_started_and_a_checkout_changed_while_i
     """A long experiment imports modules as it goes: the commit it started from is the one recorded, and a
     checkout moved meanwhile (a pull, a commit, an edit) is named beside it, not in its place."""
     from depthlab.experiments import runner
+    from depthlab.training import provenance
 
     commits = iter(["aaaa", "bbbb+dirty"])
-    monkeypatch.setattr(runner, "git_commit", lambda: next(commits))
+    for module in (runner, provenance):  # the start (the runner) and the end (provenance) read the same checkout
+        monkeypatch.setattr(module, "git_commit", lambda: next(commits))
     doc = reproduce("shattered", seeds=1, params=EXPERIMENTS.get("shattered").smoke, out=str(tmp_path / "s"),
                     device="cpu", quiet=True, report=False)
     assert (doc["provenance"]["commit"], doc["provenance"]["commit_at_end"]) == ("aaaa", "bbbb+dirty")
-    monkeypatch.setattr(runner, "git_commit", lambda: "aaaa")
+    for module in (runner, provenance):
+        monkeypatch.setattr(module, "git_commit", lambda: "aaaa")
     doc = reproduce("shattered", seeds=1, params=EXPERIMENTS.get("shattered").smoke, out=str(tmp_path / "t"),
                     device="cpu", quiet=True, report=False)
     assert doc["provenance"]["commit"] == "aaaa" and "commit_at_end" not in doc["provenance"]

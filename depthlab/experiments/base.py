@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from depthlab.registry import Registry
+from depthlab.stats import fmt_mean_sd, mean_sd  # noqa: F401  (re-exported: experiments use them from here)
 
 EXPERIMENTS = Registry("experiment")
 
@@ -82,27 +83,6 @@ def register(cls):
 
 
 # ----------------------------------------------------------------------------- statistics
-
-def mean_sd(values: Sequence[float]):
-    """``(mean, sample sd, n)`` of the finite values; sd is 0 for n < 2; (nan, nan, 0) if none."""
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    n = len(vals)
-    if n == 0:
-        return math.nan, math.nan, 0
-    m = sum(vals) / n
-    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
-    return m, sd, n
-
-
-def fmt_mean_sd(values: Sequence[float], scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
-    """``"97.3 +- 0.4%"`` for several seeds, ``"97.3%"`` for one, ``"-"`` for none."""
-    m, sd, n = mean_sd(values)
-    if n == 0:
-        return "-"
-    if n == 1:
-        return f"{m * scale:.{digits}f}{unit}"
-    return f"{m * scale:.{digits}f} +- {sd * scale:.{digits}f}{unit}"
-
 
 def compare(a: Sequence[float], b: Sequence[float], min_gap: float) -> dict:
     """Is ``mean(a) - mean(b) >= min_gap``, and do the seeds agree?

@@ -6,8 +6,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -22,13 +20,10 @@ from depthlab.data import DATASETS, DataFileError, default_data_dir, folders, lo
 from depthlab.experiments.base import EXPERIMENTS, Experiment, Findings, RunSpec
 from depthlab.experiments.plan import check_depths, check_plan, data_config, maker_of, record_maker, run_config
 from depthlab.fileio import atomic_write_text, epoch_gap, read_jsonl
-from depthlab.models import count_params
-from depthlab.recipes import RECIPES
 from depthlab.training import load_run
-from depthlab.training.loop import build_from_config, resolve_device
 from depthlab.training.loop import train_or_stop as train
 from depthlab.training.progress import GridProgress
-from depthlab.version import __version__
+from depthlab.training.provenance import commit_at_end, git_commit, params_of, provenance, run_epochs  # noqa: F401
 
 SCALES = ("quick", "real", "paper")  # digits/mnist1d; CIFAR-10 images on a 2-core CPU; the paper's recipe
 # parameters every experiment understands, besides its own
@@ -301,14 +296,8 @@ def _train_grid(grid: list, dataset, fresh: bool, quiet: bool, command: str, exp
     return rows
 
 
-def run_epochs(cfg: RunConfig) -> int:
-    """A run's epochs, its recipe's where the config leaves them open."""
-    return cfg.train.epochs or RECIPES.get(cfg.train.recipe).epochs
-
-
 def _train_task(task: dict) -> dict:
     """A worker process's run of the grid (see ``_train_grid``)."""
-    import torch
 
     torch.set_num_threads(task["threads"])
     cfg = RunConfig.from_dict(task["config"])
@@ -374,20 +363,6 @@ def _finished(run_dir: Path, wanted: RunConfig) -> Optional[dict]:
     return {**last, "status": "finished", "depth": cfg["model"].get("depth"), "params": params_of(cfg)}
 
 
-def params_of(cfg: dict) -> Optional[int]:
-    """Trainable parameters of a saved config's model, built on the meta device (no memory)."""
-
-    class _Shape:  # what build_from_config reads of a dataset
-        num_classes = cfg["model"]["num_classes"]
-        in_channels = cfg["model"]["in_channels"]
-
-    try:
-        with torch.device("meta"):
-            return count_params(build_from_config(RunConfig.from_dict(cfg), _Shape()))
-    except Exception:  # noqa: BLE001 - informative only; the run itself is what matters
-        return None
-
-
 def _seconds_per_epoch(run_dir: Path) -> Optional[float]:
     secs = [r["seconds"] for r in read_jsonl(run_dir / "metrics.jsonl")
             if r.get("kind") == "epoch" and r.get("seconds") is not None]
@@ -395,41 +370,3 @@ def _seconds_per_epoch(run_dir: Path) -> Optional[float]:
         return None
     rest = secs[1:] or secs  # the first epoch carries one-off costs (allocation, warm-up)
     return sum(rest) / len(rest)
-
-
-def provenance(command: Optional[str], device: str, started: datetime, t0: float, commit: str) -> dict:
-    """What was run, where and when: command, commit (``commit``: the checkout's when it started; a
-    checkout changed while it ran adds ``commit_at_end``), versions, device, time."""
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        dev_name = f"cuda: {torch.cuda.get_device_name(dev)}"
-    else:
-        dev_name = f"{dev.type}: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    return {"command": command, "commit": commit, **commit_at_end(commit), "depthlab": __version__,
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "device": dev_name,
-            "started": started.isoformat(timespec="seconds"),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": time.perf_counter() - t0}
-
-
-def commit_at_end(commit: str) -> dict:
-    """``{"commit_at_end": now}`` when the checkout's commit is no longer ``commit`` (edited or checked
-    out while a long job ran: its first modules were imported from ``commit``, later ones maybe not)."""
-    now = git_commit()
-    return {} if now == commit else {"commit_at_end": now}
-
-
-def git_commit() -> str:
-    """The source checkout's commit (with ``+dirty`` when it has uncommitted changes), or ``unknown``."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-        if not sha:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"

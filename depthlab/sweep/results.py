@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from depthlab.experiments.base import fmt_mean_sd, mean_sd
 from depthlab.fileio import atomic_write_text
 from depthlab.report.html import html_page
 from depthlab.report.inputs import inside, pct
 from depthlab.report.pages import data_uri, definition_list, html_table, styled
 from depthlab.report.plots import read_metrics
+from depthlab.stats import fmt_mean_sd, mean_sd
 
 STATUSES = ("finished", "diverged", "failed", "interrupted")
 ACTIONS = ("trained", "resumed", "skipped", "not run")

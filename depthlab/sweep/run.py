@@ -12,13 +12,13 @@ from typing import List, Optional
 
 import torch
 
-from depthlab.experiments.runner import commit_at_end, git_commit, params_of, run_epochs
 from depthlab.fileio import atomic_write_text, read_jsonl
 from depthlab.sweep.executors import execute, import_ray
 from depthlab.sweep.results import METRICS, aggregate, cell, counts, summary_line, write_results
 from depthlab.sweep.spec import PlannedRun, SweepSpec, expand, load_spec
 from depthlab.sweep.task import METRIC_KEYS, RESUME, SKIP, TRAIN, existing_state, make_task
 from depthlab.training.progress import GridProgress
+from depthlab.training.provenance import commit_at_end, git_commit, params_of, run_epochs
 from depthlab.version import __version__
 
 
