@@ -1,5 +1,6 @@
 """The experiment framework: parameters, verdict statistics, run reuse and resume, the paper-scale
 fallback, caching of measurements, the CLI, and the degradation experiment end to end."""
+import importlib.util
 import json
 import math
 import re
@@ -235,6 +236,21 @@ def test_parallel_runs_give_the_runs_of_a_sequential_call_in_grid_order(tmp_path
     assert all((tmp_path / "two" / "runs" / r["run_id"] / "made_by.json").exists() for r in two["runs"])
     with pytest.raises(ConfigError, match="jobs must be an int >= 0"):
         reproduce("degradation", seeds=1, params=params, out=str(tmp_path / "bad"), jobs=-1)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="the ray extra is not installed")
+def test_reproduce_on_the_sweeps_ray_executor_gives_the_same_runs(tmp_path):
+    """experiments train on the sweep's executors: ``executor="ray"`` (a local Ray instance) gives the
+    runs and verdicts of the local processes, and a bad executor is refused before anything runs."""
+    params = {**SMOKE, "set": ["train.threads=1"]}
+    local = reproduce("degradation", seeds=1, params=params, out=str(tmp_path / "local"), device="cpu", quiet=True,
+                      report=False, jobs=2)
+    ray = reproduce("degradation", seeds=1, params=params, out=str(tmp_path / "ray"), device="cpu", quiet=True,
+                    report=False, jobs=2, executor="ray")
+    assert [(r["run_id"], r["status"], r["train_acc"]) for r in ray["runs"]] == [
+        (r["run_id"], r["status"], r["train_acc"]) for r in local["runs"]]
+    with pytest.raises(ConfigError, match="executor 'slurm' is not valid"):
+        reproduce("degradation", seeds=1, params=params, out=str(tmp_path / "bad"), jobs=2, executor="slurm")
 
 
 def test_reproduce_all_runs_each_experiment_into_one_directory_with_an_index_and_a_time_breakdown(tmp_path):

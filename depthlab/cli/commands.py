@@ -188,11 +188,12 @@ def _cmd_reproduce(args) -> int:
 
         result = reproduce_all(scale=args.scale, seeds=args.seeds, out=args.out, params=parse_params(args.param),
                                device=args.device, fresh=args.fresh, quiet=args.quiet, jobs=args.jobs,
-                               command=command)
+                               command=command, executor=args.executor)
         print(breakdown(result))
         return 0
     doc = reproduce(args.name, scale=args.scale, seeds=args.seeds, out=args.out, params=parse_params(args.param),
-                    device=args.device, fresh=args.fresh, quiet=args.quiet, command=command, jobs=args.jobs)
+                    device=args.device, fresh=args.fresh, quiet=args.quiet, command=command, jobs=args.jobs,
+                    executor=args.executor)
     for v in doc["verdicts"]:
         print(f"{v['status'].upper():<14} {v['claim']}\n{'':<14} {v['detail']}")
     print(f"report: {doc['report']}")
@@ -392,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fresh", action="store_true", help="retrain every run instead of reusing finished ones")
     s.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="train N runs at once, each in its own process with cores/N threads (0: one per core)")
+    s.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where --jobs runs train: local processes, or Ray (a local instance; depthlab[ray])")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_reproduce)
 

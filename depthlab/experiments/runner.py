@@ -20,6 +20,8 @@ from depthlab.data import DATASETS, DataFileError, default_data_dir, folders, lo
 from depthlab.experiments.base import EXPERIMENTS, Experiment, Findings, RunSpec
 from depthlab.experiments.plan import check_depths, check_plan, data_config, maker_of, record_maker, run_config
 from depthlab.fileio import atomic_write_text, epoch_gap, read_jsonl
+from depthlab.sweep.executors import execute
+from depthlab.sweep.spec import EXECUTORS
 from depthlab.training import load_run
 from depthlab.training.loop import train_or_stop as train
 from depthlab.training.progress import GridProgress
@@ -192,14 +194,18 @@ DEFAULT_SEEDS = {"quick": 3, "real": 3, "paper": 1}  # a verdict needs the sprea
 
 def reproduce(name: str, scale: str = "quick", seeds: Optional[int] = None, out: Optional[str] = None, *,
               params: Optional[Dict[str, Any]] = None, device: str = "auto", fresh: bool = False,
-              quiet: bool = False, report: bool = True, command: Optional[str] = None, jobs: int = 1) -> dict:
+              quiet: bool = False, report: bool = True, command: Optional[str] = None, jobs: int = 1,
+              executor: str = "local") -> dict:
     """Run experiment ``name`` at ``scale`` over ``seeds`` seeds (0..seeds-1; default 3 at the quick
     and real scales, 1 at the paper scale) into ``out``
     (default ``runs/reproduce/<name>[-paper]``). Finished runs are reused, interrupted ones resumed,
     ``fresh=True`` retrains everything; ``jobs`` runs train at once in worker processes (0: one per
-    CPU core). Returns the content of ``experiment.json`` (plus ``report``)."""
+    CPU core) on ``executor`` (``local`` or ``ray``: the sweep's executors, ``depthlab.sweep``).
+    Returns the content of ``experiment.json`` (plus ``report``)."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
         raise ConfigError(f"jobs must be an int >= 0 (0: one per CPU core), got {jobs!r}")
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor {executor!r} is not valid; use one of {', '.join(EXECUTORS)}")
     jobs = jobs or (os.cpu_count() or 1)
     exp: Experiment = EXPERIMENTS.get(name)()
     if seeds is None:
@@ -226,7 +232,7 @@ def reproduce(name: str, scale: str = "quick", seeds: Optional[int] = None, out:
     if not quiet:
         print(f"{exp.name} ({scale}, {seeds} seed{'s' if seeds > 1 else ''}): {len(grid)} runs -> {out_dir}",
               file=sys.stderr, flush=True)
-    ctx.results = _train_grid(grid, dataset, fresh, quiet, command, exp.name, jobs)
+    ctx.results = _train_grid(grid, dataset, fresh, quiet, command, exp.name, jobs, executor)
     findings: Findings = exp.analyse(ctx)
     if not specs:
         findings.notes.append(f"No training runs: seeds ({seeds}) do not apply here; each verdict counts the "
@@ -249,7 +255,8 @@ def reproduce(name: str, scale: str = "quick", seeds: Optional[int] = None, out:
     return doc
 
 
-def _train_grid(grid: list, dataset, fresh: bool, quiet: bool, command: str, experiment: str, jobs: int) -> list:
+def _train_grid(grid: list, dataset, fresh: bool, quiet: bool, command: str, experiment: str, jobs: int,
+                executor: str = "local") -> list:
     """Every run of the grid, in grid order: one after another in this process, or ``jobs`` at a time in
     worker processes with ``cores / jobs`` torch threads each."""
     rows: list = [None] * len(grid)
@@ -264,35 +271,30 @@ def _train_grid(grid: list, dataset, fresh: bool, quiet: bool, command: str, exp
                   f"{'-' if acc is None else f'{acc:.3f}'}  {row.get('seconds') or 0:.0f}s"
                   f"{' (reused)' if row.get('reused') else ''}", file=sys.stderr, flush=True)
 
-    if jobs <= 1 or len(grid) <= 1:
+    if executor == "local" and (jobs <= 1 or len(grid) <= 1):
         for i, (spec, seed, cfg) in enumerate(grid):
             report(i, _train_one(spec, seed, cfg, dataset, fresh, quiet, command, experiment))
         return rows
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     threads = max(1, (os.cpu_count() or 1) // jobs)
     tasks = [{"id": spec.id, "labels": spec.labels, "seed": seed, "config": cfg.to_dict(), "fresh": fresh,
               "command": command, "experiment": experiment, "run_id": cfg.resolved_run_id, "resume": False,
               "threads": threads} for spec, seed, cfg in grid]
 
     def on_result(i: int, rec: dict) -> None:
-        if "id" not in rec:  # the worker process died or raised
+        progress.poll()  # the run's last epochs before its line
+        if "id" not in rec:  # the worker process died or raised: the executor's failed record
             spec, seed, cfg = grid[i]
             rec = {"id": spec.id, "seed": seed, "run_id": cfg.resolved_run_id, "run_dir": f"runs/{cfg.resolved_run_id}",
                    **spec.labels, "status": f"error: {rec.get('error')}", "seconds": None}
-        report(i, rec)
+        report(i, {k: v for k, v in rec.items() if k not in ("retries", "action")} | (
+            {"retries": rec["retries"]} if rec.get("retries") else {}))
 
-    # fresh interpreters (spawn): no inherited torch thread pools; a run that raises is an error row
-    spawn = multiprocessing.get_context("spawn")
-    progress = GridProgress([(cfg.resolved_run_id, cfg.run_dir, run_epochs(cfg)) for _, _, cfg in grid], quiet=quiet,
-                            fresh=fresh)
-    with progress, ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=spawn) as pool:
-        futures = {pool.submit(_train_task, t): i for i, t in enumerate(tasks)}
-        for fut in as_completed(futures):
-            progress.poll()  # the run's last epochs before its line
-            exc = fut.exception()
-            on_result(futures[fut], fut.result() if exc is None else {"error": f"{type(exc).__name__}: {exc}"})
+    # the sweep's executors: fresh worker processes (spawn: no inherited torch thread pools), a worker
+    # that dies retried once by resuming its run, Ctrl-C answered with checkpoints; or Ray
+    progress = GridProgress([(cfg.resolved_run_id, cfg.run_dir, run_epochs(cfg)) for _, _, cfg in grid],
+                            quiet=quiet or executor != "local", fresh=fresh)
+    with progress:
+        execute(tasks, executor, min(jobs, len(tasks)), threads, on_result, fn=_train_task, quiet=quiet)
     return rows
 
 

@@ -34,7 +34,7 @@ def split_params(names: List[str], scale: str, params: Optional[Dict[str, Any]])
 def reproduce_all(scale: str = "quick", seeds: Optional[int] = None, out: Optional[str] = None, *,
                   params: Optional[Dict[str, Any]] = None, device: str = "auto", fresh: bool = False,
                   quiet: bool = False, jobs: int = 1, command: Optional[str] = None,
-                  names: Optional[List[str]] = None) -> dict:
+                  names: Optional[List[str]] = None, executor: str = "local") -> dict:
     """Every registered experiment (``reproduce``) into ``out/NAME`` (default ``runs/reproduce``), then
     the index of the reports (``names``: a subset, in the registry's order by default). Returns
     ``{"experiments": [per-experiment summary], "seconds", "index"}``."""
@@ -51,7 +51,7 @@ def reproduce_all(scale: str = "quick", seeds: Optional[int] = None, out: Option
             print(f"[{i}/{len(names)}] {n}", file=sys.stderr, flush=True)
         t = time.perf_counter()
         doc = reproduce(n, scale=scale, seeds=seeds, out=str(base / (n if scale == "quick" else f"{n}-{scale}")),
-                        params=shares[n], device=device, fresh=fresh, quiet=quiet, jobs=jobs,
+                        params=shares[n], device=device, fresh=fresh, quiet=quiet, jobs=jobs, executor=executor,
                         command=f"{command} (experiment {n})" if command else None)
         status = [v["status"].split(" (")[0] for v in doc["verdicts"]]
         rows.append({"name": n, "seconds": time.perf_counter() - t, "runs": len(doc["runs"]),
