@@ -29,14 +29,14 @@ def test_the_first_step_is_the_runs_own_start(tmp_path):
     train(cfg, quiet=True)
     init = load_checkpoint(list_checkpoints(cfg.run_dir / "checkpoints")[0])["model"]  # epoch_0000: before step 0
     data = load_dataset("digits")
-    rows = first_steps(resolve_config(cfg, build_from_config(cfg, data), data), data, steps=2)
+    rows = first_steps(resolve_config(cfg, build_from_config(cfg, 10, 1), data), data, steps=2)
     assert [r["step"] for r in rows] == [0, 1] and all(r["finite"] for r in rows)
     convs = [k for k, v in init.items() if k.endswith("weight") and v.dim() == 4]
     norms = [float(init[k].norm()) for k in convs]
     assert rows[0]["filter_norm_mean"] == pytest.approx(sum(norms) / len(norms), rel=1e-6)
     assert rows[0]["filter_norm_max"] == pytest.approx(max(norms), rel=1e-6)
     # the loss and gradients of the seeded batch, by hand, on the run's initial weights
-    model = build_from_config(cfg, data)
+    model = build_from_config(cfg, data.num_classes, data.in_channels)
     model.load_state_dict(init)
     model.train()
     idx = torch.randint(len(data.train_x), (64,), generator=torch.Generator().manual_seed(3))
@@ -52,7 +52,7 @@ def test_the_first_step_is_the_runs_own_start(tmp_path):
 def test_it_stops_at_the_first_non_finite_loss_and_says_where(tmp_path):
     cfg = _cfg(tmp_path, "train.lr=1e8", "train.recipe=he2015", "train.batch_size=64")
     data = load_dataset("digits")
-    rows = first_steps(resolve_config(cfg, build_from_config(cfg, data), data), data, steps=40)
+    rows = first_steps(resolve_config(cfg, build_from_config(cfg, 10, 1), data), data, steps=40)
     assert not rows[-1]["finite"] and all(r["finite"] for r in rows[:-1]) and len(rows) < 40
     assert not math.isfinite(rows[-1]["loss"]) or rows[-1]["penalty"] is not None
     assert describe(rows).startswith(f"loss not finite at step {rows[-1]['step']}")
@@ -68,7 +68,7 @@ def test_the_replay_separates_the_plain_nets_filter_inflation_from_the_regularis
     for v, extra in (("plain", []), ("plain+orthonormal", ["methods.orthonormal=1e-3"])):
         cfg = _cfg(tmp_path, "model.name=xie-plain", "model.depth=110", "model.width=16", "train.recipe=quick",
                    "train.epochs=12", *extra)
-        probe[v] = first_steps(resolve_config(cfg, build_from_config(cfg, data), data), data, steps=5)
+        probe[v] = first_steps(resolve_config(cfg, build_from_config(cfg, 10, 1), data), data, steps=5)
     plain, orth = probe["plain"], probe["plain+orthonormal"]
     assert all(r["finite"] for r in plain) and len(plain) == 5
     assert plain[1]["filter_norm_mean"] > 10 * plain[0]["filter_norm_mean"]

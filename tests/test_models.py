@@ -381,10 +381,7 @@ def test_stage_blocks_from_config():
     from depthlab.config import RunConfig
     from depthlab.training.loop import build_from_config
 
-    class Shape:
-        num_classes, in_channels = 10, 1
-
     cfg = RunConfig().with_overrides(["model.name=plain", "model.stage_blocks=1,1,5"])
     assert cfg.model.stage_blocks == "1,1,5" and cfg.model.depth is None
-    model = build_from_config(cfg, Shape())
+    model = build_from_config(cfg, 10, 1)
     assert model.depth == 16 and model.block_names[-5:] == [f"stage3.block{b}" for b in range(1, 6)]

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -204,7 +203,7 @@ def test_every_experiment_plans_valid_runs_at_each_scale(name, scale):
         cfg = validate_run(RunConfig().with_overrides([f"data.name={p['dataset'] or 'digits'}", *spec.overrides,
                                                        *(p.get("set") or ())]))
         with torch.device("meta"):
-            build_from_config(cfg, SimpleNamespace(num_classes=10, in_channels=3))
+            build_from_config(cfg, 10, 3)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS.names())

@@ -19,7 +19,7 @@ def _cfg(tmp_path, *overrides):
 def test_stochastic_depth_from_config_reaches_the_model_and_eval(tmp_path):
     cfg = _cfg(tmp_path, "methods.stochastic_depth=0.5")
     data = load_dataset("digits")
-    model = build_from_config(cfg, data)
+    model = build_from_config(cfg, data.num_classes, data.in_channels)
     probs = [b.survival_prob for b in model.blocks]
     L = len(probs)
     assert probs == pytest.approx([1 - (k / L) * 0.5 for k in range(1, L + 1)])
@@ -35,7 +35,7 @@ def test_orthonormal_regulariser_replaces_weight_decay_on_conv_weights(tmp_path)
 
     cfg = _cfg(tmp_path, "model.name=plain", "methods.orthonormal=0.01", "train.weight_decay=5e-4")
     data = load_dataset("digits")
-    model = build_from_config(cfg, data)
+    model = build_from_config(cfg, data.num_classes, data.in_channels)
     t = cfg.train.__class__(**{**cfg.train.__dict__, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
                                "nesterov": False})
     methods = TrainingMethods(cfg.methods)
@@ -49,7 +49,7 @@ def test_orthonormal_regulariser_replaces_weight_decay_on_conv_weights(tmp_path)
     assert torch.allclose(pen, orthonormality_penalty(model, 0.01)) and pen > 0
     before = float(orthonormality_penalty(model, 1.0).detach())
     train(cfg, quiet=True, dataset=data)
-    trained = build_from_config(cfg, data)
+    trained = build_from_config(cfg, data.num_classes, data.in_channels)
     from depthlab.training.checkpoint import latest_checkpoint, load_checkpoint
 
     trained.load_state_dict(load_checkpoint(latest_checkpoint(cfg.run_dir / "checkpoints"))["model"])
@@ -58,7 +58,7 @@ def test_orthonormal_regulariser_replaces_weight_decay_on_conv_weights(tmp_path)
 
 def test_modulation_switches_off_after_its_epochs(tmp_path):
     cfg = _cfg(tmp_path, "model.name=plain", "methods.modulation=top-conv", "methods.modulation_epochs=1")
-    model = build_from_config(cfg, load_dataset("digits"))
+    model = build_from_config(cfg, 10, 1)
     tm = TrainingMethods(cfg.methods)
     tm.setup(model)
     modulation = tm.get("modulation").modulation

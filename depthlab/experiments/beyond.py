@@ -279,7 +279,8 @@ def _spectra(ctx) -> dict:
         for seed in ctx.seeds:
             def build(d, v=v, seed=seed):
                 torch.manual_seed(seed)
-                return build_from_config(RunConfig().with_overrides(_model_overrides(v, d, p)), ctx.dataset)
+                cfg = RunConfig().with_overrides(_model_overrides(v, d, p))
+                return build_from_config(cfg, ctx.dataset.num_classes, ctx.dataset.in_channels)
             with torch.random.fork_rng():
                 out[v][str(seed)] = spectrum_over_depth(build, p["spectrum_depths"], x)
             ctx.log(f"spectrum {v} seed {seed}: " + ", ".join(f"{r['depth']}: spread {r['spread']:.3g}"
@@ -309,7 +310,8 @@ def _init_signal(ctx) -> dict:
             for s in ctx.seeds:
                 with torch.random.fork_rng():
                     torch.manual_seed(s)
-                    model = build_from_config(RunConfig().with_overrides(_model_overrides(v, d, ctx.p)), ctx.dataset)
+                    model = build_from_config(RunConfig().with_overrides(_model_overrides(v, d, ctx.p)),
+                                              ctx.dataset.num_classes, ctx.dataset.in_channels)
                 x, y = take_batch(ctx.dataset, "train", ctx.p["probe_batch"], model)
                 g = gradient_flow(model, x, y)
                 row = {"loss": g.loss, "ratio": g.error_ratio, "after_step": False}

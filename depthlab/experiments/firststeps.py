@@ -28,7 +28,7 @@ def first_steps(cfg: RunConfig, dataset, steps: int, device: str = "cpu") -> Lis
     loss stopped being finite."""
     t = cfg.train
     seed_everything(t.seed)
-    model = build_from_config(cfg, dataset).to(device).train()
+    model = build_from_config(cfg, dataset.num_classes, dataset.in_channels).to(device).train()
     x_all, y_all = dataset.train_x.to(device), dataset.train_y.to(device)
     methods = TrainingMethods(cfg.methods)
     methods.setup(model)

@@ -74,18 +74,11 @@ def run_config(spec, seed: int, p: dict, data_name: str, out_dir: Path, device: 
         raise ConfigError(f"experiment run {run_id}: {e}") from None
 
 
-class _Shape:
-    """What ``build_from_config`` reads of a dataset."""
-
-    def __init__(self, num_classes: int, in_channels: int):
-        self.num_classes, self.in_channels = num_classes, in_channels
-
-
 def check_plan(name: str, grid: List[tuple], dataset, fresh: bool) -> None:
     """Before anything trains: every run's model can be built (on the meta device: no memory, no time)
     and every existing run directory holds the same run (unless ``fresh``). ``grid``: ``(spec, seed,
     cfg)``. Raises ``ConfigError`` naming the runs."""
-    shape = _Shape(getattr(dataset, "num_classes", 10), getattr(dataset, "in_channels", 3))
+    classes, channels = getattr(dataset, "num_classes", 10), getattr(dataset, "in_channels", 3)
     built = {}
     for _, _, cfg in grid:
         key = json.dumps(cfg.model.__dict__, sort_keys=True, default=str) + json.dumps(cfg.methods.__dict__,
@@ -93,7 +86,7 @@ def check_plan(name: str, grid: List[tuple], dataset, fresh: bool) -> None:
         if key not in built:
             try:
                 with torch.device("meta"):
-                    build_from_config(cfg, shape)
+                    build_from_config(cfg, classes, channels)
                 built[key] = None
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"experiment {name}, run {cfg.resolved_run_id}: {e}") from None

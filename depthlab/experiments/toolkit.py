@@ -253,7 +253,8 @@ def _init_ratios(ctx) -> dict:
         for s in ctx.seeds:
             with torch.random.fork_rng():
                 torch.manual_seed(s)
-                model = build_from_config(RunConfig().with_overrides(ov), ctx.dataset)
+                model = build_from_config(RunConfig().with_overrides(ov), ctx.dataset.num_classes,
+                                          ctx.dataset.in_channels)
                 x, y = take_batch(ctx.dataset, "train", ctx.p["probe_batch"], model)
                 g = gradient_flow(model, x, y)
             out[f"{cid}-s{s}"] = g.error_ratio if all(map(math.isfinite, g.error_rms)) else math.inf

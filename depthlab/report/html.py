@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from depthlab.report.inputs import fmt, load_object, pct, text, write_file
-from depthlab.report.plots import plot_training_curves, read_metrics
+from depthlab.report.plots import plot_training_curves
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}
@@ -64,17 +64,3 @@ def write_demo_report(out_dir) -> Path:
             + "<p>Reproduce: <code>depthlab demo</code>. Each run directory holds config.json, metrics.jsonl "
               "and checkpoints.</p>")
     return write_file(out_dir / "report.html", html_page("depthlab demo: the degradation problem", body).encode())
-
-
-def write_run_report(run_dir) -> Path:
-    """report.html for one run directory: its config, final metrics and training curves."""
-    run_dir = Path(run_dir)
-    cfg = load_object(run_dir / "config.json")
-    rows = read_metrics(run_dir)
-    curves = plot_training_curves({text((cfg.get("model") or {}).get("name")): run_dir}, run_dir / "curves.png")
-    cols = [("epoch", lambda r: text(r["epoch"])), ("lr", lambda r: fmt(r.get("lr"), ".4g")),
-            ("train loss", lambda r: fmt(r.get("train_loss"), ".4f")), ("train acc", lambda r: pct(r["train_acc"])),
-            ("test acc", lambda r: pct(r.get("test_acc"))), ("seconds", lambda r: fmt(r.get("seconds"), ".1f"))]
-    body = (f"<h2>config</h2><pre>{html.escape(json.dumps(cfg, indent=2))}</pre><h2>training</h2>"
-            + _img(curves) + _table(rows, cols))
-    return write_file(run_dir / "report.html", html_page(f"depthlab run {run_dir.name}", body).encode())

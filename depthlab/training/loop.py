@@ -7,7 +7,6 @@ import json
 import logging
 import random
 from contextlib import nullcontext
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -65,17 +64,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_from_config(cfg: RunConfig, dataset):
-    """Build the model a (partly unresolved) config describes, for ``dataset``, with what the
-    training methods change in the model itself applied (stochastic depth's survival
+def build_from_config(cfg: RunConfig, num_classes: int, in_channels: int):
+    """Build the model a (partly unresolved) config describes, with ``num_classes`` outputs and
+    ``in_channels`` input channels where the config leaves them open (a dataset's), and with what
+    the training methods change in the model itself applied (stochastic depth's survival
     probabilities): wherever a run's model is built (training, eval, diagnose) it is this one."""
     m = cfg.model
     keys = ("depth", "width", "shortcut", "init", *model_options())
     overrides = {k: getattr(m, k) for k in keys if getattr(m, k) is not None}
     if m.zero_init_residual:
         overrides["zero_init_residual"] = True
-    model = build_model(m.name, num_classes=m.num_classes or dataset.num_classes,
-                        in_channels=m.in_channels or dataset.in_channels, **overrides)
+    model = build_model(m.name, num_classes=m.num_classes or num_classes,
+                        in_channels=m.in_channels or in_channels, **overrides)
     TrainingMethods(cfg.methods).configure(model)
     return model
 
@@ -83,9 +83,8 @@ def build_from_config(cfg: RunConfig, dataset):
 def check_model(cfg: RunConfig) -> None:
     """Build the model on the meta device (no memory, no data): a bad depth or option, or a method
     the model cannot take, fails before anything is written."""
-    shape = SimpleNamespace(num_classes=cfg.model.num_classes or 10, in_channels=cfg.model.in_channels or 3)
     with torch.device("meta"):
-        build_from_config(cfg, shape)
+        build_from_config(cfg, 10, 3)
 
 
 def resolve_config(cfg: RunConfig, model, dataset) -> RunConfig:
@@ -169,7 +168,7 @@ def _train(cfg, resume, overwrite, quiet, dataset, dist, device, stop) -> dict:
     dataset = dataset.to(device)
 
     seed_everything(cfg.train.seed)
-    model = build_from_config(cfg, dataset).to(device)
+    model = build_from_config(cfg, dataset.num_classes, dataset.in_channels).to(device)
     cfg = resolve_config(cfg, model, dataset)
     cfg = dataclasses.replace(cfg, train=resolve_fast_path(cfg.train, device))
     t = cfg.train

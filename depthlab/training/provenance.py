@@ -25,14 +25,10 @@ def run_epochs(cfg: RunConfig) -> int:
 
 def params_of(cfg: dict) -> Optional[int]:
     """Trainable parameters of a saved config's model, built on the meta device (no memory)."""
-
-    class _Shape:  # what build_from_config reads of a dataset
-        num_classes = cfg["model"]["num_classes"]
-        in_channels = cfg["model"]["in_channels"]
-
     try:
         with torch.device("meta"):
-            return count_params(build_from_config(RunConfig.from_dict(cfg), _Shape()))
+            return count_params(build_from_config(RunConfig.from_dict(cfg), cfg["model"]["num_classes"],
+                                                  cfg["model"]["in_channels"]))
     except Exception:  # noqa: BLE001 - informative only; the run itself is what matters
         return None
 

@@ -81,7 +81,7 @@ def load_run(run_dir, checkpoint: str = "last", device: str = "auto", valid=CHEC
     path = checkpoint_path(run_dir, checkpoint, valid)
     dev = resolve_device(device)
     data = load_dataset_from(cfg.data).to(dev)
-    model = build_from_config(cfg, data).to(dev)
+    model = build_from_config(cfg, data.num_classes, data.in_channels).to(dev)
     epoch = 0
     if path is not None:
         state, path = load_weights(run_dir, checkpoint, path, dev, steps_per_epoch(cfg, data))
