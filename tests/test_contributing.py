@@ -33,3 +33,18 @@ def test_every_method_is_named_in_the_mutation_test_selection():
     tests = "".join((ROOT / t).read_text() for t in re.findall(r'"([^"]+)"', selection))
     methods = [p.stem for p in (ROOT / "depthlab/methods").glob("*.py") if p.stem not in ("__init__", "base")]
     assert methods and [m for m in methods if m not in tests] == []
+
+
+def test_the_docs_mention_every_registered_method_quantity_and_experiment():
+    """One home per list (the registries); the guides must name every item in them."""
+    from depthlab.diagnostics import DIAGNOSTICS
+    from depthlab.experiments import EXPERIMENTS
+    from depthlab.methods import METHODS
+
+    def missing(names, *docs):
+        text = "".join((ROOT / "docs" / d).read_text() for d in docs)
+        return [n for n in names if f"`{n}`" not in text and f"methods.{n}" not in text]
+
+    assert missing([m.name for m in (METHODS.get(n) for n in METHODS)], "methods.md", "usage.md") == []
+    assert missing(list(DIAGNOSTICS), "diagnostics.md", "usage.md") == []
+    assert missing(list(EXPERIMENTS), "usage.md", "results.md") == []

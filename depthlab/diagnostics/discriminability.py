@@ -1,48 +1,10 @@
 """Feature discriminability per tap: a closed-form ridge linear probe (Gao & McDonnell 2017).
 
-Gao & McDonnell measure how linearly separable the features are at every intermediate layer
-(residual-sum outputs become more discriminable with depth, conv outputs do not) and use it to
-ask whether added layers help. Their read-out is *unverified* (docs/methods.md: "the authors' usual
-tool"); this module implements a least-squares (ridge) read-out fitted in closed form on pooled
-feature maps, whose test accuracy is the discriminability.
-
-Measurement, per tap of ``model.taps()`` (every conv output and every block ``sum``):
-
-* features: the tap output, adaptive-average-pooled to ``pool x pool`` (``pool=1``: global average
-  pooling, d = C; ``pool=2``: 2x2, d = 4C) and flattened; token sequences (B, tokens, D) of a
-  transformer are averaged over their tokens (d = D); a constant-1 column is appended for the
-  bias, which is **not** penalised (exactly scikit-learn's ``Ridge(fit_intercept=True)``).
-* probe-train / validation split: ``data.train_x`` (first ``n_train`` samples of a seeded
-  permutation, default all), of which a seeded fraction ``val_fraction`` is held out as the
-  validation split; the test split is ``data.test_x`` (``n_test``, default all).
-* read-out: ``W(lam) = (A + lam D)^-1 B`` with ``A = [X 1]^T [X 1]``, ``B = [X 1]^T Y`` (one-hot Y),
-  ``D = diag(1, ..., 1, 0)``; prediction ``argmax([x 1] W)``. Solved in float64 (Cholesky, LU
-  fallback). ``A + lam D`` is positive definite for lam > 0 (its Schur complement is the centred
-  scatter + lam I), so no jitter is needed.
-* lambda grid: ``lambdas`` (default ``logspace(-4, 2, 7)``), *relative* by default
-  (``lambda_scale="trace"``): the penalty used is ``lam * tr(S) / d`` with ``S`` the centred
-  scatter of the probe-train features, so one grid fits taps of any scale (the mean per-feature
-  sum of squares). ``lambda_scale="absolute"`` uses the grid values as they are. The chosen
-  lambda maximises validation accuracy (ties: the largest, i.e. the most regularised).
-* Fisher ratio: ``tr(S_B) / tr(S_W)`` on the probe-train features, with
-  ``S_B = sum_c n_c ||mu_c - mu||^2`` and ``S_W = sum_i ||x_i||^2 - sum_c n_c ||mu_c||^2``
-  (bias column excluded); inf when ``S_W = 0``.
-
-Cost and memory: one forward pass over each split (three in all; each sample is seen once per
-split), plus small solves. Only sufficient statistics are kept, on the model's device, in float64
-(float32 on MPS, which has no float64): per tap ``A`` ((d+1)^2), ``B`` and the class sums
-(d x classes), the sum of squares; after the probe-train pass the read-outs for every lambda of the
-grid are solved (G x (d+1) x classes per tap) and the validation pass counts correct predictions
-for every lambda batch by batch, so no per-sample features are stored: memory is
-O(taps x (d^2 + G d classes)), independent of the number of samples. The test pass then counts
-correct predictions of the chosen read-out.
-
-The model is put in eval mode for the passes (BatchNorm uses its fixed running statistics, so a
-sample's features do not depend on the rest of its batch, and stochastic depth does not drop
-branches: the measurement is deterministic); every module's mode is restored and the hooks are
-removed afterwards, also on error. Passes run under ``torch.no_grad`` in float32 with autocast
-disabled. The quantity is a pure function of the model, so it can be computed at any number of
-training checkpoints (the caller chooses the schedule).
+Per tap of ``model.taps()``: the output pooled (conv maps over positions, token sequences over
+tokens), a ridge read-out ``W = (A + lam D)^-1 B`` fitted in closed form from streamed sufficient
+statistics (float64), lambda chosen on a validation split, and its test accuracy; plus the Fisher
+ratio. The read-out is our reading of the authors' tool (unverified). The algebra, the choices and
+the memory bound: docs/methods.md, "Discriminability".
 """
 from __future__ import annotations
 

@@ -1,42 +1,7 @@
-"""What a training method is: a plug-in that changes how a network trains, with declared options
-and only the hooks it needs; the trainer calls the hooks of every method a config switches on.
-
-A method is one module in ``depthlab/methods/`` with a subclass of ``TrainingMethod`` registered
-in ``METHODS``::
-
-    @register
-    class ClipGradNorm(TrainingMethod):
-        name = "clip_grad_norm"
-        options = {"clip_grad_norm": Option(float, None, "max global gradient norm", check=positive)}
-
-        def after_backward(self, model, step):
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.clip_grad_norm)
-
-Its options become config keys ``methods.<key>`` (the first one switches it on: a value other than
-``None``, ``0`` or ``False``). Hooks, in the order the trainer calls them (all optional):
-
-- ``configure(model)``: change the model itself; runs wherever the model is built (training,
-  ``depthlab eval``, ``depthlab diagnose``), so it must not depend on training state;
-- ``setup(model)``: training starts (attach hooks, find the weights to act on);
-- ``param_groups(model, groups)``: the optimizer's parameter groups (per-group lr / weight decay);
-- ``start_epoch(epoch)``: before each epoch (0-based);
-- ``penalty(model)``: a term added to the loss (a 0-dim tensor), or ``None``;
-- ``after_backward(model, step)``: after ``loss.backward()`` and before ``optimizer.step()``, with
-  the 0-based global step; several methods (and the gradient tracker, which reads first) may use it;
-- ``state_dict()`` / ``load_state_dict(state)``: tensors and plain values, saved in every
-  checkpoint, for an exact resume;
-- ``close()``: training ends (remove hooks).
-
-A method is off by default, except one that acts only on the models it is made for and follows their
-authors' code (``fixup_lr``: Fixup nets' scalars at lr/10); it declares ``on_by_default = True``.
-
-Class attributes: ``example`` (option values that switch it on, for help and smoke tests),
-``example_model`` (model overrides for the smoke tests when the method acts on some models only),
-``example_off`` (option values under which it changes nothing, for a method on by default),
-``conflicts`` (method names it cannot be combined with), ``skips_parameters``
-(some parameters may get no gradient in a step, as with stochastic depth: data-parallel training
-must look for unused parameters). ``validate(run_cfg)`` may refuse a combination with the rest of
-the run's config with a ``ValueError`` that names the fields.
+"""What a training method is: a ``TrainingMethod`` subclass registered in ``METHODS``, with declared
+options (config keys ``methods.<key>``; the first switches it on) and only the hooks it needs; the
+trainer calls the hooks of every switched-on method in registration order. The hooks, when each
+is called and by whom: docs/design.md, "Training methods"; a worked example: CONTRIBUTING.md.
 """
 from __future__ import annotations
 
