@@ -1,28 +1,9 @@
 """Fixup's learning rate for its scalars, as the authors train them (Zhang, Dauphin, Ma 2019, arXiv
-1901.09321; reference code hongyi-zhang/Fixup, ``cifar/cifar_train.py``).
-
-The reference code builds three optimiser groups from the parameter names::
-
-    biases = [p for n, p in model.named_parameters() if 'bias' in n]
-    scales = [p for n, p in model.named_parameters() if 'scale' in n]
-    others = [p for n, p in model.named_parameters() if not ('bias' in n or 'scale' in n)]
-    SGD([{'params': biases, 'lr': base_lr / 10}, {'params': scales, 'lr': base_lr / 10},
-         {'params': others}], lr=base_lr, momentum=0.9, weight_decay=...)
-
-so the scalar biases, the per-branch multipliers *and* the classifier's bias train at a tenth of the
-learning rate; weight decay is the same for every group. ``methods.fixup_scalar_lr`` is that factor
-(0.1 by default, 1 for one learning rate); ``methods.fixup_scalar_params`` says which parameters it
-applies to: ``reference`` (default: every parameter whose name contains ``bias`` or ``scale``, the
-reference code's rule) or ``scalars`` (only the Fixup scalar modules, not the classifier's bias: a
-reading of the paper's text, which does not mention the classifier).
-
-The method acts only on Fixup networks (a model with Fixup blocks, i.e. blocks with
-``fixup_init_``); on any other model the optimiser groups are left as they are. The learning-rate
-schedule multiplies every group's own learning rate, so the factor holds throughout training.
-
-Without the factor, measured on digits: the 600 ``bias2b`` scalars of a 1202-layer Fixup net get
-nearly the same gradient, move in lockstep and kill every final feature (constant output, 9% training
-accuracy); with it the same run trains.
+1901.09321; reference code hongyi-zhang/Fixup, ``cifar/cifar_train.py``): every parameter whose name
+contains ``bias`` or ``scale`` (``methods.fixup_scalar_params=reference``; ``scalars``: the Fixup
+scalar modules only, a reading of the paper) trains at ``methods.fixup_scalar_lr`` (0.1) times the
+learning rate, in its own optimiser group, on Fixup networks only. Details and what it prevents:
+docs/methods.md, "Fixup".
 """
 from __future__ import annotations
 

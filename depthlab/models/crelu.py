@@ -1,32 +1,9 @@
-"""CReLU and the CReLU block (Balduzzi et al. 2017, "The Shattered Gradients Problem: If resnets are
-the answer, then what is the question?", arXiv 1702.08591, Sec. 5; CReLU from Shang et al. 2016,
-arXiv 1603.05201).
-
-    CReLU(x) = cat[relu(x), relu(-x)] along channels        (B, C, H, W) -> (B, 2C, H, W)
-
-so every layer that reads a CReLU output has twice the fan-in; the builder flags it
-``after_crelu = True`` and the ``looks-linear`` init gives it weight [W, -W], which makes it
-exactly linear at init: [W, -W] . crelu(x) = W relu(x) - W relu(-x) = W x.
-
-Selected with the model option ``activation="crelu"`` on the CIFAR ``plain`` and ``resnet``
-families (``cifar.py``). The CReLU network keeps the ReLU network's layer sequence with each ReLU
-moved to the start of the next unit:
-
-    stem:   conv - BN                                   (the first block's CReLU activates it)
-    block:  CReLU - conv1(2C_in -> C_out) - BN - CReLU - conv2(2C_out -> C_out) - BN  (+ shortcut)
-    final:  CReLU before the pool; fc(8w -> classes) is flagged too
-
-so the stream between blocks is the pre-activation sum s. For ``plain`` this is the same network
-as "post-activation CReLU after every block" (the activation merely changes side of the block
-boundary). For ``resnet`` the shortcut carries s = the difference of the two CReLU halves
-crelu(s)[:C] - crelu(s)[C:], where the ReLU ResNet's shortcut carries relu(s): a ReLU on the
-identity path would break exact linearity, and the 2C-channel CReLU output cannot be added to the
-C-channel branch. A lesioned block returns ``shortcut(x)`` on that stream (option A or B).
-
-Parameters: every block conv and the fc have twice the fan-in. At depth 56 (n = 9) the ReLU
-ResNet has 853,018 parameters; the CReLU ResNet has 1,701,530 at width 16 (2.0x), 805,485 at width 11
-(-5.6%) and 958,198 at width 12 (+12.3%): ``width=11`` is the comparable budget (checked in
-tests/test_remedies_models.py).
+"""CReLU and the CReLU block (Balduzzi et al. 2017, arXiv 1702.08591, Sec. 5; CReLU: Shang et al.
+2016, arXiv 1603.05201): ``CReLU(x) = cat[relu(x), relu(-x)]``, so with the looks-linear init
+[W, -W] of the next layer the net is exactly linear at init. Each ReLU of the plain / resnet
+layout moves to the start of the next unit (the stream carries the pre-activation sum); every conv
+after a CReLU has twice the fan-in. Layout, parameter counts and checks: docs/methods.md, "CReLU
+and looks-linear initialisation".
 """
 from __future__ import annotations
 
