@@ -147,6 +147,24 @@ def test_eval_lists_only_its_valid_checkpoints(run_dir, capsys):
     assert "(use last, best or a checkpoint file)" in capsys.readouterr().err
 
 
+def test_eval_of_best_or_val_names_the_settings_that_make_them(run_dir, capsys):
+    assert main(["eval", run_dir, "--checkpoint", "best", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "train.keep_best=true" in err and "data.val_fraction" in err
+    assert main(["eval", run_dir, "--split", "val", "--device", "cpu"]) == 2
+    assert "data.val_fraction=0" in capsys.readouterr().err
+
+
+def test_diagnose_model_prints_a_reading_not_only_a_count(tmp_path, capsys):
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    assert main(["diagnose", "--model", f"{examples}/tvnets.py:mlp", "--data", "digits", "--quantities",
+                 "gradient_flow", "--out", str(tmp_path / "d")]) == 0
+    err = capsys.readouterr().err
+    assert "records ->" in err and "gradient_flow: gradients" in err
+
+
 def test_eval_does_not_write_into_a_run_that_is_being_trained(run_dir, capsys):
     from pathlib import Path
 

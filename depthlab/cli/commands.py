@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_cmd_eval)
 
-    s = sub.add_parser("demo", help="plain vs resnet at three depths on digits (25 s to 2 min on an idle 2-core CPU)")
+    s = sub.add_parser("demo", help="plain vs resnet at three depths on digits (25 s to 2 min on a 2-core CPU, idle)")
     s.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     s.add_argument("--depths", default="8,20,56", help="comma-separated depths, each 6n+2 (default 8,20,56)")
     s.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the quick recipe's)")
