@@ -33,8 +33,9 @@ def test_lesion_records_carry_k_and_the_plot_labels_its_axes(tiny):
     fig = draw_quantity({"a": records, "b": records}, "lesion")
     try:
         axes = {ax.get_title().split(" (")[0]: ax for ax in fig.axes if ax.get_title()}
-        assert axis_labels(axes["error_delete_k_mean"])["xlabel"] == "k (blocks deleted)"
-        per_block = axis_labels(axes["error"])  # one record per block: the block names are the ticks
+        assert axis_labels(axes["k blocks deleted"])["xlabel"] == "k (blocks deleted)"  # titled in words
+        assert axes["k blocks deleted"].get_ylabel() == "test error (fraction)"
+        per_block = axis_labels(axes["one block deleted"])  # one record per block: the block names are the ticks
         assert per_block["xticklabels"] == list(model.block_names)
     finally:
         plt.close(fig)
@@ -64,7 +65,7 @@ def test_old_records_without_axis_fields_still_plot_over_their_index(tmp_path):
     fig = draw_quantity({"old": recs}, "lesion")
     try:
         (ax,) = [a for a in fig.axes if a.get_title()]
-        assert ax.get_title() == "error_delete_k_mean" and axis_labels(ax)["xlabel"] == "index"
+        assert ax.get_title() == "k blocks deleted" and axis_labels(ax)["xlabel"] == "index"
     finally:
         plt.close(fig)
 
