@@ -20,7 +20,7 @@ test-all: install
 lint: install
 	$(PYTHON) -m ruff check .
 
-# Mutation testing of the core modules (docs/mutation.md; not part of CI, tens of minutes on 2 cores):
+# Mutation testing of the core modules (docs/notes/mutation.md; not part of CI, tens of minutes on 2 cores):
 # mutmut plants one small change at a time ([tool.mutmut] in pyproject.toml) and runs the tests that
 # reach it; scripts/mutants.py prints the killed/survived counts and the survivors.
 mutants: install

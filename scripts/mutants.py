@@ -1,9 +1,9 @@
 """Summarise a mutmut run (``make mutants``): killed / survived / other per module, the score, and
-the survivors that docs/mutation.md does not list as equivalent.
+the survivors that docs/notes/mutation.md does not list as equivalent.
 
 Reads ``mutants/**/*.py.meta`` (mutmut 3's per-file results). The score counts killed mutants
 (a test failed, timed out or crashed) over all checked mutants, less the equivalent ones named in
-docs/mutation.md (lines ``- `mutant.name` ...`` under "Equivalent mutants").
+docs/notes/mutation.md (lines ``- `mutant.name` ...`` under "Equivalent mutants").
 
     python scripts/mutants.py [--all]   # --all: print every survivor, not only the first 40
 """

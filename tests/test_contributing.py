@@ -48,3 +48,14 @@ def test_the_docs_mention_every_registered_method_quantity_and_experiment():
     assert missing([m.name for m in (METHODS.get(n) for n in METHODS)], "methods.md", "usage.md") == []
     assert missing(list(DIAGNOSTICS), "diagnostics.md", "usage.md") == []
     assert missing(list(EXPERIMENTS), "usage.md", "results.md") == []
+
+
+def test_every_relative_link_in_the_docs_resolves():
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *ROOT.glob("docs/*.md"), *ROOT.glob("docs/notes/*.md")]
+    broken = []
+    for page in pages:
+        for m in re.finditer(r"\]\(([^)\s#]+)(#[^)]*)?\)", page.read_text()):
+            target = m.group(1)
+            if not target.startswith(("http:", "https:", "mailto:")) and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert broken == []

@@ -1,5 +1,5 @@
 """Properties of the ridge probes (depthlab/diagnostics/discriminability.py) that the mutation run
-(docs/mutation.md) found unchecked: parameter-free toy models whose features are the inputs themselves,
+(docs/notes/mutation.md) found unchecked: parameter-free toy models whose features are the inputs themselves,
 so a ridge read-out, a Fisher ratio, the splits and the lambda grid can be written out in numpy."""
 import math
 from types import SimpleNamespace

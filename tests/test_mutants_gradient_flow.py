@@ -1,5 +1,5 @@
 """Properties of gradient_flow (depthlab/diagnostics/gradient_flow.py) that the mutation run
-(docs/mutation.md) found unchecked: records named per layer, the first/last ratios' zero cases, the
+(docs/notes/mutation.md) found unchecked: records named per layer, the first/last ratios' zero cases, the
 input dtype/device contract, the restored state and the every-step tracker."""
 import math
 from types import SimpleNamespace

@@ -1,4 +1,4 @@
-"""Properties of the lesion study (depthlab/diagnostics/lesion.py) that the mutation run (docs/mutation.md)
+"""Properties of the lesion study (depthlab/diagnostics/lesion.py) that the mutation run (docs/notes/mutation.md)
 found unchecked: Kendall tau, swap orders and draws, block shapes, error rates and the option plumbing,
 each compared with an independent computation."""
 import random

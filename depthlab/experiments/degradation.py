@@ -36,7 +36,7 @@ class Degradation(Experiment):
     scales = {
         "quick": {"dataset": "digits", "recipe": "quick", "depths": [8, 20, 56, 110], "gap": 0.05,
                   "tolerance": 0.01},
-        # CIFAR-10 on a 2-core CPU (docs/calibration.md): 4,000 training images, 10 epochs of the quick recipe,
+        # CIFAR-10 on a 2-core CPU (docs/notes/calibration.md): 4,000 training images, 10 epochs of the quick recipe,
         # the test set evaluated after the last epoch only
         "real": {"dataset": "cifar10", "recipe": "quick", "epochs": 10, "depths": [20, 56], "gap": 0.05,
                  "tolerance": 0.01, "set": ["data.train_subset=4000", "train.eval_every=10"]},

@@ -58,7 +58,7 @@ class Highway(Experiment):
     scales = {
         "quick": {"dataset": "digits", "recipe": "quick", "epochs": 40, "depths": [8, 20, 56, 110], "width": 8,
                   "gap": 0.2, "tolerance": 0.1, "gate_batch": 256},
-        # CIFAR-10 on a 2-core CPU (docs/calibration.md): degradation's 4,000 training images and 10 epochs, the
+        # CIFAR-10 on a 2-core CPU (docs/notes/calibration.md): degradation's 4,000 training images and 10 epochs, the
         # quick scale's width-8 nets at 20 and 110 layers
         "real": {"dataset": "cifar10", "recipe": "quick", "epochs": 10, "depths": [20, 110], "width": 8,
                  "gap": 0.2, "tolerance": 0.1, "gate_batch": 256,

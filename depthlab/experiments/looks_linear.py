@@ -60,7 +60,7 @@ class LooksLinear(Experiment):
     scales = {
         "quick": {"dataset": "digits", "recipe": "quick", "epochs": 12, "depths": [8, 14, 32, 56], "width": 8,
                   "crelu_width": 6, "gap": 0.05, "collapse": 0.10},
-        # CIFAR-10 on a 2-core CPU (docs/calibration.md): degradation's 4,000 training images and 10 epochs, the
+        # CIFAR-10 on a 2-core CPU (docs/notes/calibration.md): degradation's 4,000 training images and 10 epochs, the
         # quick scale's narrow nets, the shallowest and the deepest quick depth
         "real": {"dataset": "cifar10", "recipe": "quick", "epochs": 10, "depths": [8, 56], "width": 8,
                  "crelu_width": 6, "gap": 0.05, "collapse": 0.10,

@@ -21,7 +21,7 @@ whose loss diverges is a result: it counts as not trained (chance accuracy) in t
 Quick scale keeps the paper's widths (16/32/64 channels) and trains every variant 36 epochs of the
 quick recipe on digits (828 SGD steps), three times the recipe's 12: the positive control,
 plain + orthonormal + modulation at 44 layers, reached 92.6 +- 5.0% training accuracy after 12 epochs
-(not within 5 points of resnet-44) and 99.9 to 100.0% after 36 (3 seeds, docs/calibration.md,
+(not within 5 points of resnet-44) and 99.9 to 100.0% after 36 (3 seeds, docs/notes/calibration.md,
 ``sweeps/calibration-budget.yaml``). A narrower net (``width=8``) saves little on 8x8
 images (per-step overheads dominate) and changes what a plain net can fit, so it is only a
 parameter (the smoke tests use it).
@@ -70,7 +70,7 @@ class Orthonormal(Experiment):
         "quick": {"dataset": "digits", "recipe": "quick", "epochs": 36, "depths": [44, 110], "width": None,
                   "plain_family": "xie-plain", "lam": 1e-3, "modulation": "top-conv",
                   "other_readings": ["fc"], "init": None, "probe_steps": 30, "gap": 0.05, "near": 0.05},
-        # CIFAR-10 on a 2-core CPU (docs/calibration.md): degradation's 4,000 training images, 8 epochs, the
+        # CIFAR-10 on a 2-core CPU (docs/notes/calibration.md): degradation's 4,000 training images, 8 epochs, the
         # 44-layer nets at the paper's widths, the default reading only
         "real": {"dataset": "cifar10", "recipe": "quick", "epochs": 8, "depths": [44], "width": None,
                  "plain_family": "xie-plain", "lam": 1e-3, "modulation": "top-conv",
