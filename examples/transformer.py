@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from layouts import ViT  # noqa: E402
+from own_model import accuracy  # noqa: E402  (the worked example's helper)
 from tvnets import resnet18_layout  # noqa: E402
 
 import depthlab  # noqa: E402
@@ -40,14 +41,6 @@ def vit():
 
 def resnet():
     return resnet18_layout(width=16)
-
-
-def accuracy(model, x, y) -> float:
-    model.eval()
-    with torch.no_grad():
-        acc = (model(x).argmax(1) == y).float().mean().item()
-    model.train()
-    return acc
 
 
 def train(name, model, data, epochs, opt):
