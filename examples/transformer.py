@@ -1,7 +1,7 @@
 """Is a transformer an ensemble of shallow paths? Veit et al.'s lesion study on a small vision
 transformer, the worked example of docs/own-model.md ("A transformer").
 
-    python examples/transformer.py          # ~3 min on 2 CPU cores; writes runs/transformer/
+    python examples/transformer.py          # about a minute on a 2-core CPU; writes runs/transformer/
 
 A pre-norm ViT (``examples/layouts.py``: 2x2-pixel patches of the 8x8 digits -> 16 tokens,
 width 48, 6 layers of attention + MLP, i.e. 12 residual branches) trains with AdamW in a

@@ -286,8 +286,8 @@ def _train_grid(grid: list, dataset, fresh: bool, quiet: bool, command: str, exp
             spec, seed, cfg = grid[i]
             rec = {"id": spec.id, "seed": seed, "run_id": cfg.resolved_run_id, "run_dir": f"runs/{cfg.resolved_run_id}",
                    **spec.labels, "status": f"error: {rec.get('error')}", "seconds": None}
-        report(i, {k: v for k, v in rec.items() if k not in ("retries", "action")} | (
-            {"retries": rec["retries"]} if rec.get("retries") else {}))
+        rec = {k: v for k, v in rec.items() if k != "action" and (k != "retries" or v)}  # the sweep's bookkeeping
+        report(i, rec)
 
     # the sweep's executors: fresh worker processes (spawn: no inherited torch thread pools), a worker
     # that dies retried once by resuming its run, Ctrl-C answered with checkpoints; or Ray

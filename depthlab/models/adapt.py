@@ -91,12 +91,13 @@ def _tap_sums(gm: fx.GraphModule, shared: List[nn.Identity]) -> None:
 
 
 def _traced_blocks(module: nn.Module, prefix: str = ""):
-    """``(graphs by training flag, blocks, sum taps)`` for ``module`` traced in both modes, or None
-    if it does not trace. Train mode is dropped (eval's graph serves both) where it finds other
-    blocks than eval mode."""
-    graphs = {flag: trace(module, flag)[0] for flag in MODES}
-    if graphs[False] is None:
-        return None
+    """``((graphs by training flag, blocks, sum taps), "")`` for ``module`` traced in both modes, or
+    ``(None, why)`` if it does not trace. Train mode is dropped (eval's graph serves both) where it
+    finds other blocks than eval mode."""
+    eval_graph, why = trace(module, False)
+    if eval_graph is None:
+        return None, why
+    graphs = {False: eval_graph, True: trace(module, True)[0]}
     found = {flag: find_residuals(gm) for flag, gm in graphs.items() if gm is not None}
     names = block_names(found[False], prefix)
     if graphs[True] is None or block_names(found[True], prefix) != names:
@@ -106,7 +107,7 @@ def _traced_blocks(module: nn.Module, prefix: str = ""):
     for flag, gm in graphs.items():
         rewrite(gm, found[flag], blocks, flag)
         _tap_sums(gm, sums)
-    return graphs, blocks, sums
+    return (graphs, blocks, sums), ""
 
 
 def _graph_taps(gm: fx.GraphModule, prefix: str, taps: "OrderedDict[str, nn.Module]") -> None:
@@ -142,7 +143,7 @@ class AdaptedNet(nn.Module):
                 raise ValueError(f"blocks not found in {type(net).__name__}: {', '.join(missing)}; module "
                                  f"names look like {', '.join(list(modules)[1:6])}")
         graphs, units, slots, names = {}, [], [], []
-        whole = _traced_blocks(net) if blocks is None else None
+        whole, why = _traced_blocks(net) if blocks is None else (None, "")
         if whole is not None and (whole[1] or whole[2]):
             graphs, slots, _ = whole
             names = [b.name for b in slots]
@@ -150,11 +151,11 @@ class AdaptedNet(nn.Module):
             units_named = list(blocks) if blocks is not None else find_blocks(net)
             if blocks is None and whole is None:
                 log.warning("depthlab.adapt: %s does not trace with torch.fx (%s); reading its blocks by name: %s",
-                            type(net).__name__, trace(net, False)[1],
+                            type(net).__name__, why,
                             ", ".join(units_named) if units_named else "none recognised (pass blocks=[...] to "
                             "depthlab.adapt or --blocks to depthlab diagnose)")
             for unit in units_named:
-                traced = _traced_blocks(modules[unit], unit)
+                traced, _ = _traced_blocks(modules[unit], unit)
                 if traced is not None and traced[1]:
                     units.append((unit, modules[unit], traced[0]))
                     slots += traced[1]

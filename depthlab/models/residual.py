@@ -72,6 +72,7 @@ def find_residuals(gm: fx.GraphModule) -> List[Residual]:
             m |= anc[i] | (1 << idx[i])
         anc[n] = m
     const = sum(1 << idx[n] for n in nodes if n.op == "get_attr")
+    sinks = [m for m in nodes if not m.users and m.op != "output" and m.all_input_nodes]  # results nobody reads
     params = {name for name, _ in gm.named_parameters()}
 
     def inc(n):
@@ -100,8 +101,8 @@ def find_residuals(gm: fx.GraphModule) -> List[Residual]:
         grown = True
         while grown:
             grown = False
-            for m in nodes:
-                if not m.users and m.op != "output" and not body_mask >> idx[m] & 1 and m.all_input_nodes \
+            for m in sinks:
+                if not body_mask >> idx[m] & 1 \
                         and all(i is x or i.op == "get_attr" or body_mask >> idx[i] & 1 for i in m.all_input_nodes) \
                         and any(body_mask >> idx[i] & 1 for i in m.all_input_nodes):
                     body_mask |= 1 << idx[m]

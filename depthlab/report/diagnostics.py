@@ -238,12 +238,13 @@ def summary_numbers(runs: Dict[str, List[dict]]) -> List[list]:
     table that stands in for one-bar panels."""
     rows: Dict[tuple, Dict[str, object]] = {}
     for label, records in runs.items():
-        latest = [r for r in _latest(records) if _is_num(r["value"]) and r["quantity"] != "gradient_tracking"]
+        every = _latest(records)
+        latest = [r for r in every if _is_num(r["value"]) and r["quantity"] != "gradient_tracking"]
         layers: Dict[tuple, int] = {}
         for r in latest:
             if r.get("layer") is not None:
                 layers[(r["quantity"], r["name"])] = layers.get((r["quantity"], r["name"]), 0) + 1
-        for r in _latest(records):
+        for r in every:
             if r.get("layer") is None and _few_named(r):
                 rows.setdefault((r["quantity"], r["name"]), {})[label] = ", ".join(
                     f"{x}={v:g}" for x, v in zip(r["x"], r["value"]))

@@ -22,19 +22,24 @@ def _fmt(row: dict) -> str:
     return "  ".join(parts)
 
 
+def rich_bar(stream, info: bool = False):
+    """A rich progress bar on ``stream``: title, bar, done/total, elapsed, ETA (and an ``info`` field)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress as RichProgress
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn()] + ([TextColumn("{task.fields[info]}")] if info else [])
+    return RichProgress(*columns, console=Console(file=stream), transient=False)
+
+
 class Progress:
     def __init__(self, total: int, done: int = 0, quiet: bool = False, title: str = "", stream=None):
         self.total, self.done, self.quiet, self.title = total, done, quiet, title
         self.stream = stream or sys.stderr
         self.rich = None
         if not quiet and self.stream.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-            from rich.progress import Progress as RichProgress
-
-            self.rich = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                                     console=Console(file=self.stream), transient=False)
+            self.rich = rich_bar(self.stream, info=True)
 
     def __enter__(self):
         if self.rich is not None:
@@ -137,12 +142,7 @@ class GridProgress:
         if self.quiet:
             return self
         if self.stream.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-            from rich.progress import Progress as RichProgress
-
-            self.rich = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), TimeRemainingColumn(), console=Console(file=self.stream))
+            self.rich = rich_bar(self.stream)
             self.rich.__enter__()
             self.task = self.rich.add_task(self.title, total=sum(e for _, _, e in self.runs),
                                            completed=sum(min(self.seen[n], e) for n, _, e in self.runs))
