@@ -271,14 +271,14 @@ def test_reproduce_all_runs_each_experiment_into_one_directory_with_an_index_and
     assert "degradation/report.html" in index and "stochastic-depth/report.html" in index
     table = breakdown(result)
     assert table.splitlines()[-1].startswith("wall time: ") and " min; index: " in table
-    assert re.search(r"^all +\d+ +8 +0 ", table, re.M)  # 4 + 4 runs, none reused
+    assert re.search(r"^all +[\d.]+ +[\d.]+ +8 +0 ", table, re.M)  # 4 + 4 runs, none reused
     suite = json.loads((tmp_path / "suite.json").read_text())
     assert suite["seconds"] == result["seconds"] and suite["experiments"] == result["experiments"]
     md = report_markdown(tmp_path, command="depthlab report x --markdown y")
     minutes = f"{result['seconds'] / 60:.0f}"
     assert re.fullmatch(rf"wall time: {minutes} min for `depthlab reproduce all` on .+ cores.*", md.splitlines()[0])
     r = result["experiments"][0]
-    assert f"| degradation | {r['seconds'] / 60:.1f} min | 4 | 0 | {r['observed']} |" in md
+    assert f"| degradation | {r['seconds'] / 60:.1f} min | {r['ready'] / 60:.1f} min | 4 | 0 | {r['observed']} |" in md
 
 
 def test_three_seeds_by_default_at_the_quick_scale_one_at_the_paper_scale(tmp_path):

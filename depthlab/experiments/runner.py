@@ -202,11 +202,40 @@ def reproduce(name: str, scale: str = "quick", seeds: Optional[int] = None, out:
     ``fresh=True`` retrains everything; ``jobs`` runs train at once in worker processes (0: one per
     CPU core) on ``executor`` (``local`` or ``ray``: the sweep's executors, ``depthlab.sweep``).
     Returns the content of ``experiment.json`` (plus ``report``)."""
+    jobs = check_jobs(jobs, executor)
+    plan = plan_experiment(name, scale, seeds, out, params=params, device=device, fresh=fresh, quiet=quiet,
+                           command=command)
+    rows = _train_grid(plan.grid, plan.dataset, fresh, quiet, plan.command, plan.exp.name, jobs, executor)
+    return analyse(plan.info, rows, quiet=quiet, report=report, dataset=plan.dataset)
+
+
+def check_jobs(jobs: int, executor: str) -> int:
+    """``jobs`` checked (0: one per CPU core) and ``executor`` one of ``EXECUTORS``."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
         raise ConfigError(f"jobs must be an int >= 0 (0: one per CPU core), got {jobs!r}")
     if executor not in EXECUTORS:
         raise ConfigError(f"executor {executor!r} is not valid; use one of {', '.join(EXECUTORS)}")
-    jobs = jobs or (os.cpu_count() or 1)
+    return jobs or (os.cpu_count() or 1)
+
+
+@dataclasses.dataclass
+class Plan:
+    """An experiment ready to train: ``grid`` (``(spec, seed, cfg)``, checked by ``check_plan``), the
+    data it loaded, and ``info``: what its analysis needs, JSON-able (it may run in another process)."""
+    exp: Experiment
+    grid: list
+    dataset: Any
+    info: dict
+
+    @property
+    def command(self) -> str:
+        return self.info["command"]
+
+
+def plan_experiment(name: str, scale: str = "quick", seeds: Optional[int] = None, out: Optional[str] = None, *,
+                    params: Optional[Dict[str, Any]] = None, device: str = "auto", fresh: bool = False,
+                    quiet: bool = False, command: Optional[str] = None) -> Plan:
+    """Everything ``reproduce`` does before the first run trains: parameters, data, the grid, checks."""
     exp: Experiment = EXPERIMENTS.get(name)()
     if seeds is None:
         seeds = DEFAULT_SEEDS.get(scale, 1)
@@ -216,35 +245,51 @@ def reproduce(name: str, scale: str = "quick", seeds: Optional[int] = None, out:
     _check_dataset_param(p)
     out_dir = Path(out) if out else Path("runs") / "reproduce" / (name if scale == "quick" else f"{name}-{scale}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    started, t0, commit = datetime.now(timezone.utc), time.perf_counter(), git_commit()  # the code that runs
+    started, commit = datetime.now(timezone.utc), git_commit()  # the code that runs
     specs = exp.runs(p)
     dataset, data_name, note = (None, p["dataset"], "")
     if specs or p.get("dataset"):
         dataset, data_name, note = load_experiment_data(data_config(p), quiet=quiet, fallback=scale != "real")
-    ctx = Context(exp, scale, p, list(range(seeds)), out_dir, device, dataset, note, quiet)
     if command is None:  # called from Python: the equivalent command line
         command = (f"depthlab reproduce {name}" + (f" --scale {scale}" if scale != "quick" else "")
                    + (f" --seeds {seeds}" if seeds != DEFAULT_SEEDS.get(scale, 1) else "")
                    + (f" --out {out}" if out else "")
                    + "".join(f" --param {k}={_param_text(v)}" for k, v in (params or {}).items()))
-    grid = [(s, k, run_config(s, k, p, data_name, out_dir, device)) for s in specs for k in ctx.seeds]
+    grid = [(s, k, run_config(s, k, p, data_name, out_dir, device)) for s in specs for k in range(seeds)]
     check_plan(exp.name, grid, dataset, fresh)  # before anything trains
     if not quiet:
         print(f"{exp.name} ({scale}, {seeds} seed{'s' if seeds > 1 else ''}): {len(grid)} runs -> {out_dir}",
               file=sys.stderr, flush=True)
-    ctx.results = _train_grid(grid, dataset, fresh, quiet, command, exp.name, jobs, executor)
+    info = {"name": exp.name, "scale": scale, "seeds": seeds, "params": p, "out": str(out_dir), "device": device,
+            "command": command, "started": started.isoformat(), "commit": commit, "data_name": data_name,
+            "note": note, "has_runs": bool(specs)}
+    return Plan(exp, grid, dataset, json.loads(json.dumps(info, default=str)))
+
+
+def analyse(info: dict, rows: List[dict], quiet: bool = False, report: bool = True, dataset=None) -> dict:
+    """An experiment's analysis of its finished runs (``rows``, in grid order): verdicts, tables and
+    figures into ``experiment.json`` and ``report.html``. ``info``: ``Plan.info``; ``dataset``: the
+    plan's (None: loaded again, as in a worker process of ``reproduce all``)."""
+    exp: Experiment = EXPERIMENTS.get(info["name"])()
+    p, scale, seeds, out_dir = info["params"], info["scale"], info["seeds"], Path(info["out"])
+    note, data_name = info["note"], info["data_name"]
+    if dataset is None and (info["has_runs"] or p.get("dataset")):
+        dataset, data_name, note = load_experiment_data(data_config(p), quiet=True, fallback=scale != "real")
+    ctx = Context(exp, scale, p, list(range(seeds)), out_dir, info["device"], dataset, note, quiet)
+    ctx.results = rows
     findings: Findings = exp.analyse(ctx)
-    if not specs:
+    if not info["has_runs"]:
         findings.notes.append(f"No training runs: seeds ({seeds}) do not apply here; each verdict counts the "
                               "samples it draws itself (its detail names them).")
-    if seeds == 1 and specs:
+    if seeds == 1 and info["has_runs"]:
         findings.notes.append("One seed: each verdict compares single runs, so a gap of a point or two can be "
                               "seed noise; `--seeds 3` gives mean +- sd and calls a verdict inconclusive where the "
                               "seeds disagree.")
+    started = datetime.fromisoformat(info["started"])
     doc = {"name": exp.name, "title": exp.title, "source": exp.source, "claim": exp.claim,
            "expected": exp.expected, "scale": scale, "seeds": seeds, "params": p,
            "data": {"name": data_name, "note": note, "source": getattr(dataset, "source", None)},
-           "provenance": provenance(command, device, started, t0, commit),
+           "provenance": provenance(info["command"], info["device"], started, None, info["commit"]),
            "runs": ctx.results, "verdicts": findings.verdicts, "tables": findings.tables,
            "figures": findings.figures, "notes": findings.notes}
     atomic_write_text(out_dir / "experiment.json", json.dumps(doc, indent=1, default=_jsonable))
@@ -294,11 +339,11 @@ def _train_grid(grid: list, dataset, fresh: bool, quiet: bool, command: str, exp
     progress = GridProgress([(cfg.resolved_run_id, cfg.run_dir, run_epochs(cfg)) for _, _, cfg in grid],
                             quiet=quiet or executor != "local", fresh=fresh)
     with progress:
-        execute(tasks, executor, min(jobs, len(tasks)), threads, on_result, fn=_train_task, quiet=quiet)
+        execute(tasks, executor, min(jobs, len(tasks)), threads, on_result, fn=train_task, quiet=quiet)
     return rows
 
 
-def _train_task(task: dict) -> dict:
+def train_task(task: dict) -> dict:
     """A worker process's run of the grid (see ``_train_grid``)."""
 
     torch.set_num_threads(task["threads"])
@@ -322,7 +367,7 @@ def _train_one(spec: RunSpec, seed: int, cfg: RunConfig, dataset, fresh: bool, q
     t0 = time.perf_counter()
     reused = False
     try:
-        done = None if fresh else _finished(run_dir, cfg)
+        done = None if fresh else finished_run(run_dir, cfg)
         if done is not None:
             s, reused = done, True
         elif (run_dir / "config.json").exists() and not fresh:  # the same run, interrupted: resume it
@@ -347,7 +392,7 @@ def _train_one(spec: RunSpec, seed: int, cfg: RunConfig, dataset, fresh: bool, q
     return row
 
 
-def _finished(run_dir: Path, wanted: RunConfig) -> Optional[dict]:
+def finished_run(run_dir: Path, wanted: RunConfig) -> Optional[dict]:
     """The summary of a run that finished (or diverged), from its files; None if it needs (more)
     training. ``check_plan`` has made sure the directory holds this very run."""
     cfg_path = run_dir / "config.json"

@@ -1,5 +1,5 @@
-"""``depthlab reproduce all``: every experiment in turn into one directory, the index of their reports,
-and where the time went (per experiment: wall time, runs trained and reused, verdict counts)."""
+"""``depthlab reproduce all``: every experiment into one directory on one global queue (longest runs
+first), the index of their reports, and where the time went (per experiment and for the schedule)."""
 from __future__ import annotations
 
 import json
@@ -9,12 +9,17 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from depthlab.config import ConfigError
 from depthlab.experiments.base import EXPERIMENTS
-from depthlab.experiments.runner import commit_at_end, git_commit, reproduce, resolve_params
+from depthlab.experiments.cost import estimate_seconds
+from depthlab.experiments.runner import (Plan, finished_run, train_task, analyse, check_jobs, plan_experiment,
+                                         resolve_params)
 from depthlab.fileio import atomic_write_text
+from depthlab.sweep.executors import execute
+from depthlab.training.progress import GridProgress
+from depthlab.training.provenance import commit_at_end, git_commit, run_epochs
 
 STATUSES = ("observed", "not observed", "inconclusive")
 
@@ -36,38 +41,180 @@ def reproduce_all(scale: str = "quick", seeds: Optional[int] = None, out: Option
                   quiet: bool = False, jobs: int = 1, command: Optional[str] = None,
                   names: Optional[List[str]] = None, executor: str = "local") -> dict:
     """Every registered experiment (``reproduce``) into ``out/NAME`` (default ``runs/reproduce``), then
-    the index of the reports (``names``: a subset, in the registry's order by default). Returns
-    ``{"experiments": [per-experiment summary], "seconds", "index"}``."""
+    the index of the reports (``names``: a subset, in the registry's order by default).
+
+    One queue for the whole suite: every experiment is planned first (parameters, data, run
+    directories checked), then all runs of all experiments go to one executor (``jobs`` workers,
+    ``local`` or ``ray``), the longest first by ``depthlab.experiments.cost``; an experiment's analysis
+    runs as soon as its last run has finished, on a worker too. Returns ``{"experiments": [per-experiment
+    summary], "seconds", "schedule", "index"}``."""
+    jobs = check_jobs(jobs, executor)
     base = Path(out) if out else Path("runs") / "reproduce"
     # by default every experiment that has this scale (the real-image scale is calibrated one by one)
     names = ([EXPERIMENTS.get(n).name for n in names] if names
              else [n for n in EXPERIMENTS if scale in EXPERIMENTS.get(n).scales])
     shares = split_params(names, scale, params)
-    for n in names:  # every experiment's parameters are checked before the first one trains
+    for n in names:  # every experiment's parameters are checked before the first one is planned
         resolve_params(EXPERIMENTS.get(n)(), scale, shares[n])
-    t0, rows, commit = time.perf_counter(), [], git_commit()
-    for i, n in enumerate(names, 1):
+    t0, wall0, commit = time.perf_counter(), time.time(), git_commit()
+    plans = [plan_experiment(n, scale, seeds, str(base / (n if scale == "quick" else f"{n}-{scale}")),
+                             params=shares[n], device=device, fresh=fresh, quiet=quiet,
+                             command=f"{command} (experiment {n})" if command else None) for n in names]
+    planning = time.perf_counter() - t0
+    tasks, order = queue_tasks(plans, fresh, jobs)
+    rows = {p.exp.name: [None] * len(p.grid) for p in plans}
+    docs: Dict[str, dict] = {}
+    done = [0]
+    n_runs = sum(len(p.grid) for p in plans)
+
+    def on_result(i: int, rec: dict) -> None:
+        task = tasks[i]
+        rec = {k: v for k, v in rec.items() if k not in ("action", "retries") or (k == "retries" and v)}
+        if task["kind"] == "analyse":
+            if "verdicts" not in rec:  # the analysis raised: its worker's error, said and kept
+                rec = {**rec, "verdicts": [], "report": None}
+                print(f"  {task['info']['name']}: analysis failed: {rec.get('error')}", file=sys.stderr, flush=True)
+            docs[task["info"]["name"]] = {**rec, "started": task.get("started", rec.get("started"))}
+            if not quiet and rec.get("report"):
+                counts = ", ".join(f"{rec['verdicts'].count(s)} {s}" for s in STATUSES)
+                print(f"  {task['info']['name']}: {counts} -> {rec['report']}", file=sys.stderr, flush=True)
+            return
+        progress.poll()
+        name, pos = task["experiment"], task["position"]
+        if "id" not in rec:  # the worker died or raised: the executor's failed record
+            rec = {"id": task["id"], "seed": task["seed"], "run_id": task["run_id"], "run_dir": f"runs/{task['run_id']}",
+                   **task["labels"], "status": f"error: {rec.get('error')}", "seconds": None,
+                   "started": rec.get("started"), "ended": rec.get("ended")}
+        rows[name][pos] = rec
+        done[0] += 1
         if not quiet:
-            print(f"[{i}/{len(names)}] {n}", file=sys.stderr, flush=True)
-        t = time.perf_counter()
-        doc = reproduce(n, scale=scale, seeds=seeds, out=str(base / (n if scale == "quick" else f"{n}-{scale}")),
-                        params=shares[n], device=device, fresh=fresh, quiet=quiet, jobs=jobs, executor=executor,
-                        command=f"{command} (experiment {n})" if command else None)
-        status = [v["status"].split(" (")[0] for v in doc["verdicts"]]
-        rows.append({"name": n, "seconds": time.perf_counter() - t, "runs": len(doc["runs"]),
-                     "reused": sum(1 for r in doc["runs"] if r.get("reused")),
-                     "train_seconds": sum(r.get("seconds") or 0 for r in doc["runs"] if not r.get("reused")),
-                     **{s: status.count(s) for s in STATUSES}})
+            acc = rec.get("train_acc")
+            print(f"  [{done[0]}/{n_runs}] {name}/{rec['run_id']:<28} {rec['status']:<9} train acc "
+                  f"{'-' if acc is None else f'{acc:.3f}'}  {rec.get('seconds') or 0:.0f}s"
+                  f"{' (reused)' if rec.get('reused') else ''}", file=sys.stderr, flush=True)
+        analysis = tasks[task["analysis"]]
+        if all(r is not None for r in rows[name]):  # the experiment's analysis may start now
+            analysis["rows"] = [{k: v for k, v in r.items() if k not in ("started", "ended")} for r in rows[name]]
+
+    progress = GridProgress([(f"{t['experiment']}/{t['run_id']}", t["run_dir"], t["epochs"])
+                             for t in tasks if t["kind"] == "run"], quiet=quiet or executor != "local", fresh=fresh)
+    ordered = [tasks[i] for i in order]
+    with progress:
+        if executor == "local" and jobs == 1:
+            run_inline(ordered, lambda i, rec: on_result(order[i], rec), {p.exp.name: p.dataset for p in plans})
+        else:
+            execute(ordered, executor, min(jobs, len(ordered)), ordered[0]["threads"],
+                    lambda i, rec: on_result(order[i], rec), fn=suite_task, quiet=quiet)
     from depthlab.report import write_report
 
     index = write_report(base)
-    result = {"experiments": rows, "seconds": time.perf_counter() - t0, "index": str(index),
-              "command": command, "scale": scale, "seeds": seeds, "jobs": jobs, "commit": commit,
-              **commit_at_end(commit),
+    schedule = schedule_summary(plans, tasks, rows, docs, jobs, wall0, planning, time.perf_counter() - t0)
+    result = {"experiments": [experiment_summary(p, rows[p.exp.name], docs.get(p.exp.name, {}), wall0)
+                              for p in plans],
+              "seconds": time.perf_counter() - t0, "schedule": schedule, "index": str(index),
+              "command": command, "scale": scale, "seeds": seeds, "jobs": jobs, "executor": executor,
+              "commit": commit, **commit_at_end(commit),
               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
     # suite.json: the wall time and machine of the whole suite, the first line of `depthlab report --markdown`
     atomic_write_text(base / "suite.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def queue_tasks(plans: List[Plan], fresh: bool, jobs: int) -> Tuple[List[dict], List[int]]:
+    """Every run of every plan as a task, with its estimated seconds (``cost``; 0 for a run that is
+    finished already), and one analysis task per experiment after its runs. ``order``: the task indices
+    in queue order: analyses first (each starts once its runs are in), then the runs, longest first."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    tasks: List[dict] = []
+    for plan in plans:
+        first = len(tasks)
+        for pos, (spec, seed, cfg) in enumerate(plan.grid):
+            finished = not fresh and finished_run(cfg.run_dir, cfg) is not None
+            tasks.append({"kind": "run", "id": spec.id, "labels": spec.labels, "seed": seed, "config": cfg.to_dict(),
+                          "fresh": fresh, "command": plan.command, "experiment": plan.exp.name,
+                          "run_id": cfg.resolved_run_id, "resume": False, "threads": threads, "position": pos,
+                          "run_dir": str(cfg.run_dir), "epochs": run_epochs(cfg), "analysis": first + len(plan.grid),
+                          "estimate": 0.0 if finished else estimate_seconds(cfg, plan.dataset)})
+        tasks.append({"kind": "analyse", "info": plan.info, "rows": [] if not plan.grid else None,
+                      "after": list(range(first, len(tasks))), "threads": threads,
+                      "run_id": f"{plan.exp.name} analysis", "experiment": plan.exp.name})
+    analyses = [i for i, t in enumerate(tasks) if t["kind"] == "analyse"]
+    runs = sorted((i for i, t in enumerate(tasks) if t["kind"] == "run"), key=lambda i: -tasks[i]["estimate"])
+    order = analyses + runs
+    position = {i: k for k, i in enumerate(order)}  # "after" in queue positions: what the executor sees
+    for t in tasks:
+        if "after" in t:
+            t["after"] = [position[j] for j in t["after"]]
+    return tasks, order
+
+
+def suite_task(task: dict) -> dict:
+    """A worker's task of the suite's queue: train one run, or analyse one experiment; with its wall
+    clock start and end (``time.time()``) for the schedule's report."""
+    started = time.time()
+    if task["kind"] == "run":
+        rec = train_task(task)
+    else:
+        import torch
+
+        torch.set_num_threads(task["threads"])
+        doc = analyse(task["info"], task["rows"], quiet=True, report=True, dataset=task.get("dataset"))
+        rec = {"run_id": task["run_id"], "verdicts": [v["status"].split(" (")[0] for v in doc["verdicts"]],
+               "report": doc.get("report"), "status": "finished"}
+    return {**rec, "started": started, "ended": time.time()}
+
+
+def run_inline(tasks: List[dict], on_result: Callable[[int, dict], None], datasets: Dict[str, Any]) -> None:
+    """``jobs=1`` on this machine: the queue in this process, one task at a time (analyses reuse the
+    plan's loaded data)."""
+    pending = list(range(len(tasks)))
+    reported: set = set()
+    while pending:
+        i = next(i for i in pending if all(j in reported for j in tasks[i].get("after", ())))
+        pending.remove(i)
+        task = tasks[i] if tasks[i]["kind"] == "run" else {**tasks[i], "dataset": datasets[tasks[i]["experiment"]]}
+        rec = suite_task(task)
+        reported.add(i)
+        on_result(i, rec)
+
+
+def experiment_summary(plan: Plan, rows: List[dict], doc: dict, wall0: float) -> dict:
+    """One experiment's line of the breakdown: its tasks' busy seconds, when its report was ready
+    (seconds after the suite started), runs trained and reused, verdict counts."""
+    status = doc.get("verdicts", [])
+    busy = sum(_duration(r) for r in rows) + _duration(doc)
+    return {"name": plan.exp.name, "seconds": busy, "ready": (doc["ended"] - wall0) if doc.get("ended") else None,
+            "runs": len(rows), "reused": sum(1 for r in rows if r.get("reused")),
+            "train_seconds": sum(r.get("seconds") or 0 for r in rows if not r.get("reused")),
+            **{s: status.count(s) for s in STATUSES}}
+
+
+def _duration(rec: dict) -> float:
+    return max(0.0, rec["ended"] - rec["started"]) if rec.get("ended") and rec.get("started") else 0.0
+
+
+def schedule_summary(plans: List[Plan], tasks: List[dict], rows: Dict[str, list], docs: Dict[str, dict], jobs: int,
+                     wall0: float, planning: float, wall: float) -> dict:
+    """Where the time went: the workers' busy and idle core-minutes, the lower bound on the wall time
+    (the busy time spread over every worker, or the longest task), and the wall time of the previous
+    schedule (each experiment's runs in grid order on ``jobs`` workers, then its analysis, experiment
+    after experiment) replayed with the same measured task times. Also each run's estimate beside its
+    measured seconds, which ``bench/cost_model.py`` refits from."""
+    busy = [_duration(r) for p in plans for r in rows[p.exp.name]] + [_duration(d) for d in docs.values()]
+    replay = planning
+    for p in plans:
+        free = [0.0] * jobs
+        for r in rows[p.exp.name]:  # list scheduling in grid order: the next run to the first free worker
+            k = free.index(min(free))
+            free[k] += _duration(r)
+        replay += max(free) + _duration(docs.get(p.exp.name, {}))
+    est = [(t["estimate"], _duration(rows[t["experiment"]][t["position"]])) for t in tasks
+           if t["kind"] == "run" and t["estimate"] > 0]
+    return {"jobs": jobs, "planning_seconds": planning, "busy_seconds": sum(busy),
+            "idle_core_minutes": max(0.0, jobs * (wall - planning) - sum(busy)) / 60,
+            "lower_bound_seconds": planning + max(sum(busy) / jobs, max(busy, default=0.0)),
+            "per_experiment_seconds": replay,
+            "estimates": [{"estimate": e, "measured": m} for e, m in est]}
 
 
 def machine() -> str:
@@ -87,15 +234,24 @@ def machine() -> str:
 
 
 def breakdown(result: dict) -> str:
-    """The per-experiment table and the total, as printed by ``depthlab reproduce all``."""
-    lines = [f"{'experiment':<18} {'wall s':>7} {'runs':>5} {'reused':>6} {'observed':>9} {'not obs.':>9} "
-             f"{'inconcl.':>9}"]
+    """The per-experiment table, the total and the schedule's account, as printed by ``depthlab
+    reproduce all``: each experiment's busy core-minutes and when its report was ready."""
+    lines = [f"{'experiment':<18} {'core min':>8} {'ready at':>8} {'runs':>5} {'reused':>6} {'observed':>9} "
+             f"{'not obs.':>9} {'inconcl.':>9}"]
     for r in result["experiments"]:
-        lines.append(f"{r['name']:<18} {r['seconds']:>7.0f} {r['runs']:>5} {r['reused']:>6} {r['observed']:>9} "
-                     f"{r['not observed']:>9} {r['inconclusive']:>9}")
+        ready = "-" if r.get("ready") is None else f"{r['ready'] / 60:.1f}"
+        lines.append(f"{r['name']:<18} {r['seconds'] / 60:>8.1f} {ready:>8} {r['runs']:>5} {r['reused']:>6} "
+                     f"{r['observed']:>9} {r['not observed']:>9} {r['inconclusive']:>9}")
     total = {s: sum(r[s] for r in result["experiments"]) for s in STATUSES}
-    lines.append(f"{'all':<18} {result['seconds']:>7.0f} {sum(r['runs'] for r in result['experiments']):>5} "
+    lines.append(f"{'all':<18} {sum(r['seconds'] for r in result['experiments']) / 60:>8.1f} "
+                 f"{result['seconds'] / 60:>8.1f} {sum(r['runs'] for r in result['experiments']):>5} "
                  f"{sum(r['reused'] for r in result['experiments']):>6} {total['observed']:>9} "
                  f"{total['not observed']:>9} {total['inconclusive']:>9}")
+    s = result.get("schedule")
+    if s:
+        lines.append(f"schedule: {s['jobs']} worker{'s' if s['jobs'] > 1 else ''}, longest runs first; "
+                     f"{s['idle_core_minutes']:.1f} idle core-min; lower bound {s['lower_bound_seconds'] / 60:.1f} "
+                     f"min; experiment after experiment (replayed with these task times) "
+                     f"{s['per_experiment_seconds'] / 60:.1f} min")
     lines.append(f"wall time: {result['seconds'] / 60:.1f} min; index: {result['index']}")
     return "\n".join(lines)

@@ -201,11 +201,17 @@ def suite_markdown(path: Path) -> str:
     lines = [f"wall time: {s['seconds'] / 60:.0f} min for `{s.get('command') or 'depthlab reproduce all'}` on "
              f"{s.get('machine', 'an unrecorded machine')} (commit `{s.get('commit', 'unknown')}`, "
              f"{s.get('finished', '')})", "",
-             "| experiment | wall time | runs | reused | observed | not observed | inconclusive |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in s["experiments"]:
-        lines.append(f"| {r['name']} | {r['seconds'] / 60:.1f} min | {r['runs']} | {r['reused']} | {r['observed']} | "
-                     f"{r['not observed']} | {r['inconclusive']} |")
+             "| experiment | core time | report ready at | runs | reused | observed | not observed | inconclusive |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in s["experiments"]:  # suites before the global queue ran experiment after experiment: no "ready"
+        ready = "-" if r.get("ready") is None else f"{r['ready'] / 60:.1f} min"
+        lines.append(f"| {r['name']} | {r['seconds'] / 60:.1f} min | {ready} | {r['runs']} | {r['reused']} | "
+                     f"{r['observed']} | {r['not observed']} | {r['inconclusive']} |")
+    q = s.get("schedule")
+    if q:
+        lines += ["", f"Schedule: one queue over all experiments, longest runs first, on {q['jobs']} worker(s): "
+                  f"{q['idle_core_minutes']:.1f} idle core-minutes; lower bound {q['lower_bound_seconds'] / 60:.1f} min; "
+                  f"the same tasks experiment after experiment would take {q['per_experiment_seconds'] / 60:.1f} min."]
     return "\n".join(lines) + "\n\n"
 
 

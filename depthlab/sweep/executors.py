@@ -52,12 +52,25 @@ class _Retries:
     def __init__(self, tasks: List[dict], on_result: OnResult, limit: int):
         self.tasks, self.on_result, self.limit = tasks, on_result, limit
         self.count = [0] * len(tasks)
+        self.reported: set = set()
 
     def report(self, i: int, rec: dict) -> None:
         rec = dict(rec, retries=self.count[i])
         if self.count[i]:  # the action this invocation planned; the retries resumed it
             rec["action"] = "resumed" if self.tasks[i].get("resume") else "trained"
+        self.reported.add(i)
         self.on_result(i, rec)
+
+    def take(self, queue: deque, running: bool) -> Optional[int]:
+        """The first queued task whose ``after`` tasks have all reported (removed from ``queue``); None
+        when none is ready. Nothing ready and nothing running: the ``after`` lists cannot be met."""
+        for i in queue:
+            if all(j in self.reported for j in self.tasks[i].get("after", ())):
+                queue.remove(i)
+                return i
+        if queue and not running:
+            raise ConfigError(f"tasks {sorted(queue)} wait for tasks that never run (check their 'after' lists)")
+        return None
 
     def died(self, i: int, detail: str = "") -> bool:
         if self.count[i] < self.limit:
@@ -173,14 +186,18 @@ def run_local(tasks: List[dict], workers: int, threads: int, on_result: OnResult
     try:
         while queue or any(w.index is not None for w in pool):
             for w in [w for w in pool if w.index is None]:
-                if queue and not w.start(queue[0], tasks[queue[0]]):
+                i = tries.take(queue, any(w.index is not None for w in pool))
+                if i is None:
+                    break
+                if not w.start(i, tasks[i]):
                     pool.remove(w)  # it died while idle, under no run: the next worker takes the task
                     w.close(kill=True)
-                elif queue:
-                    queue.popleft()
+                    queue.appendleft(i)
             while queue and len(pool) < workers:
+                i = tries.take(queue, any(w.index is not None for w in pool))
+                if i is None:
+                    break
                 pool.append(_Worker(ctx, threads, fn))
-                i = queue.popleft()
                 if not pool[-1].start(i, tasks[i]):  # died on start-up: as if under the run
                     pool.pop().close(kill=True)
                     if tries.died(i, "at start-up"):
@@ -283,7 +300,9 @@ def run_ray(tasks: List[dict], workers: int, threads: int, on_result: OnResult, 
     try:
         while queue or in_flight:
             while queue and len(in_flight) < workers:
-                i = queue.popleft()
+                i = tries.take(queue, bool(in_flight))
+                if i is None:
+                    break
                 in_flight[remote.remote(tasks[i])] = i
             done, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in done:

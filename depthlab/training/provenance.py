@@ -33,9 +33,10 @@ def params_of(cfg: dict) -> Optional[int]:
         return None
 
 
-def provenance(command: Optional[str], device: str, started: datetime, t0: float, commit: str) -> dict:
+def provenance(command: Optional[str], device: str, started: datetime, t0: Optional[float], commit: str) -> dict:
     """What was run, where and when: command, commit (``commit``: the checkout's when it started; a
-    checkout changed while it ran adds ``commit_at_end``), versions, device, time."""
+    checkout changed while it ran adds ``commit_at_end``), versions, device, time (seconds since
+    ``t0``, a ``perf_counter`` of this process; None: since ``started``)."""
     dev = resolve_device(device)
     if dev.type == "cuda":
         dev_name = f"cuda: {torch.cuda.get_device_name(dev)}"
@@ -46,7 +47,8 @@ def provenance(command: Optional[str], device: str, started: datetime, t0: float
             "device": dev_name,
             "started": started.isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": time.perf_counter() - t0}
+            "seconds": (time.perf_counter() - t0 if t0 is not None
+                        else (datetime.now(timezone.utc) - started).total_seconds())}
 
 
 def commit_at_end(commit: str) -> dict:

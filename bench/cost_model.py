@@ -1,0 +1,61 @@
+"""Fit the run-time model of ``depthlab.experiments.cost`` to finished runs and print its constants and
+how well it predicts them. Usage: ``python bench/cost_model.py DIR [DIR ...]`` (experiment or run
+directories: every ``runs/*/config.json`` below them with two or more timed epochs)."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from depthlab.config import RunConfig
+from depthlab.data import load_dataset_from
+from depthlab.experiments import cost
+from depthlab.fileio import read_jsonl
+
+
+def samples(dirs):
+    data = {}
+    for root in dirs:
+        for cfg_path in sorted(Path(root).rglob("config.json")):
+            rows = [r for r in read_jsonl(cfg_path.parent / "metrics.jsonl") if r.get("kind") == "epoch"
+                    and r.get("seconds") is not None]
+            if len(rows) < 2:
+                continue
+            cfg = RunConfig.from_dict(json.loads(cfg_path.read_text()))
+            key = json.dumps(cfg.data.__dict__, sort_keys=True, default=str)
+            if key not in data:
+                data[key] = load_dataset_from(cfg.data, quiet=True)
+            ds = data[key]
+            shape = tuple(ds.train_x.shape[1:])
+            flops, calls = cost.model_features(cfg, shape, ds.num_classes)
+            steps, batch = rows[1]["step"] - rows[0]["step"], math.ceil(len(ds.train_x) / max(1, rows[1]["step"]
+                                                                                            - rows[0]["step"]))
+            measured = sum(r["seconds"] for r in rows[1:]) / len(rows[1:])  # epoch 1 carries warm-up
+            yield cfg_path.parent, [steps * flops * batch, steps * calls, steps * math.prod(shape) * batch, 1.0], measured
+
+
+def main(dirs) -> None:
+    names, X, y = [], [], []
+    for path, x, t in samples(dirs):
+        names.append(path)
+        X.append(x)
+        y.append(t)
+    X, y = np.array(X), np.array(y)
+    w = 1.0 / y  # relative error: a 2 s run counts as much as a 200 s one
+    coef = np.linalg.lstsq(X * w[:, None], y * w, rcond=None)[0]
+    ratio = (X @ coef) / y
+    print(f"{len(y)} runs; A, B, C, D = {', '.join(f'{c:.2g}' for c in coef)}")
+    print("fitted / measured seconds per epoch: 10%, 50%, 90% quantiles "
+          + ", ".join(f"{q:.2f}" for q in np.percentile(ratio, [10, 50, 90])))
+    now = X @ np.array([cost.A, cost.B, cost.C, cost.D]) / y
+    print("with the constants in depthlab/experiments/cost.py: "
+          + ", ".join(f"{q:.2f}" for q in np.percentile(now, [10, 50, 90])))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])
