@@ -31,10 +31,11 @@ def samples(dirs):
             ds = data[key]
             shape = tuple(ds.train_x.shape[1:])
             flops, calls = cost.model_features(cfg, shape, ds.num_classes)
-            steps, batch = rows[1]["step"] - rows[0]["step"], math.ceil(len(ds.train_x) / max(1, rows[1]["step"]
-                                                                                            - rows[0]["step"]))
+            steps = rows[1]["step"] - rows[0]["step"]
+            batch = math.ceil(len(ds.train_x) / max(1, steps))
             measured = sum(r["seconds"] for r in rows[1:]) / len(rows[1:])  # epoch 1 carries warm-up
-            yield cfg_path.parent, [steps * flops * batch, steps * calls, steps * math.prod(shape) * batch, 1.0], measured
+            x = [steps * flops * batch, steps * calls, steps * math.prod(shape) * batch, 1.0]
+            yield cfg_path.parent, x, measured
 
 
 def main(dirs) -> None:

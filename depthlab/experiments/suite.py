@@ -14,8 +14,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from depthlab.config import ConfigError
 from depthlab.experiments.base import EXPERIMENTS
 from depthlab.experiments.cost import estimate_seconds
-from depthlab.experiments.runner import (Plan, finished_run, train_task, analyse, check_jobs, plan_experiment,
-                                         resolve_params)
+from depthlab.experiments.runner import (
+    Plan,
+    analyse,
+    check_jobs,
+    finished_run,
+    plan_experiment,
+    resolve_params,
+    train_task,
+)
 from depthlab.fileio import atomic_write_text
 from depthlab.sweep.executors import execute
 from depthlab.training.progress import GridProgress
@@ -82,9 +89,9 @@ def reproduce_all(scale: str = "quick", seeds: Optional[int] = None, out: Option
         progress.poll()
         name, pos = task["experiment"], task["position"]
         if "id" not in rec:  # the worker died or raised: the executor's failed record
-            rec = {"id": task["id"], "seed": task["seed"], "run_id": task["run_id"], "run_dir": f"runs/{task['run_id']}",
-                   **task["labels"], "status": f"error: {rec.get('error')}", "seconds": None,
-                   "started": rec.get("started"), "ended": rec.get("ended")}
+            rec = {"id": task["id"], "seed": task["seed"], "run_id": task["run_id"],
+                   "run_dir": f"runs/{task['run_id']}", **task["labels"], "status": f"error: {rec.get('error')}",
+                   "seconds": None, "started": rec.get("started"), "ended": rec.get("ended")}
         rows[name][pos] = rec
         done[0] += 1
         if not quiet:

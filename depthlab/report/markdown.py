@@ -210,7 +210,8 @@ def suite_markdown(path: Path) -> str:
     q = s.get("schedule")
     if q:
         lines += ["", f"Schedule: one queue over all experiments, longest runs first, on {q['jobs']} worker(s): "
-                  f"{q['idle_core_minutes']:.1f} idle core-minutes; lower bound {q['lower_bound_seconds'] / 60:.1f} min; "
+                  f"{q['idle_core_minutes']:.1f} idle core-minutes; "
+                  f"lower bound {q['lower_bound_seconds'] / 60:.1f} min; "
                   f"the same tasks experiment after experiment would take {q['per_experiment_seconds'] / 60:.1f} min."]
     return "\n".join(lines) + "\n\n"
 
