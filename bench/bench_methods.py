@@ -31,7 +31,7 @@ from depthlab.diagnostics.gradient_flow import GradientFlowTracker
 from depthlab.methods import ErrorModulation, apply_stochastic_depth
 from depthlab.models import build_model
 from depthlab.training.fastpath import FastStep, prepare_model, resolve_fast_path
-from depthlab.training.methods import TrainingMethods, make_optimizer
+from depthlab.training.method_hooks import TrainingMethods, make_optimizer
 
 
 def make_step(model, x, y, device, lam=0.0, tracker=None, clip=None):

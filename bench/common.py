@@ -26,7 +26,7 @@ from depthlab.data import DeviceLoader  # noqa: E402
 from depthlab.models import build_model  # noqa: E402
 from depthlab.recipes import resolve_train  # noqa: E402
 from depthlab.training.fastpath import FastStep, prepare_model, resolve_fast_path  # noqa: E402
-from depthlab.training.methods import TrainingMethods, make_optimizer  # noqa: E402
+from depthlab.training.method_hooks import TrainingMethods, make_optimizer  # noqa: E402
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)

@@ -24,7 +24,7 @@ _EXPORTS = {
     "train": "depthlab.training",
     "evaluate_run": "depthlab.training",
     "run_demo": "depthlab.demo",
-    "diagnose": "depthlab.diagnosis",
+    "diagnose": "depthlab.diagnose_run",
     "track": "depthlab.tracking",
     "reproduce": "depthlab.experiments",
     "list_experiments": "depthlab.experiments",

@@ -16,7 +16,7 @@ from depthlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from depthlab.data import load_dataset
 from depthlab.fileio import atomic_write_text
 from depthlab.report import write_demo_report
-from depthlab.training.loop import train_or_stop as train
+from depthlab.training.trainer import train_or_stop as train
 
 EXPECTATION = ("the deepest plain net reaches a clearly lower training accuracy than the resnet of the "
                "same depth (gap >= {gap:.0%})")

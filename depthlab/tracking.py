@@ -1,20 +1,9 @@
-"""``depthlab.track``: depthlab's instruments inside your own training loop, on any model::
+"""``depthlab.track``: depthlab's instruments inside your own training loop, on any model.
 
-    with depthlab.track(model, "runs/mine", every=50, data=(x_val, y_val)) as tracker:
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward()
-            tracker.step()            # per-layer gradient norms, kept on the device: no sync
-            opt.step()
-
-Per step, ``step()`` reads every Conv2d / Linear weight gradient's norm into a tensor on the
-model's device (one fused ``_foreach_norm``, no host-device synchronisation); call it right after
-``backward``, before clipping or anything else that changes the gradients. Every ``every`` steps
-(and at the end) the buffered norms go to ``<run_dir>/diagnostics.jsonl`` in one transfer, as
-``gradient_tracking`` records (one per layer, a value per step), and to TensorBoard when it is
-installed. With ``data`` (a depthlab dataset or ``(x, y)`` tensors), the heavier ``quantities``
-(default ``gradient_flow``) also run at init, every ``every`` steps and at the end, on the model
-read through ``depthlab.adapt``; they restore the model's mode and every RNG, so the loop trains
-exactly as without them. ``depthlab report <run_dir>`` draws it all.
+``tracker.step()`` after ``backward`` reads every Conv2d / Linear weight-gradient norm on the device (no sync);
+every ``every`` steps they go to ``diagnostics.jsonl`` and TensorBoard, and with ``data`` the heavier quantities
+run too, restoring the model's mode and every RNG. Also the loaders behind ``depthlab diagnose --model``.
+Details: docs/own-model.md, sections "Inside your own loop: `depthlab.track`" and "From the command line".
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Shared helpers of the tests/test_mutants_<diagnostic>.py files: a tiny net, image data with a
+"""Shared helpers of the tests/test_diag_<diagnostic>.py files: a tiny net, image data with a
 class signal, and a hook counting the batch sizes of forward passes."""
 from types import SimpleNamespace
 

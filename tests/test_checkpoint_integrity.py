@@ -11,7 +11,7 @@ import torch
 
 from depthlab.cli import main
 from depthlab.config import RunConfig
-from depthlab.diagnosis import diagnose
+from depthlab.diagnose_run import diagnose
 from depthlab.training import evaluate_run, train
 from depthlab.training.checkpoint import (
     CheckpointDamaged,

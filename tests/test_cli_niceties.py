@@ -70,7 +70,7 @@ def _interrupt(*args, **kwargs):
      "interrupted; finished runs are kept and the interrupted run was checkpointed; run the same command again"),
     (["reproduce", "degradation", "--fresh"], "depthlab.experiments.reproduce", "without --fresh to continue"),
     (["demo", "--out", "somewhere"], "depthlab.demo.run_demo", "runs finished so far are kept under somewhere"),
-    (["diagnose", "some-run"], "depthlab.diagnosis.diagnose", "interrupted; nothing was lost"),
+    (["diagnose", "some-run"], "depthlab.diagnose_run.diagnose", "interrupted; nothing was lost"),
     (["report", "."], "depthlab.report.write_report", "interrupted; nothing was lost"),
 ])
 def test_ctrl_c_message_is_per_command(monkeypatch, capsys, argv, target, expected):

@@ -8,7 +8,7 @@ import torch
 from depthlab.config import ConfigError, RunConfig
 from depthlab.methods import METHODS
 from depthlab.models import build_model
-from depthlab.training.methods import TrainingMethods
+from depthlab.training.method_hooks import TrainingMethods
 
 
 def _grads_after(max_norm):

@@ -22,6 +22,13 @@ def test_its_layer_list_is_the_enforced_one():
     assert groups == LAYERS
 
 
+def test_its_experiment_helper_list_is_the_real_one():
+    from depthlab.experiments import HELPERS
+
+    sentence = re.search(r"helpers in `HELPERS` of `depthlab/experiments/__init__.py`: (.*?) registers", TEXT, re.S)
+    assert set(re.findall(r"`(\w+)`", sentence.group(1))) == set(HELPERS)
+
+
 def test_the_method_example_is_the_real_file():
     block = re.search(r"The real example, `depthlab/methods/clip_grad_norm.py`:\n\n```python\n(.*?)```", TEXT, re.S)
     assert block.group(1) == (ROOT / "depthlab/methods/clip_grad_norm.py").read_text()

@@ -3,7 +3,7 @@ by one in Python), on a net with a channel killed by hand and a net whose output
 import torch
 
 from depthlab.data import load_dataset
-from depthlab.diagnosis import diagnose
+from depthlab.diagnose_run import diagnose
 from depthlab.models import build_model
 
 

@@ -5,9 +5,9 @@ import pytest
 
 from depthlab.cli import main
 from depthlab.config import RunConfig
-from depthlab.diagnosis import diagnose, read_diagnostics
+from depthlab.diagnose_run import diagnose, read_diagnostics
 from depthlab.diagnostics import DIAGNOSTICS, resolve_quantities
-from depthlab.report.diagnostics import plot_quantity, summary_numbers
+from depthlab.report.diagnostic_plots import plot_quantity, summary_numbers
 from depthlab.training import train
 
 ALL = ("gradient_flow", "responses", "jacobian", "orthonormality", "shattering", "paths", "discriminability",
@@ -126,7 +126,7 @@ def test_every_quantity_on_every_family_runs_or_says_why(family, overrides):
 def test_a_scheduled_quantity_is_drawn_per_epoch_and_a_snapshot_names_its_epoch():
     import matplotlib.pyplot as plt
 
-    from depthlab.report.diagnostics import draw_quantity
+    from depthlab.report.diagnostic_plots import draw_quantity
 
     recs = [{"quantity": "gradient_flow", "layer": f"l{i}", "name": "error_rms", "value": 10.0 ** -(e * i),
              "step": 10 * e, "epoch": e} for e in range(4) for i in range(3)]
@@ -149,7 +149,7 @@ def test_a_range_and_a_one_layer_record_go_to_the_table_not_to_panels():
                                             ["paths", "effective_range", "k_lo=2, k_hi=9"]]
     import matplotlib.pyplot as plt
 
-    from depthlab.report.diagnostics import draw_quantity
+    from depthlab.report.diagnostic_plots import draw_quantity
 
     fig = draw_quantity({"a": recs}, "paths")
     assert [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.lines] == [

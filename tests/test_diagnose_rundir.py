@@ -3,7 +3,7 @@ is run, and keeps what training wrote."""
 import json
 
 from depthlab.config import RunConfig
-from depthlab.diagnosis import diagnose, read_diagnostics
+from depthlab.diagnose_run import diagnose, read_diagnostics
 from depthlab.training import train
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from stops import StopAfter
 
-import depthlab.training.loop as loop
+import depthlab.training.trainer as loop
 from depthlab.config import ConfigError, RunConfig, TrainConfig
 from depthlab.methods import apply_stochastic_depth
 from depthlab.models import build_model
@@ -216,7 +216,7 @@ def test_stochastic_depth_trains_with_every_sgd_implementation(tmp_path):
 
 
 def test_zero_momentum_buffers_change_nothing():
-    from depthlab.training.methods import fill_momentum_buffers
+    from depthlab.training.method_hooks import fill_momentum_buffers
 
     def run(fill):
         torch.manual_seed(0)

@@ -12,7 +12,7 @@ from depthlab.data import load_dataset
 from depthlab.experiments.firststeps import describe, first_steps
 from depthlab.training import train
 from depthlab.training.checkpoint import list_checkpoints, load_checkpoint
-from depthlab.training.loop import build_from_config, resolve_config
+from depthlab.training.trainer import build_from_config, resolve_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

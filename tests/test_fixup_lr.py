@@ -7,7 +7,7 @@ from depthlab.config import ConfigError, RunConfig
 from depthlab.methods.fixup_lr import fixup_scalar_parameters, is_fixup
 from depthlab.models import build_model
 from depthlab.recipes import resolve_train
-from depthlab.training.methods import TrainingMethods, make_optimizer
+from depthlab.training.method_hooks import TrainingMethods, make_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,7 +18,7 @@ LAYERS = [
     {"methods", "diagnostics"},
     {"config"},
     {"training"},
-    {"diagnosis", "demo", "report", "tracking", "integrations"},
+    {"diagnose_run", "demo", "report", "tracking", "integrations"},
     {"sweep"},         # the grid executor: below the experiments that will run on it
     {"experiments"},
     {"cli", "__main__", "__init__"},
@@ -120,7 +120,7 @@ def find_cycle(graph):
 def test_the_graph_sees_imports_inside_functions_and_import_module_calls():
     graph = import_graph()
     assert "depthlab.training" in graph["depthlab.cli.commands"]  # commands import lazily, inside functions
-    assert {"depthlab.training", "depthlab.diagnosis"} <= graph["depthlab"]  # the lazy public API
+    assert {"depthlab.training", "depthlab.diagnose_run"} <= graph["depthlab"]  # the lazy public API
     assert {"depthlab.methods.clip_grad_norm", "depthlab.methods.stochastic_depth"} <= graph["depthlab.methods"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None

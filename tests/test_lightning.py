@@ -7,7 +7,7 @@ import torch
 from tvnets import TVResNet
 
 from depthlab.data import load_dataset
-from depthlab.report.diagnostics import step_series
+from depthlab.report.diagnostic_plots import step_series
 
 lightning = pytest.importorskip("lightning")  # in the test extra: CI always has it
 from own_model_lightning import Classifier  # noqa: E402  (examples/, the documented LightningModule)

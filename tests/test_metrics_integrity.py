@@ -9,10 +9,10 @@ import pytest
 import torch
 from stops import StopAfter
 
-import depthlab.training.loop as loop
+import depthlab.training.trainer as loop
 from depthlab.cli import main
 from depthlab.config import ConfigError, RunConfig
-from depthlab.diagnosis import diagnose
+from depthlab.diagnose_run import diagnose
 from depthlab.fileio import LineDamage, read_jsonl, read_jsonl_checked
 from depthlab.report.plots import read_metrics
 from depthlab.sweep.task import RESUME, SKIP, existing_state

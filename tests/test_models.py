@@ -379,7 +379,7 @@ def test_stage_blocks_places_blocks_and_derives_depth(family):
 
 def test_stage_blocks_from_config():
     from depthlab.config import RunConfig
-    from depthlab.training.loop import build_from_config
+    from depthlab.training.trainer import build_from_config
 
     cfg = RunConfig().with_overrides(["model.name=plain", "model.stage_blocks=1,1,5"])
     assert cfg.model.stage_blocks == "1,1,5" and cfg.model.depth is None

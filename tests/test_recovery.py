@@ -12,7 +12,7 @@ import pytest
 import torch
 from stops import StopAfter
 
-import depthlab.training.loop as loop
+import depthlab.training.trainer as loop
 from depthlab.config import ConfigError, RunConfig
 from depthlab.training import train
 from depthlab.training.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
@@ -149,7 +149,7 @@ def test_checkpoints_with_a_pickle_payload_or_truncated_are_refused_by_name(tmp_
 def test_callers_running_many_runs_stop_when_one_is_interrupted(tmp_path, monkeypatch):
     """demo / reproduce / remedies train through train_or_stop: SIGTERM saves the run, then stops
     the caller instead of starting the next run."""
-    from depthlab.training.loop import train_or_stop
+    from depthlab.training.trainer import train_or_stop
 
     monkeypatch.setattr(loop, "StopSignals", _StopAfter)
     cfg = _cfg(tmp_path, "many")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from stops import StopAfter
 
-import depthlab.training.loop as loop
+import depthlab.training.trainer as loop
 from depthlab.config import ConfigError, RunConfig
 from depthlab.experiments import EXPERIMENTS, reproduce
 from depthlab.experiments.base import INCONCLUSIVE, NOT_OBSERVED, OBSERVED
@@ -128,7 +128,7 @@ PLUGIN = textwrap.dedent('''
         def load_state_dict(self, state):
             self.steps = state["steps"].clone()
 
-    import depthlab.training.loop as loop
+    import depthlab.training.trainer as loop
     from depthlab.config import RunConfig
     from depthlab.training import build_from_config, load_run, train, validate_run
 

@@ -15,7 +15,7 @@ import torch
 
 from depthlab.cli import main
 from depthlab.config import RunConfig
-from depthlab.diagnosis import diagnose
+from depthlab.diagnose_run import diagnose
 from depthlab.experiments.runner import reproduce
 from depthlab.report.html import CSP
 from depthlab.report.inputs import file_stem, href, inside

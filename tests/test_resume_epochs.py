@@ -6,7 +6,7 @@ import pytest
 import torch
 from stops import StopAfter
 
-import depthlab.training.loop as loop
+import depthlab.training.trainer as loop
 from depthlab.config import ConfigError, RunConfig
 from depthlab.training import train
 from depthlab.training.checkpoint import latest_checkpoint, load_checkpoint

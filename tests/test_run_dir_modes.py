@@ -8,7 +8,7 @@ import pytest
 import torch
 from stops import StopAfter
 
-import depthlab.training.loop as loop
+import depthlab.training.trainer as loop
 from depthlab.cli import main
 from depthlab.cli.commands import build_parser
 from depthlab.config import ConfigError, RunConfig

@@ -14,7 +14,7 @@ from depthlab.experiments import cost
 from depthlab.experiments.runner import plan_experiment
 from depthlab.experiments.suite import breakdown, queue_tasks, reproduce_all
 from depthlab.sweep.executors import execute
-from depthlab.training.loop import build_from_config
+from depthlab.training.trainer import build_from_config
 
 
 def timed_sleep(task):
@@ -26,7 +26,7 @@ def timed_sleep(task):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_task_with_after_starts_only_once_those_tasks_have_reported(workers):
     tasks = [{"run_id": "analysis", "sleep": 0.0, "after": [1, 2]},
-             {"run_id": "a", "sleep": 0.4}, {"run_id": "b", "sleep": 0.2}, {"run_id": "c", "sleep": 0.0}]
+             {"run_id": "a", "sleep": 3.0}, {"run_id": "b", "sleep": 0.2}, {"run_id": "c", "sleep": 0.0}]
     got = {}
     execute(tasks, "local", workers, 1, lambda i, rec: got.__setitem__(i, rec), fn=timed_sleep)
     assert set(got) == {0, 1, 2, 3}

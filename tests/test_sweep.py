@@ -183,7 +183,7 @@ def test_local_sweep_records_failure_and_divergence_aggregates_and_skips_on_reru
 
 
 def test_interrupted_run_is_resumed_not_restarted_and_the_cli_reports(tmp_path, capsys, monkeypatch):
-    import depthlab.training.loop as loop
+    import depthlab.training.trainer as loop
     from depthlab.training import train
 
     class Stop(StopAfter):

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-import depthlab.training.loop as loop
+import depthlab.training.trainer as loop
 from depthlab.config import RunConfig
 from depthlab.training import train
 from depthlab.training.tensorboard import METRICS, TensorBoardLog, available, diagnostic_tag

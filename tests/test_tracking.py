@@ -11,7 +11,7 @@ from tvnets import TVResNet, mlp
 import depthlab
 from depthlab.cli import main
 from depthlab.data import load_dataset
-from depthlab.report.diagnostics import step_series
+from depthlab.report.diagnostic_plots import step_series
 
 
 def _loop(model, data, steps, tracker=None, seed=0):

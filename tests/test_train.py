@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-import depthlab.training.loop as loop
+import depthlab.training.trainer as loop
 from depthlab.config import ConfigError, RunConfig
 from depthlab.training import evaluate_run, train
 from depthlab.training.checkpoint import latest_checkpoint, load_checkpoint

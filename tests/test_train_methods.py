@@ -7,7 +7,7 @@ import torch
 from depthlab.config import RunConfig
 from depthlab.data import load_dataset
 from depthlab.training import build_from_config, evaluate_run, train, validate_run
-from depthlab.training.methods import TrainingMethods, make_optimizer
+from depthlab.training.method_hooks import TrainingMethods, make_optimizer
 
 
 def _cfg(tmp_path, *overrides):

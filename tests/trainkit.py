@@ -1,4 +1,4 @@
-"""The scripted epoch loop shared by tests/test_mutants_engine.py and test_mutants_checkpoint.py: a step whose
+"""The scripted epoch loop shared by tests/test_training_epochs.py and test_training_checkpoint.py: a step whose
 loss, predictions and duration are known in advance, a loader of fixed batches (the last one short), a
 data-parallel stand-in, and the expected metrics rows."""
 import signal
@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 
 import depthlab.fileio as fileio
-import depthlab.training.engine as engine
+import depthlab.training.epochs as engine
 from depthlab.training.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
 )
-from depthlab.training.engine import Training
+from depthlab.training.epochs import Training
 from depthlab.training.safety import StopSignals
 
 CLASSES = 3
@@ -216,13 +216,13 @@ def harness(run_dir, monkeypatch, *, epochs=2, check_every=1, eval_every=1, keep
 
 
 def fresh_run(h) -> dict:
-    """As ``loop.train`` starts a new run: the checkpoint of epoch 0, then the loop."""
+    """As ``trainer.train`` starts a new run: the checkpoint of epoch 0, then the loop."""
     h.training.save(0)
     return h.training.run(0, 0)
 
 
 def resumed_run(h) -> dict:
-    """As ``loop.train`` resumes: restore the latest checkpoint, go on from its position."""
+    """As ``trainer.train`` resumes: restore the latest checkpoint, go on from its position."""
     start = h.training.restore(load_checkpoint(latest_checkpoint(h.ckpts)))
     return h.training.run(*start)
 

@@ -118,10 +118,10 @@ def _cmd_remedies(args) -> int:
 
 
 def _cmd_diagnose(args) -> int:
-    from depthlab.diagnosis import diagnose
+    from depthlab.diagnose_run import diagnose
     from depthlab.diagnostics import resolve_quantities
     from depthlab.diagnostics.reading import reading
-    from depthlab.report.diagnostics import plot_diagnostics
+    from depthlab.report.diagnostic_plots import plot_diagnostics
 
     if args.list:
         print(quantities_text())

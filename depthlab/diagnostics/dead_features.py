@@ -1,18 +1,8 @@
 """dead_features: channels that carry nothing, per readable point of the network.
 
-A deep net that fails to train often has layers whose channels never fire, or a head whose output
-no longer depends on the input (the whole net computes a constant). On the first ``batch_size``
-rows of ``data.test_x``, in eval mode, for every tap of ``model.taps()`` (conv outputs and block
-sums; see the model contract), with the tap's output read as ``(B, C, ...)`` and channel ``c``'s
-values ``v`` over examples and positions:
-
-    dead      max(v) <= 0: never positive, so after a ReLU it passes neither signal nor gradient
-    constant  max(v) - min(v) <= tol * max(1, max|v|): the same value for every input
-
-Records: per tap (layer = tap name) ``dead_fraction`` and ``constant_fraction`` (of its channels);
-layer None: ``output_spread``, the largest range over the batch of any logit, and
-``output_constant`` (``output_spread`` within ``tol``: the net answers every input alike).
-No gradient is taken; training flags are restored and the hooks removed afterwards.
+For every tap, on a test batch in eval mode, the fraction of channels that are dead (max(v) <= 0: never
+positive) or constant (max(v) - min(v) <= tol * max(1, max|v|)), and whether the logits are constant over the
+batch (``output_spread``, ``output_constant``). Details: docs/diagnostics.md, section dead_features.
 """
 from __future__ import annotations
 

@@ -1,31 +1,10 @@
-"""gradient_flow: how the gradient travels down the network (docs/diagnostics.md).
+"""gradient_flow: how the gradient travels down the network, measured on one training batch.
 
-On one batch of ``data.train_x / train_y`` (the first ``batch_size`` rows; cross-entropy loss):
-
-- per parametric layer (every ``nn.Conv2d`` and ``nn.Linear``, named by module path, e.g.
-  ``stage2.block3.branch.conv1``) the weight-gradient norm ``||dL/dW||_F`` and its RMS
-  ``||dL/dW|| / sqrt(numel W)``;
-- at every tap of ``model.taps()`` (``stem.conv``, ``stageS.blockB.conv1``, ..., ``...sum``) the
-  backward error norm ``||dL/dh||`` (h = the tap's forward output, whole batch) and its RMS;
-- first-to-last ratios: error RMS at the first tap / at the last tap, and weight-grad norm of the
-  first parametric layer / of the last one (``head.fc``).
-
-Mode: BatchNorm layers use batch statistics (train-mode BN: this is the gradient a training step
-sees; at init the running statistics are just 0/1 and an eval-mode net would be a different
-function), while every other module is in eval mode (no dropout, stochastic depth deterministic:
-branch scaled by its survival probability), so the measurement is deterministic and draws nothing
-from the RNG. BN running buffers are saved and restored, so the call has no side effect; the
-model's train/eval flags, ``requires_grad`` flags and ``.grad`` fields are left as they were and
-every hook is removed (``try/finally``). Gradients are taken with ``torch.autograd.grad``, so
-``.grad`` is never written. Autocast is disabled inside; the batch is moved to the model's device.
-
-The backward error is read the cheap way: a forward hook on each tap registers a tensor hook on
-the tap's output, which stores ``||grad||`` (a 0-dim device tensor) during the one backward pass;
-all norms are moved to the host together at the end (one sync).
-
-``GradientFlowTracker`` is the every-step variant: after each ``loss.backward()``, ``read()``
-returns the per-layer weight-grad norms as one stacked device tensor (``torch._foreach_norm``; no
-host sync until the caller reads it).
+Per parametric layer the weight-gradient norm ``||dL/dW||_F`` and its RMS; at every tap the backward error
+norm ``||dL/dh||`` and its RMS; the first/last-tap error ratio and the first/last-layer weight-gradient ratio.
+BatchNorm in train mode, every other module in eval mode; the model is left as it was.
+``GradientFlowTracker``: the per-step weight-gradient norms, without a host sync.
+Details: docs/diagnostics.md, section gradient_flow.
 """
 from __future__ import annotations
 

@@ -1,32 +1,9 @@
 """jacobian: singular values of the input-output Jacobian ``J = d logits / d x`` (dynamical
-isometry; Saxe et al. 2014, Pennington et al. 2017).
+isometry; Saxe et al. 2014, Pennington et al. 2017), one test input at a time.
 
-``output="features"`` takes ``J = d forward_features(x) / d x`` instead: the body's last feature
-map before pooling and the classifier, the Jacobian whose spectrum Xiao et al. 2018 (arXiv
-1806.05393) keep concentrated near 1 with delta-orthogonal init at the critical point.
-
-At each of the first ``num_inputs`` rows of ``data.test_x`` (one input at a time, ``J`` is
-``K x D`` with ``K`` outputs (logits, or feature-map entries) and ``D = C*H*W``):
-
-- exact (``D <= exact_max``, default 4096): ``torch.func.jacrev`` builds the dense ``J`` (``K``
-  reverse passes, vectorised; ``jacfwd``, ``D`` forward passes, when ``D < K``), then
-  ``torch.linalg.svdvals``: all ``min(K, D)`` singular values;
-- randomised otherwise: a randomised SVD (Halko, Martinsson, Tropp 2011, Alg. 4.4) that never forms
-  ``J``: ``Y = J Omega`` with ``l = min(rank + oversample, K, D)`` Gaussian probes (one JVP each),
-  ``power_iters`` subspace iterations through ``J^T`` (VJPs) and ``J`` (JVPs), ``Q = orth(Y)``,
-  ``B = Q^T J`` (``l`` VJPs), ``svdvals(B)``: the top ``min(rank, l)`` singular values (exact up
-  to rounding when ``l = K``, i.e. for few classes). ``||J||_F^2`` is estimated from the first
-  sketch as ``||J Omega||_F^2 / l`` (Hutchinson; unbiased), so the mean squared singular value
-  stays an estimate of the full spectrum's; the condition number is that of the top singular
-  values returned (a lower bound of the true one when ``l < min(K, D)``).
-
-Recorded: ``singular_values`` (one list per input, descending), ``mean_squared_singular_value``
-(``||J||_F^2 / min(K, D)`` per input), ``condition_number`` (max / min nonzero singular value per
-input; nonzero = above ``max(s) * max(K, D) * eps``), all with layer None.
-
-Mode: the whole model in eval mode (BN running statistics, so every sample's logits depend on that
-sample only and ``J`` is a per-input quantity); flags restored afterwards; autocast disabled; the
-inputs are moved to the model's device and dtype. Nothing is written to ``.grad``.
+``output="features"`` takes ``J = d forward_features(x) / d x`` instead (Xiao et al. 2018, arXiv 1806.05393).
+Exact (``torch.func`` and ``svdvals``) for small inputs, a randomised SVD (Halko, Martinsson, Tropp 2011)
+otherwise. Details: docs/diagnostics.md, section jacobian.
 """
 from __future__ import annotations
 

@@ -1,31 +1,9 @@
-"""Lesion study at test time (Veit, Wilber & Belongie 2016, "ResNets behave like ensembles").
+"""Lesion study at test time (Veit, Wilber & Belongie 2016, "ResNets behave like ensembles", arXiv 1605.06431).
 
-Test error (``data.test_x`` / ``data.test_y``, first ``n_test`` samples, default all) of
-
-* the intact model;
-* the model with each block deleted alone (``block.enabled = False``: the block returns its
-  shortcut path only). Every depthlab block has a shape-correct shortcut (plain blocks keep an
-  option-A shortcut for exactly this), so every unit can be deleted "where shapes allow": a
-  non-downsampling unit becomes the identity, a downsampling one (stride or channel change)
-  becomes its subsample/zero-pad (or projection) shortcut. Those are flagged ``downsampling``
-  (the spatial size changes) and reported separately, as in Veit et al. (deleting a downsampling
-  block hurts more); ``same_shape`` flags blocks whose input and output shapes are equal (a
-  DenseNet layer grows channels: neither downsampling nor same-shape);
-* the model with ``k`` random blocks deleted together, ``k = 1..max_k``, ``samples`` draws each
-  (distinct blocks per draw, seeded; all blocks are candidates);
-* the model with ``k`` random disjoint pairs of *same-shape* blocks swapped (input shape ==
-  output shape for both, and the same shape for the two: non-downsampling blocks whose execution
-  order can be exchanged), ``k = 1..max_k`` while enough disjoint pairs exist; the reordering is
-  done by permuting the entries of ``model.blocks`` (``DepthNet.forward_features`` iterates it),
-  without copying weights, and restored afterwards. Each draw reports the Kendall tau between the
-  original and the permuted order.
-
-Block shapes come from one forward pass over a single test sample with hooks on the blocks.
-The model is evaluated in eval mode (BatchNorm uses its fixed running statistics, stochastic
-depth scales instead of dropping: errors are deterministic and a sample's output does not depend
-on its batch), under ``torch.no_grad``, float32 with autocast disabled, data batches moved to the
-model's device. Every module's mode, every block's ``enabled`` flag and the order of
-``model.blocks`` are restored afterwards, also when an exception is raised.
+Test error of the intact model, with each block deleted alone (``block.enabled = False``: its shortcut
+path only), with ``k`` random blocks deleted together, and with ``k`` disjoint pairs of same-shape blocks
+swapped (Kendall tau of the order). Eval mode; the model is restored afterwards.
+Details: docs/diagnostics.md, section lesion.
 """
 from __future__ import annotations
 

@@ -1,22 +1,10 @@
-"""Gradient through paths of length k (Veit, Wilber, Belongie 2016, arXiv 1605.06431, Sec. 6).
+"""paths: gradient through paths of length k (Veit, Wilber, Belongie 2016, arXiv 1605.06431, Sec. 6).
 
-A net of n residual blocks is a sum of 2^n paths; path lengths ~ Binomial(n, 1/2). One forward pass
-(unchanged); then, for each k and each of ``num_samples`` random sets S of k residual blocks, one
-backward in which gradient passes
-
-- ``mode="single_path"`` (default, Veit's Sec. 6 reading): through the branch ONLY for blocks in S
-  and through the shortcut ONLY for the others: the gradient of the single path of length k;
-- ``mode="subset"``: through branch and shortcut for blocks in S, the shortcut only for the others
-  (every path using a subset of S; k = n is the ordinary gradient).
-
-Gates are forward hooks on ``block.branch`` / ``block.shortcut`` that wrap the output in an identity
-whose backward multiplies by a 0/1 factor read at backward time, so the forward graph is built once
-and reused (``retain_graph``). The magnitude is the mean over the batch of the per-example input
-gradient norm ||d loss_i / d x_i|| (cross-entropy against the labels, or the logit sum), model in
-eval mode (BN running statistics: examples independent). Blocks without a shortcut (plain units)
-and lesioned blocks (``enabled = False``) are on every path / on none and are not counted in n.
-``C(n, k) x magnitude`` is the total contribution of length-k paths (Veit's Fig. 6b; meaningful
-for ``single_path``; reported for ``subset`` too).
+A net of n residual blocks is a sum of 2^n paths. One forward pass, then per random set S of k blocks one backward
+gated by hooks on ``block.branch`` / ``block.shortcut``: ``mode="single_path"`` (default; our reading of Sec. 6:
+the branch only in S, the shortcut only elsewhere) or ``"subset"`` (both in S). Magnitude: the batch mean of
+||d loss_i / d x_i||; the total contribution of the length-k paths is C(n, k) x magnitude.
+Details: docs/diagnostics.md, section paths.
 """
 from __future__ import annotations
 

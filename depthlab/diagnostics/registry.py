@@ -1,18 +1,8 @@
 """The diagnostics registry: quantity name -> ``compute(model, data, **options) -> list[dict]``.
 
-Every quantity is compute-only and returns plain records, one per measured value::
-
-    {"quantity": "gradient_flow", "layer": "stage2.block3.conv1" or None, "name": "weight_grad_norm",
-     "value": float | list[float] | list[list[float]]}
-
-A list-valued record also says what its list is indexed by, so a plot can label its axis:
-``"x"`` (the axis values, e.g. lesion's k = 1, 2, 3), ``"x_label"`` (``"k (blocks deleted)"``) and,
-for a list of lists whose *inner* lists run along ``x`` (one curve per input), ``"x_axis": 1``
-(default 0: ``x`` indexes the outer list; inner lists are then samples at each x).
-
-``data`` is a ``depthlab.data.Dataset`` (or any object with train_x, train_y, test_x, test_y
-tensors); a quantity picks the split and batch it needs and documents which. Plots and the CLI
-read these records (written to ``diagnostics.jsonl``); diagnostics never plot.
+Every quantity is compute-only and returns plain records, ``{"quantity", "layer", "name", "value"}``, made by
+``record``; a list-valued one may say what its list is indexed by (``x``, ``x_label``, ``x_axis``).
+Details: docs/design.md, section "Diagnostics: compute, then show".
 """
 from __future__ import annotations
 

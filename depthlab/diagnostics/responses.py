@@ -1,20 +1,8 @@
 """responses: std of each residual branch's last BN output (He et al. 2015, arXiv 1512.03385, Fig. 7).
 
-He et al. plot "the responses ... the outputs of each 3x3 layer, after BN and before other
-nonlinearity" for trained nets on the CIFAR-10 test set. Here, per block of ``model.blocks`` with
-a BatchNorm inside ``block.branch``, the *last* ``BatchNorm2d`` of the branch is read (post-act
-``BasicBlock``: ``branch.bn2``, the branch's output before the addition; pre-act ``PreActBlock``:
-``branch.bn2`` too, before its ReLU); blocks without one are skipped. ``std`` is the standard
-deviation over every element (batch, channels, positions; ``correction=0``) of that BN output on
-the first ``batch_size`` rows of ``data.test_x``.
-
-BN mode: eval (running statistics) -- the model is measured as it is deployed and as He et al.
-report it (trained net, test set), and the value does not depend on the batch. In train mode the
-measurement would be nearly trivial: each channel of a train-mode BN output has std exactly
-``|gamma_c|`` over the batch, so the std would only read back the BN scale parameters (and it
-would update the running buffers). At init (running stats 0/1) the eval-mode value reflects the raw
-pre-BN scale. Every module's training flag is restored and the hooks removed afterwards; no
-gradient is taken; autocast is disabled inside.
+Per block with a BatchNorm in ``block.branch``, the std over every element of the branch's last ``BatchNorm2d``
+output on the first ``batch_size`` test rows, BN in eval mode (in train mode it would only read back ``|gamma|``).
+The model is left as it was. Details: docs/diagnostics.md, section responses.
 """
 from __future__ import annotations
 

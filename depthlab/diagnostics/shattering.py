@@ -1,22 +1,11 @@
-"""Shattered gradients (Balduzzi et al. 2017, arXiv 1702.08591).
+"""Shattered gradients (Balduzzi et al. 2017, arXiv 1702.08591): gradient correlation between nearby inputs decays
+fast with depth in plain ReLU nets (white noise) and slowly in ResNets (brown noise).
 
-Gradient correlation between nearby inputs decays fast with depth in plain ReLU nets (the gradient
-of a deep net along a line looks like white noise) and slowly in ResNets (brown noise). Two settings:
-
-(a) the scalar setting: a 1 -> width -> ... -> 1 ReLU MLP with He init; ``n_points`` evenly
-    spaced inputs in [lo, hi]; the gradient sequence dy/dx; its autocorrelation function (ACF),
-    lag-1 value and the gradient correlation matrix across inits; ``scalar_shattering``.
-(b) image models: d logit / dt along x0 + t v; ``line_shattering``; ``compute`` (the registry).
-
-The paper's constants (width 200, 256 points in [-2, 2], He init, the exact residual block and the
-bias init) are UNVERIFIED against the paper's code; every one is an argument here.
-
-Definitions used throughout:
-- ACF of a sequence g_1..g_n: g centred by its mean, r(k) = sum_t gc_t gc_{t+k} / sum_t gc_t^2 for
-  k = 0..n-1 (the biased, normalised estimator; r(0) = 1). A constant sequence (a linear function,
-  e.g. a looks-linear net at init) has no shattering: its ACF is defined as all ones.
-- gradient correlation matrix: C_ij = Pearson correlation, across random inits, between the
-  gradients at inputs x_i and x_j (rank <= num_inits - 1; None for a single init).
+(a) the scalar setting, ``scalar_shattering``: a 1 -> width -> ... -> 1 ReLU MLP, the ACF of dy/dx over evenly
+spaced inputs and the gradient correlation matrix across inits; (b) image models, ``line_shattering`` and
+``compute``: d logit / dt along x0 + t v. ACF: r(k) = sum_t gc_t gc_{t+k} / sum_t gc_t^2 (g centred; all ones
+for a constant sequence). The paper's constants are unverified readings (docs/methods.md, section "Shattering").
+Details: docs/diagnostics.md, section shattering.
 """
 from __future__ import annotations
 

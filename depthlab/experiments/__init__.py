@@ -9,7 +9,7 @@ from depthlab.experiments.runner import list_experiments, parse_params, reproduc
 from depthlab.registry import plugin_modules
 
 # modules of this package that register no experiment
-HELPERS = ("base", "firststeps", "plan", "runner", "remedies", "suite")
+HELPERS = ("base", "cost", "firststeps", "plan", "runner", "remedies", "suite")
 
 for _name in plugin_modules(__path__, skip=HELPERS):
     import_module(f"depthlab.experiments.{_name}")

@@ -1,18 +1,9 @@
 """What an experiment is: a named finding from a paper, a grid of training runs, measurements on
 them, and an honest verdict on whether the paper's finding was observed.
 
-An experiment module defines a subclass of ``Experiment`` and registers it::
-
-    @register
-    class Degradation(Experiment):
-        name = "degradation"
-        scales = {"quick": {...}, "paper": {...}}      # parameters per scale
-        def runs(self, p): return [RunSpec("plain20", ["model.name=plain20"], {"family": "plain"})]
-        def analyse(self, ctx): ... return Findings(verdicts=[...], tables=[...], figures=[...])
-
-Experiments never plot: figures are plain-data specs (``line``, ``bar``, ``heatmap``, ``curves``)
-that ``depthlab.report`` draws. Every number in a finding comes from the run directories or from
-measurements cached under the experiment directory, so a re-run reuses both.
+A registered ``Experiment`` subclass gives ``scales``, ``runs(p)`` (``RunSpec``s) and ``analyse(ctx)`` (``Findings``:
+verdicts, tables, plain-data figure specs); this module also holds the helpers they use.
+Details: docs/design.md, section "Experiments: runs, analysis, verdicts".
 """
 from __future__ import annotations
 

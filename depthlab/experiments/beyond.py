@@ -1,33 +1,10 @@
-"""beyond: remedies that train 1000+ layer networks without batch norm or without shortcuts.
-
-- Fixup (Zhang, Dauphin & Ma 2019, arXiv 1901.09321): a resnet with no normalisation, zero-init
-  classifier and last branch layer, other branch layers scaled by L^(-1/(2m-2)); 10,000-layer nets
-  train and the initial loss is exactly ln(classes).
-- SkipInit / ReZero (De & Smith 2020, arXiv 2002.10444; Bachlechner et al. 2020, arXiv 2003.04887):
-  each residual branch times a scalar alpha = 0 at init, so the net starts as the identity.
-- Delta-orthogonal init (Xiao et al. 2018, arXiv 1806.05393): the *vanilla* CNN (``vanilla``: conv +
-  tanh of constant width, no BN, no shortcuts) with every kernel zero except an orthogonal centre tap
-  times sigma_w trains at 10,000 layers, where the same net with Gaussian init at the same scales
-  does not; its input-output Jacobian stays well conditioned with depth (dynamical isometry).
-
-Each remedy and the plain BN + ReLU baseline are trained over depth, and at init (``ctx.measure``)
-the initial loss and the gradient_flow ratio (backward error RMS at the first tap / at the last tap;
-~1 = the error reaches the input layers intact, >> 1 = it explodes on the way down) are measured;
-the vanilla nets' feature-Jacobian singular values are measured over ``spectrum_depths``
-(``depthlab.diagnostics.jacobian.spectrum_over_depth``, on test images).
-
-Fixup and ReZero are judged against the plain baseline; the delta-orthogonal vanilla net against
-the Gaussian vanilla net, trained the same way. ``plain+delta-orthogonal`` (delta-orthogonal init of
-a BN + ReLU plain net, not Xiao et al.'s setting) is trained and shown as a labelled extra, never
-judged. Adaptations, said in the report's notes: at quick scale the nets are ``width`` channels
-wide and the deepest depth trains ``deepest_epochs`` epochs (a 1202-layer net costs ~1 s per step on
-2 CPU cores): 8 at quick scale, where the calibration (``sweeps/calibration.yaml``) took Fixup-1202
-from 27% training accuracy after 4 epochs to 94% after 8. The vanilla nets train ``vanilla_epochs``
-at every depth with ``vanilla_lr`` and no weight decay ("small learning rates, many steps": the
-paper's optimiser settings are not known to us, these are our calibrated reading); ``sigma_w``,
-``sigma_b`` are a reading of "near sigma_w^2 = 1 with a small sigma_b^2".
-Fixup's zero classifier sends no gradient into the body at init, so its ratio is read after one SGD
-step on the measuring batch.
+"""beyond: remedies that train 1000+ layer networks without batch norm or without shortcuts: Fixup
+(Zhang, Dauphin & Ma 2019, arXiv 1901.09321), SkipInit / ReZero (De & Smith 2020, arXiv 2002.10444;
+Bachlechner et al. 2020, arXiv 2003.04887; branch times alpha = 0 at init) and delta-orthogonal init of a
+vanilla tanh CNN (Xiao et al. 2018, arXiv 1806.05393). Trained over depth against the plain BN + ReLU
+baseline (the vanilla net against Gaussian init); initial loss, gradient_flow ratio and Jacobian spectrum at init.
+The vanilla nets' training (``vanilla_lr``, ``vanilla_epochs``, no weight decay) and ``sigma_w``, ``sigma_b``
+are readings (docs/methods.md). Details: docs/methods.md, section "The vanilla family (Xiao et al.'s setting)".
 """
 from __future__ import annotations
 
@@ -59,7 +36,7 @@ from depthlab.experiments.base import (
 )
 from depthlab.experiments.highway import train_acc
 from depthlab.experiments.remedies import VARIANTS
-from depthlab.training.loop import build_from_config
+from depthlab.training.trainer import build_from_config
 
 BASELINE = "plain"
 REMEDIES = ("fixup-resnet", "resnet+rezero")  # judged against the BN + ReLU plain baseline

@@ -20,7 +20,7 @@ import torch
 
 from depthlab.config import RunConfig
 from depthlab.recipes import resolve_train
-from depthlab.training.loop import build_from_config
+from depthlab.training.trainer import build_from_config
 
 # fitted by bench/cost_model.py (seconds; see the module docstring)
 A, B, C, D = 2.5e-11, 1.4e-4, 1.7e-7, 0.11

@@ -3,7 +3,7 @@ arXiv 1512.03385, Fig. 1 and 6), and residual branches respond more weakly than 
 (Fig. 7)."""
 from __future__ import annotations
 
-from depthlab.diagnosis import diagnose
+from depthlab.diagnose_run import diagnose
 from depthlab.experiments.base import (
     Experiment,
     Findings,

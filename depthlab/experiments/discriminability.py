@@ -1,28 +1,16 @@
 """discriminability: how linearly separable the features are at every layer (Gao & McDonnell 2017,
 "Gradient degradation and feature-map quality", ICONIP, LNCS 10635).
 
-Three parts, all read with ``depthlab.diagnostics.discriminability`` (a closed-form ridge linear
-read-out on globally average-pooled features of every tap, test accuracy = discriminability):
-
-(a) a plain (all-conv) net and a ResNet of the same depth, trained: probe accuracy per tap;
-(b) training duration: the same two runs probed during training (``diagnostics.quantities=
-    discriminability@<schedule>`` plus ``diagnostics.at_init``), profiles per epoch, short vs long;
-(c) conv placement: nets of equal depth with the extra blocks in the first stage (``stage_blocks``
-    ``"k,1,1"``) or in the last (``"1,1,k"``).
-
-Adaptations (the paper's constants could not be verified, docs/methods.md): the read-out is our ridge probe
-(pool 1, relative lambda grid chosen on a held-out part of the training set); depths are CIFAR
-6n+2 depths (56 at both scales) and the placement nets have 2k+6 layers; "conv outputs" are the
-taps ``stage*.block*.conv2`` (the second conv of each block, before its BN), "residual sums"
-the taps ``*.sum`` (in a plain block: its BN output, the same point without the addition).
-The paper's text available to us states no direction for training duration and placement, so (b) and (c) are measured
-notes, not verdicts.
+Read with ``depthlab.diagnostics.discriminability`` (a ridge linear read-out per tap): (a) plain vs ResNet of
+equal depth, (b) training duration, (c) conv placement (``stage_blocks`` ``"k,1,1"`` vs ``"1,1,k"``).
+The read-out is our reading (the paper's could not be verified); (b) and (c) are measured notes, not verdicts.
+Details: docs/methods.md, section "Discriminability (Gao & McDonnell 2017)".
 """
 from __future__ import annotations
 
 import math
 
-from depthlab.diagnosis import read_diagnostics
+from depthlab.diagnose_run import read_diagnostics
 from depthlab.diagnostics.discriminability import depth_where_probe_stops_rising, probe_taps
 from depthlab.experiments.base import (
     Experiment,

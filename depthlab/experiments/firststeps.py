@@ -19,8 +19,8 @@ from torch import nn
 
 from depthlab.config import RunConfig
 from depthlab.recipes import RECIPES
-from depthlab.training.loop import build_from_config, seed_everything
-from depthlab.training.methods import TrainingMethods, make_optimizer
+from depthlab.training.method_hooks import TrainingMethods, make_optimizer
+from depthlab.training.trainer import build_from_config, seed_everything
 
 
 def first_steps(cfg: RunConfig, dataset, steps: int, device: str = "cpu") -> List[dict]:

@@ -2,23 +2,9 @@
 Schmidhuber 2015, "Highway Networks" arXiv 1505.00387 and "Training Very Deep Networks" arXiv
 1507.06228, Fig. 1 and Fig. 2).
 
-A highway layer computes ``y = T(x) * H(x) + (1 - T(x)) * x`` with a transform gate
-``T = sigmoid(W_T x + b_T)`` whose bias starts negative (the paper: -1 to -3), so every layer starts
-close to the carry path. The paper trains plain and highway nets of 10 to 100 layers and finds the
-plain nets' training error rising steeply with depth while the highway nets' stays low (Fig. 1); in
-trained highway nets many transform gates stay mostly closed (Fig. 2).
-
-Adaptations, said in the report's notes:
-- Fig. 1 uses fully connected nets on MNIST; here both families are the CIFAR conv layout of
-  ``depthlab.models`` (``highway``: 3 stages of n highway layers, depth 3n + 2, gate_bias -2,
-  gate_weight_scale 0.1; ``plain``: 3 stages of n two-conv blocks, depth 6n + 2). Every 6n + 2 depth
-  is also a valid 3n + 2 depth, so the default depths are 6n + 2 and both families are built at the
-  same count of weighted layers (a highway layer's gate conv is not counted, as in the paper, so a
-  highway net has about twice the parameters of the plain net of equal depth).
-- Accuracies are the last epoch's running training accuracy; a diverged run counts as chance.
-- At quick scale both families are ``width`` = 8 channels wide (CIFAR default 16) to fit the CPU budget,
-  and every run trains 40 epochs: the positive control, highway-110, reached 47% training accuracy
-  after the quick recipe's 12 epochs and 100% after 40 in the calibration (``sweeps/calibration.yaml``).
+A highway layer computes ``y = T(x) * H(x) + (1 - T(x)) * x`` with ``T = sigmoid(W_T x + b_T)``, ``b_T`` < 0.
+Plain and highway nets are CIFAR-layout conv nets of equal depth (the paper's Fig. 1: fully connected, MNIST).
+Details: docs/methods.md, section "Highway gate".
 """
 from __future__ import annotations
 

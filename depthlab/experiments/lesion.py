@@ -1,22 +1,10 @@
 """lesion: residual networks behave like ensembles of shallow paths (Veit, Wilber, Belongie 2016,
 arXiv 1605.06431, Fig. 3-6).
 
-A trained ResNet and the plain net of the same depth are lesioned at test time with
-``depthlab.diagnostics.lesion.lesion_study``: every block deleted alone (Fig. 3), ``k`` random
-blocks deleted together (Fig. 5a, error vs k, mean over ``samples`` draws) and ``k`` random pairs of
-same-shape blocks swapped (Fig. 5b, error vs Kendall tau of the new order). On the ResNet,
-``depthlab.diagnostics.paths`` measures the input-gradient magnitude through single paths of
-length k and its total contribution C(n, k) x magnitude (Fig. 6), with the effective range holding
-90% of it.
-
-Adaptations: the paper's ResNet-110 on CIFAR-10 is the paper scale (he2015 recipe); quick scale is
-56 layers on digits. Veit et al.'s plain net is a well-trained VGG-like net, shallower than the
-ResNet (its depth is not given in the sources available to us); here the plain net is ``plain_depth`` = 20 layers (He et
-al.'s plain-20, which trains well; a plain-56 is degraded, so deleting its blocks would test little).
-Veit et al. delete one *layer*; depthlab deletes one plain *block* (two conv layers; a downsampling
-block becomes its zero-pad/subsample shortcut), the unit that matches a residual block. The number
-of draws per k (``samples``) and the path-gradient batch and draws are not given in the sources available to us: they
-are parameters. Thresholds of the verdicts are ours and stated in each verdict.
+A trained ResNet and a plain net are lesioned at test time (``lesion_study``: blocks deleted alone, k deleted
+together, k pairs swapped); on the ResNet, ``depthlab.diagnostics.paths`` gives the gradient through paths of
+length k. The plain net's depth, the draws per k and the verdicts' thresholds are ours (parameters).
+Details: docs/methods.md, section "Lesion and paths (Veit et al. 2016)".
 """
 from __future__ import annotations
 
@@ -25,7 +13,7 @@ import statistics
 
 import numpy as np
 
-from depthlab.diagnosis import diagnose
+from depthlab.diagnose_run import diagnose
 from depthlab.diagnostics.lesion import lesion_study
 from depthlab.experiments.base import (
     Experiment,

@@ -1,22 +1,10 @@
 """looks-linear: CReLU nets with the looks-linear init train at depths where ReLU nets fail
 (Balduzzi et al. 2017, The Shattered Gradients Problem, arXiv 1702.08591, Sec. 5 and Fig. 6).
 
-Looks-linear (LL): after a CReLU, the next weight is [W, -W] with W orthogonal, so the network is
-exactly linear at init (no shattering) yet nonlinear once trained. The paper trains CIFAR-10 nets
-of depth 6..198 and finds CReLU + LL close to a ResNet, while CReLU without LL, ReLU and linear
-nets fall away. Variants here (config presets, see ``VARIANTS``): CReLU + LL, ResNet, CReLU with
-the default Kaiming init, ReLU plain, and the linear net (``activation=linear``: every ReLU is the
-identity, BN kept).
-
-Adaptations (all parameters):
-- depths: the CIFAR layout has 6n+2 weighted layers, so the paper's 6, 14, 30, 54, 102, 198 map to
-  the nearest valid depths 8, 14, 32, 56, 104, 200 (paper scale); quick scale runs 8, 14, 32, 56.
-- width: a CReLU doubles the fan-in of the conv after it, so at equal width a CReLU net has about
-  twice the parameters. ``crelu_width`` = width / sqrt(2) rounded gives comparable budgets
-  (paper scale: ReLU/ResNet/linear width 16, CReLU width 11; quick: 8 and 6). The paper's own
-  widths are unverified.
-- recipe: he2015 on CIFAR-10 (the paper's optimiser settings are unverified); quick scale: bundled
-  digits, quick recipe, fewer epochs and narrow nets so the whole grid fits a few CPU minutes.
+After a CReLU the next weight is [W, -W] with W orthogonal, so the net is exactly linear at init. Variants
+(``VARIANTS``): CReLU + LL, ResNet, CReLU with Kaiming init, ReLU plain, linear.
+The paper's widths and optimiser settings are unverified; depths, widths and recipe are parameters.
+Details: docs/methods.md, section "CReLU and looks-linear initialisation".
 """
 from __future__ import annotations
 

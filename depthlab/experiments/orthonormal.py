@@ -2,29 +2,9 @@
 backward error modulation) train far better than plain ones and close to residual networks of the
 same depth (Xie, Xiong, Pu 2017, "All You Need is Beyond a Good Init", arXiv 1703.01827).
 
-The grid, at every depth: a plain net, the plain net with the orthonormality regulariser
-(lambda/2 sum ||W W^T - I||_F^2 in place of weight decay on conv weights), the plain net with the
-regulariser and backward error modulation (each conv's back-propagated error rescaled to the
-top conv's RMS), and the resnet of the same depth. The variants are the config presets of
-``depthlab.experiments.remedies.VARIANTS`` with the plain family swapped for ``xie-plain``.
-
-Which plain net: Xie et al.'s nets are plain stacks of Conv-BN-ReLU triples, so the plain variants
-use the ``xie-plain`` family (one conv-BN-ReLU per depth unit, depth 3m + 2: 44 = 3*14 + 2,
-110 = 3*36 + 2). Its layers and function are those of He et al.'s ``plain44/110`` (whose blocks
-group two conv-BN-ReLUs); the resnet baseline is He et al.'s ``resnet44/110``.
-
-Unverified constants (kept as parameters): lambda = 1e-3 (``lam``), modulation reading ``top-conv``
-applied for the whole run (``modulation``; ``set=methods.modulation_epochs=N`` limits it), the other
-readings run alongside (``other_readings``, default ``fc``), and the init of the orthonormal variants
-(``init``: the family's He init, or ``orthogonal``). A run
-whose loss diverges is a result: it counts as not trained (chance accuracy) in the verdicts.
-Quick scale keeps the paper's widths (16/32/64 channels) and trains every variant 36 epochs of the
-quick recipe on digits (828 SGD steps), three times the recipe's 12: the positive control,
-plain + orthonormal + modulation at 44 layers, reached 92.6 +- 5.0% training accuracy after 12 epochs
-(not within 5 points of resnet-44) and 99.9 to 100.0% after 36 (3 seeds, docs/notes/calibration.md,
-``sweeps/calibration-budget.yaml``). A narrower net (``width=8``) saves little on 8x8
-images (per-step overheads dominate) and changes what a plain net can fit, so it is only a
-parameter (the smoke tests use it).
+Regulariser ``lambda/2 sum ||W W^T - I||_F^2`` in place of weight decay on conv weights; plain nets are
+``xie-plain``. lambda, the modulation reading and schedule and the init are unverified readings, kept as
+parameters (docs/methods.md). Details: docs/methods.md, section "Backward error modulation".
 """
 from __future__ import annotations
 
@@ -32,7 +12,7 @@ import json
 import math
 
 from depthlab.config import RunConfig
-from depthlab.diagnosis import diagnose
+from depthlab.diagnose_run import diagnose
 from depthlab.experiments.base import (
     Experiment,
     Findings,
@@ -50,7 +30,7 @@ from depthlab.experiments.base import (
 from depthlab.experiments.firststeps import describe, first_steps
 from depthlab.experiments.remedies import VARIANTS as REMEDIES
 from depthlab.methods import orthonormality_per_layer
-from depthlab.training.loop import resolve_device
+from depthlab.training.trainer import resolve_device
 
 VARIANTS = ("plain", "plain+orthonormal", "plain+orthonormal+modulation", "resnet")
 REMEDIED = VARIANTS[1:3]

@@ -18,8 +18,8 @@ import torch
 
 from depthlab.config import ConfigError, RunConfig
 from depthlab.fileio import atomic_write_text
-from depthlab.training.loop import build_from_config
 from depthlab.training.resume import run_differences
+from depthlab.training.trainer import build_from_config
 
 MADE_BY = "made_by.json"
 

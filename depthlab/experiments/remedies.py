@@ -14,7 +14,7 @@ import torch
 
 from depthlab.config import RunConfig
 from depthlab.data import load_dataset
-from depthlab.training.loop import train_or_stop as train
+from depthlab.training.trainer import train_or_stop as train
 
 # name -> (what it is, overrides); {depth} is filled in. Each is a config option, never a copied file.
 VARIANTS = {

@@ -23,9 +23,9 @@ from depthlab.fileio import atomic_write_text, epoch_gap, read_jsonl
 from depthlab.sweep.executors import execute
 from depthlab.sweep.spec import EXECUTORS
 from depthlab.training import load_run
-from depthlab.training.loop import train_or_stop as train
 from depthlab.training.progress import GridProgress
 from depthlab.training.provenance import commit_at_end, git_commit, params_of, provenance, run_epochs  # noqa: F401
+from depthlab.training.trainer import train_or_stop as train
 
 SCALES = ("quick", "real", "paper")  # digits/mnist1d; CIFAR-10 images on a 2-core CPU; the paper's recipe
 # parameters every experiment understands, besides its own

@@ -2,22 +2,9 @@
 brown noise, those of ResNets in between (Balduzzi et al. 2017, The Shattered Gradients Problem,
 arXiv 1702.08591, Fig. 1-3). No training: every number is measured on randomly initialised nets.
 
-The scalar setting of ``depthlab.diagnostics.shattering``: a 1 -> width -> ... -> 1 ReLU net,
-He-normal weights, ``n_points`` evenly spaced inputs in [-2, 2], the gradient sequence dy/dx over
-them, its autocorrelation function (ACF) and, across inits, the gradient correlation matrix.
-Nets: a 1-layer feedforward net, a ``ff_depth``-layer feedforward net and a ResNet of
-``res_blocks`` blocks ``h <- h + relu(BN(W h + b))`` (the diagnostic's residual block), with
-brown noise (cumsum of white noise) and white noise as references.
-
-Adaptations and unverified constants (all parameters):
-- width 200, 256 points in [-2, 2], He init, N(0, 1) biases and the exact residual block are the
-  diagnostic's readings of the paper, not checked against the paper's code.
-- ``batchnorm``: BN (train-mode batch statistics over the inputs, treated as constants in backward)
-  in the deep feedforward net and the ResNet, as in the paper's Fig. 1. Without BN the 24-layer
-  scalar net did not look like white noise here (lag-1 ~ 0.9), so BN matters for the finding.
-- the 1-layer net never has BN (``shallow_batchnorm``): with a scalar input, BN puts every unit's
-  kink at the same point and dy/dx becomes a two-valued step.
-- a ResNet of B blocks is ``scalar_mlp(B + 1, residual=True)`` (input layer + B blocks).
+The scalar setting of ``depthlab.diagnostics.shattering``: the ACF of dy/dx over a line of inputs.
+Its constants (width, inputs, init, the residual block, BN) are readings of the paper, all parameters.
+Details: docs/methods.md, section "Shattering (Balduzzi et al. 2017)".
 """
 from __future__ import annotations
 

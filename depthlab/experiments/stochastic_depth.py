@@ -2,20 +2,9 @@
 accuracy than with constant depth and take less time per epoch (Huang, Sun, Liu, Sedra,
 Weinberger 2016, "Deep Networks with Stochastic Depth", arXiv 1603.09382, Table 1, Fig. 3).
 
-The grid: a constant-depth resnet and the same resnet with stochastic depth
-(``methods.stochastic_depth`` = p_L = 0.5, linear decay p_l = 1 - (l/L)(1 - p_L), a whole branch
-dropped per mini-batch, ``methods.stochastic_depth_mode=batch``) at every depth. The time saving
-comes from branches that are skipped, not computed: the expected fraction of active blocks is
-((3L - 1)/4) / L for p_L = 0.5 (``depthlab.methods.expected_active_blocks``), so the ratio of
-seconds per epoch should approach that fraction (about 0.75) where the branches dominate the cost.
-
-Adaptations (say so in the findings): the paper trains 500 epochs with Nesterov momentum (lr 0.1,
-/10 at epochs 250 and 375, wd 1e-4); the paper scale here uses the ``he2015`` recipe (164 epochs,
-lr /10 at 50% and 75%) by default. The paper's recipe is ``--param
-set=train.epochs=500,train.nesterov=true`` (he2015 then steps at 250 and 375; its 400-iteration
-warm-up for depth >= 110 stays). Timings are wall-clock seconds per epoch with the first epoch
-excluded (the runner's ``seconds_per_epoch``): they only mean something on an otherwise idle
-machine.
+A constant-depth resnet against the same resnet with p_l = 1 - (l/L)(1 - p_L), p_L = 0.5, a branch dropped per
+mini-batch; seconds per epoch should approach the active fraction ((3L - 1)/4) / L, about 0.75.
+Details: docs/methods.md, section "Stochastic depth".
 """
 from __future__ import annotations
 

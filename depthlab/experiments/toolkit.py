@@ -1,25 +1,9 @@
 """toolkit: the residual-networks lecture's summary slide as an experiment.
 
-The lecture ends with the techniques that made very deep networks trainable: rectifiers (the
-gradient does not vanish on the way back), dropout (a distributed representation), batch
-normalisation (activation statistics kept in check), identity pass-through (a structured
-gradient) and smart initialisation (the gradient in a good regime). Two tables on one deep CIFAR-
-layout net (``depth``, default 56) answer "what breaks without it?" and "what does it fix on its own?":
-
-- *remove one*: start from the full toolkit (ReLU, dropout, BN, identity shortcuts, He init) and
-  switch each one off (sigmoid, no dropout, ``norm=none``, the plain net, a small-Gaussian init);
-- *add one*: start from the bare net (sigmoid, no dropout, no BN, no shortcuts, N(0, 0.01^2)) and
-  switch each one on.
-
-Per cell and seed: final training and test accuracy, the first/last-tap backward error ratio at
-init (``depthlab.diagnostics.gradient_flow`` on a fresh net), and for the trained nets of the
-dropout pairs what dropout is said to buy: the train-test gap, and test accuracy when a random
-``delete_channels`` fraction of the channels after every branch activation (where dropout acts) is
-zeroed, or when one block is deleted (``depthlab.diagnostics.lesion``, every block in turn).
-
-The expectations (``Toolkit.expected``) were written before the first run, each from the paper
-behind the tool; the dropout rate (``dropout``, channel-wise) and the deletion fraction are our
-readings (the lecture gives no numbers).
+On one deep CIFAR-layout net (``depth``, default 56): *remove one* of rectifiers, dropout, batch norm,
+identity shortcuts and He init from the full toolkit, or *add one* to the bare net, and see what breaks
+or what it fixes. The dropout rate and the deletion fraction are our readings (the lecture gives no numbers).
+Details: docs/methods.md, section "The lecture's toolkit as switches".
 """
 from __future__ import annotations
 
@@ -46,7 +30,7 @@ from depthlab.experiments.base import (
     within,
 )
 from depthlab.experiments.highway import train_acc
-from depthlab.training.loop import build_from_config
+from depthlab.training.trainer import build_from_config
 
 DROPOUT_PAIRS = ("full", "full-dropout", "bare+dropout", "bare")  # the cells whose trained nets are probed
 TOOLS = ("rectifier", "dropout", "batch-norm", "identity", "init")

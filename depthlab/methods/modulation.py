@@ -2,28 +2,10 @@
 arXiv 1703.01827). The paper's exact rule and schedule were not available to us: this is a reading
 of its description (docs/methods.md), kept configurable.
 
-Motivated by a quasi-isometry assumption between consecutive parametric layers, the error that
-back-propagation delivers to each parametric layer (the gradient w.r.t. its output, ``delta_l``)
-is rescaled so that its magnitude matches a reference:
-
     delta_l  <-  delta_l * RMS(ref) / RMS(delta_l),        RMS(t) = sqrt(mean(t ** 2))
 
-``reference="top"``: RMS of the error at the top parametric layer (the last in forward order,
-                     the first that backward reaches; it is itself left unchanged).
-``reference="next"``: the modulated RMS at the next parametric layer above in forward order (the
-                     nearest one above whose error has already arrived). In a chain of layers
-                     this telescopes to the top layer's RMS, so both references give the same
-                     gradients there; they differ only where the graph branches.
-
-The rescaled error is what flows further down, so the net effect on layer ``l``'s weight
-gradient, in a chain, is the factor ``RMS(ref) / RMS(raw delta_l)``: an individual adaptive
-learning rate per layer, as the authors describe it.
-
-Mechanics: a forward hook on each parametric layer registers a tensor hook on the layer's output;
-the tensor hook returns a new, rescaled gradient (no in-place change; the rest of the graph is
-untouched). The forward order is recorded anew in every forward pass of ``model`` (a forward
-pre-hook on the model starts a new pass), so dropped stochastic-depth branches and reused layers
-are handled. One backward per forward pass. Not compatible with ``torch.compile`` graphs.
+``reference="top"``: the top parametric layer's error; ``"next"``: the modulated error of the next layer
+above. Details: docs/methods.md, section "Backward error modulation".
 """
 from __future__ import annotations
 

@@ -1,32 +1,9 @@
 """The model contract for a network depthlab did not build: ``adapt(model)``.
 
-Diagnostics read ``model.taps()`` (readable points), ``model.blocks`` (depth units: lesions delete
-them, paths split at them) and ``model.forward_features``. ``adapt`` gives any ``nn.Module``
-classifier those without copying, renaming or changing anything of the user's: the module is
-held as ``net`` (``adapt(m).net.state_dict()`` is ``m.state_dict()``), its forwards are never
-patched, and diagnosing it leaves it as it was.
-
-- **blocks**: the residual blocks found by tracing the model with ``torch.fx``
-  (``depthlab.models.residual``: every addition of a shortcut and a longer branch from the same
-  input), in forward order, named by the module that holds the addition (``layer1.0``;
-  ``blocks.0#0`` / ``blocks.0#1`` for a transformer layer's attention and MLP branches). They run
-  in a traced copy that shares every parameter, where each can be deleted (its branch replaced
-  by zeros) or swapped. A model that does not trace (data-dependent control flow) is read
-  through its blocks' names: ``adapt(model, blocks=["layer1.0", ...])`` (default: the
-  ``layer{N}.{i}`` modules, then DenseNet dense layers, then an ``nn.Sequential``'s children);
-  each named module is traced on its own, and its residual additions become blocks (its forward
-  runs the traced copy only inside depthlab's own calls). A named module with no residual
-  addition is a depth unit without an identity path (``has_shortcut`` False): lesions and path
-  counts refuse it.
-- **taps**: every ``Conv2d`` / ``Linear`` output (module path) and each block's ``<block>.sum``
-  (shortcut plus branch, before any activation after it), in the order they run; other additions
-  of a traced model are taps ``sum.<node>``.
-- **forward_features(x)**: the input of the last ``Linear`` (the classifier), captured by a hook.
-
-``sums`` says how the model was read: ``fx`` (the whole model traced), ``blocks`` (named blocks
-traced one by one) or ``none`` (nothing traced: Conv2d / Linear taps only). A traced model is
-traced in eval and in train mode, so code that branches on ``self.training`` (dropout, drop-path)
-runs as it would; Python flags read in a forward are fixed at the time of ``adapt``.
+Gives any ``nn.Module`` classifier ``blocks`` (residual blocks found by tracing with ``torch.fx``, or named
+ones), ``taps()`` and ``forward_features``, without copying, renaming or changing anything of the user's.
+Details: docs/own-model.md, section "What depthlab reads in a model it did not build", and
+docs/design.md, section "The model contract".
 """
 from __future__ import annotations
 

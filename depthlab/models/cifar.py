@@ -1,30 +1,10 @@
-"""CIFAR layout (He et al. 2015, Sec. 4.2): 3x3 conv stem, 3 stages of n blocks at widths
+"""CIFAR layout (He et al. 2015, arXiv 1512.03385, Sec. 4.2): 3x3 conv stem, 3 stages of n blocks at widths
 w/2w/4w (w = 16), stride 2 opening stages 2 and 3, global average pool, fc. Depth = 6n + 2.
 
 Families: ``resnet`` (post-activation, option A), ``plain`` (same layers, no additions),
-``preact-resnet`` (He et al. 2016 identity-mapping blocks, final BN-ReLU before pooling).
-
-Family options (model overrides, defaults keep the published networks and their parameter counts):
-
-- ``activation`` on ``resnet`` and ``plain``: ``"relu"`` (default), ``"leaky_relu"`` (slope 0.01),
-  ``"tanh"``, ``"sigmoid"`` (every ReLU replaced, same parameters), ``"crelu"`` (Balduzzi et al.
-  2017, Sec. 5; the CReLU layout is described in ``crelu.py``; pair it with ``init="looks-linear"``
-  for a network that is exactly linear at init) or ``"linear"`` (every ReLU replaced by the
-  identity, BN kept: the linear baseline of Balduzzi et al. Fig. 6; same parameters as ReLU).
-- ``norm`` on ``resnet`` and ``plain``: ``"batch"`` (default) or ``"none"``: no normalisation module
-  anywhere; every conv gets a bias instead (an option-B projection has no BN), so the parameter
-  count changes by (biases - BN affine parameters).
-- ``dropout`` on ``resnet`` and ``plain``: drop probability p in [0, 1), 0.0 (default: no dropout
-  module at all); placed after the activation inside every block's branch (``relu1`` -> ``drop1``;
-  not in the stem, not after the sum). ``dropout_mode``: ``"channel"`` (default, ``nn.Dropout2d``:
-  whole feature maps) or ``"element"`` (``nn.Dropout``). Dropout is the identity in eval mode.
-- ``rezero`` on ``resnet`` and ``preact-resnet``: ``False`` (default) or ``True``: every block's
-  branch output times a learnable scalar ``block.alpha``, 0 at init (SkipInit, De & Smith 2020;
-  ReZero, Bachlechner et al. 2020; see ``Block``). BN is kept.
-- ``stage_blocks`` on ``resnet`` and ``plain``: ``None`` (default: n blocks in every stage, depth
-  6n + 2) or a string of three positive block counts, e.g. ``"5,1,1"`` (the extra blocks in the
-  first stage) or ``"1,1,5"`` (in the last): depth = 2 * sum + 2, derived when depth is unset and
-  checked when given. Used to place layers early vs late at equal depth (Gao & McDonnell 2017).
+``preact-resnet`` (He et al. 2016 identity-mapping blocks). Family options ``activation``, ``norm``,
+``dropout``, ``dropout_mode``, ``rezero``, ``stage_blocks``; the defaults keep the published networks.
+Details: docs/methods.md, sections "The CIFAR layout and its options" and "The lecture's toolkit as switches".
 """
 from __future__ import annotations
 

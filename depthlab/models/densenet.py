@@ -1,28 +1,11 @@
 """DenseNet and DenseNet-BC (Huang, Liu, van der Maaten & Weinberger 2017, arXiv 1608.06993), CIFAR
-layout: a bare 3x3 stem conv (16 channels, or 2k for BC), 3 dense blocks of n layers, transitions
-between them, then BN-ReLU (``final``), global average pool, fc. All convs have no bias.
+layout: a 3x3 stem conv, 3 dense blocks of n layers with transitions between them, BN-ReLU, pool, fc.
 
-    basic layer:  BN-ReLU-conv3x3(k)                          depth = 3n + 4  (40: n = 12)
-    BC layer:     BN-ReLU-conv1x1(4k)-BN-ReLU-conv3x3(k)      depth = 6n + 4  (100: n = 16, 190: n = 31)
-    transition:   BN-ReLU-conv1x1(floor(compression * C))-AvgPool2
+    basic layer:  BN-ReLU-conv3x3(k)                          depth = 3n + 4
+    BC layer:     BN-ReLU-conv1x1(4k)-BN-ReLU-conv3x3(k)      depth = 6n + 4
+    a layer's output: cat[x, its k new channels]
 
-Depth counts stem conv + every conv of the dense layers + the 2 transition convs + fc.
-
-Depth units in ``model.blocks``: every dense layer (``stage{s}.block{b}``) and the two transitions
-(``stage{s}.transition``, the last unit of stages 1 and 2). Taps: ``conv1`` (and ``conv2`` for BC),
-then ``sum`` -- the unit's output: for a dense layer the concatenation [x, new k channels], for a
-transition the pooled output.
-
-Lesion semantics (``enabled = False``): a dense layer contributes zeros for its k new channels
-(``shortcut`` = option-A zero-pad of the concatenated input, so shapes still match); a transition
-(``has_shortcut = False``) is replaced by its parameter-free shortcut: the same 2x2 average pool
-and the first floor(compression * C) input channels. Stochastic depth is supported on dense layers
-with the same rule (dropped: zero new channels, per mini-batch or with ``drop_mode = "sample"`` per
-sample; eval: new channels scaled by p); on a transition
-it drops to the lesion path like a plain block.
-
-Pooling uses ``ceil_mode=True`` so odd sizes and H = 1 (mnist1d) work; on even sizes it is the
-paper's 2x2 average pool.
+Details (depth units, taps, lesions, stochastic depth, pooling): docs/methods.md, section "DenseNet and DenseNet-BC".
 """
 from __future__ import annotations
 

@@ -1,23 +1,10 @@
 """Fixup ResNet for CIFAR: Zhang, Dauphin & Ma 2019, "Fixup Initialization: Residual Learning Without
 Normalization" (arXiv 1901.09321), Sec. 3 and the authors' ``fixup_resnet_cifar.py``.
 
-No normalisation anywhere. The He et al. CIFAR layout (depth 6n + 2, widths w/2w/4w) with
-
-    stem:   conv - bias1 - ReLU
-    block:  bias1a - conv1 - bias1b - ReLU - bias2a - conv2 - scale - bias2b  (+ shortcut(x)), ReLU
-    final:  bias2 (a scalar added before pooling = added before the fc, pooling being linear)
-    head:   pool - fc
-
-where every ``bias*`` is a learnable scalar (0 at init) and ``scale`` a learnable scalar (1 at init).
-Init (the ``fixup`` scheme in INITS, the family's only valid init): with L = 3n branches of m = 2
-convs, conv1 He-normal times L^(-1/(2m-2)) = L^(-1/2), conv2 zero, fc weight and bias zero, so the
-initial logits are exactly 0 and the initial cross-entropy exactly ln(num_classes).
-
-Shortcut: option A only (as the paper's CIFAR code). At the two downsampling blocks the reference
-code subsamples ``x + bias1a``; here the shortcut is the parameter-free option A on ``x`` itself,
-so a lesioned block returns exactly the zero-padded identity (the only difference is that bias1a
-does not shift the identity path of those 2 blocks). ``zero_init_residual`` and any other init
-are rejected: Fixup defines its own init.
+No normalisation; learnable scalar biases (0) and multipliers (1) around each block's convs. With L = 3n
+branches of m = 2 convs: conv1 He-normal times L^(-1/(2m-2)) = L^(-1/2), conv2 and the fc zero, so the
+initial loss is exactly ln(num_classes). Option-A shortcut on ``x`` itself; Fixup's own init only.
+Details: docs/methods.md, section "Fixup".
 """
 from __future__ import annotations
 

@@ -1,34 +1,11 @@
 """Highway networks (Srivastava, Greff & Schmidhuber 2015, arXiv 1505.00387 / 1507.06228), CIFAR
-layout: 3x3 conv-BN-ReLU stem, 3 stages of n highway layers at widths w/2w/4w (w = 16), global
-average pool, fc. Depth = 3n + 2 (stem conv + one H conv per highway layer + fc; the gate convs
-are not counted, as the paper counts a highway layer as one layer).
+layout: conv-BN-ReLU stem, 3 stages of n highway layers at widths w/2w/4w, pool, fc. Depth = 3n + 2
+(the gate convs are not counted, as in the paper).
 
-One highway layer (a depth unit in ``model.blocks``)::
+    y = T * H(x) + (1 - T) * C(x),   H = ReLU(BN(conv3x3(x))),   T = sigmoid(conv3x3_T(x) + b_T)
 
-    H(x) = ReLU(BN(conv3x3(x)))                      branch.conv1 / bn1 / relu1
-    T(x) = sigmoid(conv3x3_T(x) + b_T)               branch.gate (a GateConv), b_T = gate_bias
-    C(x) = shortcut(x)                               the carry path
-    y    = T * H(x) + (1 - T) * C(x)                 computed as torch.lerp(C, H, T)
-
-Choices (docs/methods.md, "highway gate"):
-- the gate conv is 3x3 with the layer's stride, the same receptive field and output size as H, so
-  T can gate each output position on the same evidence H sees (Srivastava et al.'s convolutional
-  highway layers use the same filter size for H and T); it adds a second conv per layer.
-- stage transitions are highway layers too: H and T have stride 2 and 2w output channels, and the
-  carry is the parameter-free option-A shortcut (subsample, zero-pad) -- or an option-B projection
-  with ``shortcut="B"``. On the zero-padded channels the carry is 0, so there y = T * H(x).
-- ``b_T`` is ``GateConv.gate_bias``, a parameter that is *not* the conv's ``bias``: the init
-  schemes in ``init.py`` zero every conv bias, and a separate parameter survives all of them
-  (``torch-default`` calls ``reset_parameters``, which refills it with ``gate_bias``). So
-  ``build_model`` needs no post-init hook.
-- ``gate_bias`` (family option, default -2.0) may be any finite float. The paper uses -1..-3 so
-  layers start close to the carry path; a very negative value (e.g. -1e4) makes T exactly 0 in
-  float32 and every layer exactly the carry path (tested); positive values start near plain.
-
-``branch(x)`` returns the gated transform ``T * H(x)``; ``enabled = False`` returns the carry
-path ``shortcut(x)`` exactly (lesion); stochastic depth drops to the carry path in training (whole
-mini-batch, or per sample with ``drop_mode = "sample"``) and uses ``y = C + p * T * (H - C)`` in
-eval (p = ``survival_prob``).
+The gate conv's shape is depthlab's choice and ``gate_bias`` (b_T, default -2) a reading of the paper's
+-1..-3. Details: docs/methods.md, section "Highway gate".
 """
 from __future__ import annotations
 

@@ -1,22 +1,10 @@
 """Residual blocks of any traced network: found in its graph, deleted and swapped in a copy.
 
-A tensor addition ``out = a + b`` is a residual block when one operand is the block's input ``x``
-(or a short computation from it: a projection / downsample) and the other is a longer
-computation from the same ``x`` alone: the branch (Veit, Wilber & Belongie 2016). ``x`` is the
-latest node both operands depend on; the shorter side is the shortcut. The branch must use a
-parameter, depend on nothing but ``x`` and constants, and feed nothing but the addition (so a
-highway gate, whose gate feeds both sides, or a U-Net skip is not a block). A block whose branch
-contains another block's addition is left out (the inner ones are the depth units).
-
-``rewrite`` turns a ``torch.fx`` graph into one where each such addition is a call to a
-``ResidualBlock`` module: ``block(x, shortcut_value)`` returns
-``sum(shortcut(s) + branch(fn(x)))``, where ``fn`` is the branch cut out of the graph as its own
-``GraphModule`` (sharing the user's modules and parameters). Everything else in the graph stays,
-final activations included. A deleted block (``enabled = False``) returns ``sum(shortcut(s))``:
-its branch is replaced by zeros. Position ``p`` runs the branch of the block placed there
-(``_placed``), which is how swaps run one block's branch at another's position. ``branch``,
-``shortcut`` and ``sum`` are identity modules for hooks (path gates, sum taps). In-place
-activations are made out-of-place in the copy, so a tap's value is never overwritten.
+An addition ``out = a + b`` is a residual block when one operand is the block's input ``x`` (or a short
+computation from it) and the other, the branch, a longer computation from ``x`` alone (Veit, Wilber & Belongie
+2016). ``rewrite`` makes each one a ``ResidualBlock`` call, ``sum(shortcut(s) + branch(fn(x)))``, in a copy of the
+``torch.fx`` graph. Details: docs/design.md, section "The model contract" (the rules and the rewrite), and
+docs/own-model.md, section "What depthlab reads in a model it did not build".
 """
 from __future__ import annotations
 

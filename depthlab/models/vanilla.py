@@ -3,26 +3,9 @@ CNNs: How to Train 10,000-Layer Vanilla Convolutional Neural Networks", arXiv 18
 
     conv3x3(in -> w) - act - [conv3x3(w -> w) - act] x (depth - 2) - global average pool - fc
 
-A stack of conv-activation layers of constant width ``w`` with no normalisation and no shortcuts;
-every conv has a bias. Depth = weighted layers = convs + fc (>= 3). Every conv after the stem is
-its own depth unit (a ``Block`` with ``has_shortcut = False``, like ``xie-plain``): a lesioned unit
-returns its parameter-free option-A shortcut (the identity, subsampled where strided).
-
-Family options (the paper's constants are not verified here; these are readings, configurable):
-
-- ``activation``: ``"tanh"`` (default, the paper's), ``relu``, ``leaky_relu``, ``sigmoid``,
-  ``linear`` (the identity: a deep linear net, whose Jacobian is exactly sigma_w^L at
-  delta-orthogonal init and sigma_b = 0).
-- ``sigma_w``, ``sigma_b``: the weight and bias scales the ``delta-orthogonal`` and ``gaussian``
-  inits use (``init.py``): delta-orthogonal centre taps are orthogonal times sigma_w, Gaussian
-  weights N(0, sigma_w^2 / fan_in); biases N(0, sigma_b^2). Defaults 1.0 and 0.0: for tanh with
-  sigma_b = 0 the order-to-chaos critical point is exactly sigma_w^2 = 1 (tanh'(0) = 1); the paper
-  puts the critical line near sigma_w^2 = 1 with a small sigma_b^2.
-- ``strided``: how many of the first convs have stride 2 (default 0). The paper downsamples a
-  large input with a few strided layers at the start; an 8x8 ``digits`` image needs none, a 32x32
-  CIFAR image reaches 8x8 with 2 (our reading of "a few").
-
-The default init is ``delta-orthogonal``; ``init=gaussian`` is the paper's baseline at the same scales.
+No normalisation, no shortcuts, a bias on every conv; default init ``delta-orthogonal``. The family options
+(``activation``, ``sigma_w``, ``sigma_b``, ``strided``) are readings of the paper, configurable.
+Details: docs/methods.md, section "The vanilla family (Xiao et al.'s setting)".
 """
 from __future__ import annotations
 

@@ -16,9 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from depthlab.diagnosis import read_diagnostics  # noqa: E402
+from depthlab.diagnose_run import read_diagnostics  # noqa: E402
 from depthlab.diagnostics.reading import reading  # noqa: E402
-from depthlab.report.diagnostics import diagnostic_figures  # noqa: E402
+from depthlab.report.diagnostic_plots import diagnostic_figures  # noqa: E402
 from depthlab.report.html import html_page  # noqa: E402
 from depthlab.report.inputs import (  # noqa: E402
     ReportInputError,

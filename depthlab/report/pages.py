@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 from typing import List
 
-from depthlab.diagnosis import read_diagnostics
+from depthlab.diagnose_run import read_diagnostics
 from depthlab.diagnostics.reading import reading
 from depthlab.fileio import read_jsonl
 from depthlab.report.across import compare_verdicts, verdict_status
-from depthlab.report.diagnostics import diagnostic_figures, summary_numbers
+from depthlab.report.diagnostic_plots import diagnostic_figures, summary_numbers
 from depthlab.report.figures import render
 from depthlab.report.html import html_page
 from depthlab.report.inputs import (

@@ -1,36 +1,9 @@
 """The sweep file: parse, check and expand it into runs, before anything runs or is written.
 
-::
-
-    name: depth-vs-shortcuts          # required; the sweep directory is <out_dir>/<name>
-    description: plain vs resnet      # optional, shown in the report
-    out_dir: runs/sweeps              # optional (default runs/sweeps), relative to the working directory
-    base_config: base.yaml            # optional RunConfig YAML, relative to this file; `base` is merged over it
-    base:                             # optional RunConfig dict: what every run shares; sections
-      data: {name: digits}            # or dotted keys (train.epochs: 6), as in grid and --set
-      train.epochs: 6
-    grid:                             # dotted config keys -> non-empty lists; the cartesian product
-      model.name: [resnet20, resnet56]
-      methods.stochastic_depth: [null, 0.5]
-    seeds: 3                          # n: seeds 0..n-1, or an explicit list [0, 5]; sets train.seed
-    executor: local                   # local | ray
-    workers: 2                        # local: worker processes; ray: runs at a time (default 1)
-    threads_per_worker: 1             # torch CPU threads per run: sets train.threads (default 1)
-    ray: {address: null}              # null: start a local Ray; "auto" / "ray://host:10001": join a cluster
-
-``grid`` may also be a list of such mappings: the union of their products, e.g. plain nets
-(which have no residual branch to drop) without stochastic depth plus resnets with and without::
-
-    grid:
-      - {model.name: [plain20, plain56]}
-      - {model.name: [resnet20, resnet56], methods.stochastic_depth: [null, 0.5]}
-
-Every run's config is validated and its model built on the meta device before anything runs, so
-a bad value or combination (plain20 with stochastic depth, resnet depth 21) fails at once. The
-sweep owns ``out_dir``, ``run_id``, ``train.seed`` and ``train.threads``; setting them in ``base``
-or ``grid`` is an error that names the sweep key to use instead.
-
-Run ids: ``depthlab.sweep.ids``.
+Keys ``name``, ``description``, ``out_dir``, ``base_config``, ``base``, ``grid`` (a mapping of dotted keys to
+lists, or a list of such mappings), ``seeds``, ``executor``, ``workers``, ``threads_per_worker``, ``ray``.
+Every run's config is validated and its model built on the meta device first.
+Format: docs/sweeps.md, section "The sweep file". Run ids: ``depthlab.sweep.ids``.
 """
 from __future__ import annotations
 
@@ -47,7 +20,7 @@ from depthlab.config import ConfigError, RunConfig, valid_keys
 from depthlab.sweep.ids import grid_points, point_ids
 from depthlab.sweep.ids import show as _show
 from depthlab.training import validate_run
-from depthlab.training.loop import check_model
+from depthlab.training.trainer import check_model
 
 EXECUTORS = ("local", "ray")
 TOP_KEYS = ("name", "description", "out_dir", "base_config", "base", "grid", "seeds", "executor", "workers",

@@ -1,18 +1,7 @@
-"""Checkpoints: atomic writes (temp file, fsync, rename, fsync of the directory), the last K kept,
-everything needed for an exact resume (model, optimiser, scheduler, RNG states, position), and
-nothing else: every value is a tensor or a plain container, so checkpoints load with
-``torch.load(weights_only=True)`` and a file carrying any other pickled object is refused.
-
-Integrity: every checkpoint carries ``state["digest"]``, ``"sha256:<hex>"`` over a canonical walk of
-the rest of the state (keys, plain values, each tensor's dtype, shape and bytes), checked on load
-together with the CRC of every record of the file's zip container. A file that fails either check,
-or cannot be read at all, is *damaged* (``CheckpointDamaged``, naming the file); callers that want
-"the newest checkpoint" take the newest good one (``newest_good_checkpoint``). Checkpoints written
-before digests existed still load, unchecked beyond their CRCs.
-
-Names: ``epoch_0003.pt`` after epoch 3; ``epoch_0003_step_000012.pt`` 12 steps into epoch 4 (an
-interrupted run's checkpoint). The latest is the furthest position. A damaged file set aside keeps
-its name plus ``.damaged`` (``epoch_0006.pt.damaged``), so it is never listed, picked or pruned.
+"""Checkpoints: atomic writes, the last K kept, everything needed for an exact resume and nothing else
+(tensors and plain containers, loaded with ``torch.load(weights_only=True)``), a SHA-256 digest checked on
+load with the zip's CRCs; damaged files are set aside as ``NAME.damaged`` and the newest good one is used.
+Details (names, digest, damaged files): docs/recovery.md, section "Stop, crash, resume".
 """
 from __future__ import annotations
 

@@ -1,22 +1,9 @@
 """Data-parallel training across processes (``torchrun --nproc_per_node=N -m depthlab train ...``).
 
-torchrun sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; with ``WORLD_SIZE > 1`` the trainer
-joins the process group (``nccl`` on CUDA, ``gloo`` on CPU), wraps the model in
-``DistributedDataParallel`` and gives each rank its slice of every global batch: all ranks draw
-the same order and augmentation (the device-resident loader is seeded identically), take the
-global batch of ``train.batch_size`` images and keep rows ``rank::`` of ``tensor_split``. Each
-rank's loss is its shard's summed cross-entropy times ``world / global batch``, so DDP's gradient
-average equals the single-process gradient of the global batch exactly in arithmetic (up to the
-order of the floating-point reduction), also for a short last batch. Batch norm normalises over
-each rank's shard unless ``train.sync_bn`` (SyncBatchNorm, CUDA only) makes it global; without
-batch norm (e.g. Fixup) the runs match a single process. Rank 0 alone writes the run directory
-(config, metrics, checkpoints, diagnostics, TensorBoard) and shows progress.
-
-What rank 0 alone decides before training (the run lock, the run directory) goes through
-``Dist.on_main``, so a refusal ends every rank with the same error instead of leaving the others
-waiting in a collective. Elastic restarts (``torchrun --max-restarts=N``): rank 0 records the torchrun
-job's id in ``<run_dir>/.torchelastic_run_id``; a restarted attempt of that same job resumes the run
-(``made_by_this_job``), while a run some other command made is refused as without torchrun.
+``Dist``: joins the process group, wraps the model in ``DistributedDataParallel``, gives each rank its shard of
+every global batch (the loss scaled so the gradient equals the global batch's) and lets rank 0 alone decide what
+every rank must agree on; elastic-restart helpers (``made_by_this_job``).
+Details: docs/recovery.md, section "Multi-GPU (and multi-process CPU) with torchrun".
 """
 from __future__ import annotations
 

@@ -1,18 +1,9 @@
 """The training fast path: how a step runs, never what it computes.
 
-One ``FastStep`` is the trainer's training step and the one ``bench/`` times. It never waits for
-the device: loss and logits come back as device tensors, and the trainer sums them on the device
-and reads them once per epoch. Options (``train.*``, each on or off per run):
-
-  bf16             autocast to bfloat16 (weights, optimizer state and the loss stay float32)
-  channels_last    NHWC memory format for the model and each batch (no layout reorders in convs)
-  optimizer_impl   SGD's multi-tensor ``foreach`` or single-kernel ``fused`` update, or the loop
-  compile          ``torch.compile`` of the model; ``reduce-overhead`` replays CUDA graphs, which
-                   removes the kernel-launch overhead that dominates deep narrow nets on GPUs
-  checkpoint_segments   activation checkpointing (``depthlab.models.checkpointing``)
-
-``None`` / ``"auto"`` take ``AUTO_DEFAULTS`` for the device type: the setting measured fastest by
-``bench/bench_throughput.py --ablate`` (docs/performance.md gives the table, machine and date).
+``FastStep`` is the trainer's training step and the one ``bench/`` times; it never waits for the device. Options
+``train.bf16``, ``channels_last``, ``optimizer_impl``, ``compile``, ``checkpoint_segments``; ``None`` / ``"auto"``
+take ``AUTO_DEFAULTS`` for the device type (measured: docs/performance.md, "Fast-path ablation").
+Details: docs/design.md, section "The training step and its hook points"; options: docs/usage.md, "Speed and memory".
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import torch
 from depthlab.config import RunConfig
 from depthlab.models import count_params
 from depthlab.recipes import RECIPES
-from depthlab.training.loop import build_from_config, resolve_device
+from depthlab.training.trainer import build_from_config, resolve_device
 from depthlab.version import __version__
 
 

@@ -11,8 +11,8 @@ import depthlab.fileio as fileio
 import depthlab.training.checkpoint as ckpt
 from depthlab.config import ConfigError, RunConfig
 from depthlab.data import load_dataset_from
-from depthlab.training.loop import build_from_config, evaluate, resolve_device
 from depthlab.training.safety import RunLock
+from depthlab.training.trainer import build_from_config, evaluate, resolve_device
 
 log = logging.getLogger("depthlab")
 

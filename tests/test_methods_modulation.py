@@ -14,7 +14,7 @@ from depthlab.methods import (
     ErrorModulation,
     ModulationProfile,
 )
-from depthlab.training.methods import TrainingMethods
+from depthlab.training.method_hooks import TrainingMethods
 
 # backward error modulation (Xie et al. 2017; rule unverified)
 

@@ -22,7 +22,7 @@ def tiny():
 def test_lesion_records_carry_k_and_the_plot_labels_its_axes(tiny):
     import matplotlib.pyplot as plt
 
-    from depthlab.report.diagnostics import axis_labels, draw_quantity
+    from depthlab.report.diagnostic_plots import axis_labels, draw_quantity
 
     model, data = tiny
     records = depthlab.diagnose(model, ["lesion"], data=data, options={"lesion": {"max_k": 2, "samples": 2}})
@@ -57,7 +57,7 @@ def test_every_list_valued_record_says_what_it_is_indexed_by(tiny):
 def test_old_records_without_axis_fields_still_plot_over_their_index(tmp_path):
     import matplotlib.pyplot as plt
 
-    from depthlab.report.diagnostics import axis_labels, draw_quantity
+    from depthlab.report.diagnostic_plots import axis_labels, draw_quantity
 
     recs = [{"quantity": "lesion", "layer": None, "name": "error_delete_k_mean", "value": [0.1, 0.2, 0.4]},
             {"quantity": "lesion", "layer": None, "name": "error_delete_k", "value": [[0.1, 0.1], [0.2, 0.2],

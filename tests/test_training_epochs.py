@@ -1,4 +1,4 @@
-"""The epoch loop (``depthlab.training.engine.Training``) checked against numbers computed independently here.
+"""The epoch loop (``depthlab.training.epochs.Training``) checked against numbers computed independently here.
 
 The loop runs with scripted stand-ins (tests/trainkit.py). That gives exact expectations for every metrics row
 (sample-weighted means, the global step, the learning rate the epoch began with, seconds and elapsed time), for

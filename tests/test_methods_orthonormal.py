@@ -12,7 +12,7 @@ from depthlab.methods import (
     orthonormality_penalty,
     orthonormality_per_layer,
 )
-from depthlab.training.methods import TrainingMethods
+from depthlab.training.method_hooks import TrainingMethods
 
 # orthonormality regulariser (Xie et al. 2017)
 

@@ -1,7 +1,7 @@
 """The epoch loop of ``depthlab.training``: steps without host syncs, a check for a non-finite loss
 every ``train.check_every`` steps, per-epoch metrics, evaluation and atomic checkpoints, a clean
 stop on SIGINT/SIGTERM (a checkpoint of the exact position), divergence diagnosis, and rank-0-only
-writing in data-parallel runs. ``loop.train`` sets up a ``Training`` and calls ``run``."""
+writing in data-parallel runs. ``trainer.train`` sets up a ``Training`` and calls ``run``."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +15,7 @@ import torch
 import depthlab.fileio as fileio
 import depthlab.training.checkpoint as ckpt
 from depthlab.training.divergence import find_divergence
-from depthlab.training.methods import fill_momentum_buffers
+from depthlab.training.method_hooks import fill_momentum_buffers
 
 log = logging.getLogger("depthlab")
 

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from depthlab.diagnosis import read_diagnostics  # noqa: E402
+from depthlab.diagnose_run import read_diagnostics  # noqa: E402
 from depthlab.report.inputs import clean_diagnostics, file_stem, output_dir  # noqa: E402
 from depthlab.report.plots import TEXT_AS_IS, save_figure  # noqa: E402
 

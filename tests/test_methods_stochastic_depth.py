@@ -12,7 +12,7 @@ from depthlab.methods import (
     expected_active_blocks,
     survival_probs,
 )
-from depthlab.training.methods import TrainingMethods
+from depthlab.training.method_hooks import TrainingMethods
 
 # stochastic depth (Huang et al. 2016)
 

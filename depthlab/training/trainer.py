@@ -21,9 +21,9 @@ from depthlab.models.spec import model_options
 from depthlab.recipes import RECIPES, resolve_train
 from depthlab.training.diag_schedule import TrainingDiagnostics, validate_run
 from depthlab.training.distributed import Dist, mark_run
-from depthlab.training.engine import NoDiagnostics, Training
+from depthlab.training.epochs import NoDiagnostics, Training
 from depthlab.training.fastpath import FastStep, autocast_factory, prepare_model, resolve_fast_path
-from depthlab.training.methods import TrainingMethods, make_optimizer
+from depthlab.training.method_hooks import TrainingMethods, make_optimizer
 from depthlab.training.progress import Progress
 from depthlab.training.resume import check_epochs_change, last_epoch_row, prepare_run_dir, resume_point, truncate_logs
 from depthlab.training.safety import RunLock, StopSignals
