@@ -16,7 +16,7 @@ from tvnets import resnet18_layout  # noqa: E402
 
 import depthlab  # noqa: E402
 from depthlab.integrations.lightning import DepthCallback  # noqa: E402
-from depthlab.report.diagnostics import step_series  # noqa: E402
+from depthlab.report.diagnostic_plots import step_series  # noqa: E402
 
 
 class Classifier(lightning.LightningModule):
