@@ -4,7 +4,6 @@ directories: every ``runs/*/config.json`` below them with two or more timed epoc
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from depthlab.fileio import read_jsonl
 
 
 def samples(dirs):
+    """``(the four terms of cost.epoch_terms, measured seconds per epoch)`` of every timed run below ``dirs``."""
     data = {}
     for root in dirs:
         for cfg_path in sorted(Path(root).rglob("config.json")):
@@ -28,23 +28,13 @@ def samples(dirs):
             key = json.dumps(cfg.data.__dict__, sort_keys=True, default=str)
             if key not in data:
                 data[key] = load_dataset_from(cfg.data, quiet=True)
-            ds = data[key]
-            shape = tuple(ds.train_x.shape[1:])
-            flops, calls = cost.model_features(cfg, shape, ds.num_classes)
-            steps = rows[1]["step"] - rows[0]["step"]
-            batch = math.ceil(len(ds.train_x) / max(1, steps))
             measured = sum(r["seconds"] for r in rows[1:]) / len(rows[1:])  # epoch 1 carries warm-up
-            x = [steps * flops * batch, steps * calls, steps * math.prod(shape) * batch, 1.0]
-            yield cfg_path.parent, x, measured
+            yield cost.epoch_terms(cfg, data[key]), measured
 
 
 def main(dirs) -> None:
-    names, X, y = [], [], []
-    for path, x, t in samples(dirs):
-        names.append(path)
-        X.append(x)
-        y.append(t)
-    X, y = np.array(X), np.array(y)
+    pairs = list(samples(dirs))
+    X, y = np.array([x for x, _ in pairs]), np.array([t for _, t in pairs])
     w = 1.0 / y  # relative error: a 2 s run counts as much as a 200 s one
     coef = np.linalg.lstsq(X * w[:, None], y * w, rcond=None)[0]
     ratio = (X @ coef) / y

@@ -61,15 +61,17 @@ def model_features(cfg: RunConfig, input_shape: Tuple[int, ...], num_classes: in
     return out
 
 
-def epoch_seconds(flops: float, calls: int, values: int, batch: int, steps: int) -> float:
-    """The fitted model's seconds for one epoch of ``steps`` steps."""
-    return steps * (A * flops * batch + B * calls + C * values * batch) + D
+def epoch_terms(cfg: RunConfig, dataset) -> Tuple[float, float, float, float]:
+    """The four terms that A, B, C, D multiply in one epoch of the run ``cfg`` on ``dataset`` (its
+    loaded training images): ``steps * flops * batch, steps * calls, steps * values * batch, 1``."""
+    shape = tuple(dataset.train_x.shape[1:])
+    flops, calls = model_features(cfg, shape, dataset.num_classes)
+    batch = resolve_train(cfg.train, cfg.model.depth or 0).batch_size
+    steps = math.ceil(len(dataset.train_x) / batch)
+    return steps * flops * batch, steps * calls, steps * math.prod(shape) * batch, 1.0
 
 
 def estimate_seconds(cfg: RunConfig, dataset, epochs: Optional[int] = None) -> float:
-    """The estimated training time of the run ``cfg`` on ``dataset`` (its loaded training images)."""
-    shape = tuple(dataset.train_x.shape[1:])
-    flops, calls = model_features(cfg, shape, dataset.num_classes)
-    train = resolve_train(cfg.train, cfg.model.depth or 0)
-    steps = math.ceil(len(dataset.train_x) / train.batch_size)
-    return (epochs or train.epochs) * epoch_seconds(flops, calls, math.prod(shape), train.batch_size, steps)
+    """The estimated training time of the run ``cfg`` on ``dataset``."""
+    per_epoch = sum(c * t for c, t in zip((A, B, C, D), epoch_terms(cfg, dataset)))
+    return (epochs or resolve_train(cfg.train, cfg.model.depth or 0).epochs) * per_epoch

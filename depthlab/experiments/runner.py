@@ -289,7 +289,7 @@ def analyse(info: dict, rows: List[dict], quiet: bool = False, report: bool = Tr
     doc = {"name": exp.name, "title": exp.title, "source": exp.source, "claim": exp.claim,
            "expected": exp.expected, "scale": scale, "seeds": seeds, "params": p,
            "data": {"name": data_name, "note": note, "source": getattr(dataset, "source", None)},
-           "provenance": provenance(info["command"], info["device"], started, None, info["commit"]),
+           "provenance": provenance(info["command"], info["device"], started, info["commit"]),
            "runs": ctx.results, "verdicts": findings.verdicts, "tables": findings.tables,
            "figures": findings.figures, "notes": findings.notes}
     atomic_write_text(out_dir / "experiment.json", json.dumps(doc, indent=1, default=_jsonable))
@@ -311,28 +311,18 @@ def _train_grid(grid: list, dataset, fresh: bool, quiet: bool, command: str, exp
         rows[i] = row
         done[0] += 1
         if not quiet:
-            acc = row.get("train_acc")
-            print(f"  [{done[0]}/{len(grid)}] {row['run_id']:<28} {row['status']:<9} train acc "
-                  f"{'-' if acc is None else f'{acc:.3f}'}  {row.get('seconds') or 0:.0f}s"
-                  f"{' (reused)' if row.get('reused') else ''}", file=sys.stderr, flush=True)
+            print(run_line(done[0], len(grid), row["run_id"], row), file=sys.stderr, flush=True)
 
     if executor == "local" and (jobs <= 1 or len(grid) <= 1):
         for i, (spec, seed, cfg) in enumerate(grid):
             report(i, _train_one(spec, seed, cfg, dataset, fresh, quiet, command, experiment))
         return rows
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    tasks = [{"id": spec.id, "labels": spec.labels, "seed": seed, "config": cfg.to_dict(), "fresh": fresh,
-              "command": command, "experiment": experiment, "run_id": cfg.resolved_run_id, "resume": False,
-              "threads": threads} for spec, seed, cfg in grid]
+    tasks = [run_task_dict(spec, seed, cfg, fresh, command, experiment, threads) for spec, seed, cfg in grid]
 
     def on_result(i: int, rec: dict) -> None:
         progress.poll()  # the run's last epochs before its line
-        if "id" not in rec:  # the worker process died or raised: the executor's failed record
-            spec, seed, cfg = grid[i]
-            rec = {"id": spec.id, "seed": seed, "run_id": cfg.resolved_run_id, "run_dir": f"runs/{cfg.resolved_run_id}",
-                   **spec.labels, "status": f"error: {rec.get('error')}", "seconds": None}
-        rec = {k: v for k, v in rec.items() if k != "action" and (k != "retries" or v)}  # the sweep's bookkeeping
-        report(i, rec)
+        report(i, run_row(tasks[i], rec))
 
     # the sweep's executors: fresh worker processes (spawn: no inherited torch thread pools), a worker
     # that dies retried once by resuming its run, Ctrl-C answered with checkpoints; or Ray
@@ -341,6 +331,32 @@ def _train_grid(grid: list, dataset, fresh: bool, quiet: bool, command: str, exp
     with progress:
         execute(tasks, executor, min(jobs, len(tasks)), threads, on_result, fn=train_task, quiet=quiet)
     return rows
+
+
+def run_task_dict(spec: RunSpec, seed: int, cfg: RunConfig, fresh: bool, command: str, experiment: str,
+                  threads: int) -> dict:
+    """One run of an experiment's grid as an executor task (picklable; ``train_task`` runs it)."""
+    return {"id": spec.id, "labels": spec.labels, "seed": seed, "config": cfg.to_dict(), "fresh": fresh,
+            "command": command, "experiment": experiment, "run_id": cfg.resolved_run_id, "resume": False,
+            "threads": threads}
+
+
+def run_row(task: dict, rec: dict) -> dict:
+    """The result row of a grid task from the executor's record: ``train_task``'s row without the
+    executor's bookkeeping (``action``; ``retries`` when 0), or, for a worker that died or raised (the
+    executor's failed record), an error row with the run's labels."""
+    if "id" not in rec:
+        rec = {"id": task["id"], "seed": task["seed"], "run_id": task["run_id"], "run_dir": f"runs/{task['run_id']}",
+               **task["labels"], "status": f"error: {rec.get('error')}", "seconds": None,
+               **{k: rec[k] for k in ("started", "ended") if k in rec}}
+    return {k: v for k, v in rec.items() if k != "action" and (k != "retries" or v)}
+
+
+def run_line(done: int, total: int, name: str, row: dict) -> str:
+    """The line printed when a run of a grid has finished (or was reused)."""
+    acc = row.get("train_acc")
+    return (f"  [{done}/{total}] {name:<28} {row['status']:<9} train acc {'-' if acc is None else f'{acc:.3f}'}  "
+            f"{row.get('seconds') or 0:.0f}s{' (reused)' if row.get('reused') else ''}")
 
 
 def train_task(task: dict) -> dict:

@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 import time
+from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -21,10 +22,13 @@ from depthlab.experiments.runner import (
     finished_run,
     plan_experiment,
     resolve_params,
+    run_line,
+    run_row,
+    run_task_dict,
     train_task,
 )
 from depthlab.fileio import atomic_write_text
-from depthlab.sweep.executors import execute
+from depthlab.sweep.executors import execute, take_ready
 from depthlab.training.progress import GridProgress
 from depthlab.training.provenance import commit_at_end, git_commit, run_epochs
 
@@ -76,29 +80,21 @@ def reproduce_all(scale: str = "quick", seeds: Optional[int] = None, out: Option
 
     def on_result(i: int, rec: dict) -> None:
         task = tasks[i]
-        rec = {k: v for k, v in rec.items() if k not in ("action", "retries") or (k == "retries" and v)}
         if task["kind"] == "analyse":
             if "verdicts" not in rec:  # the analysis raised: its worker's error, said and kept
                 rec = {**rec, "verdicts": [], "report": None}
                 print(f"  {task['info']['name']}: analysis failed: {rec.get('error')}", file=sys.stderr, flush=True)
-            docs[task["info"]["name"]] = {**rec, "started": task.get("started", rec.get("started"))}
+            docs[task["info"]["name"]] = rec
             if not quiet and rec.get("report"):
                 counts = ", ".join(f"{rec['verdicts'].count(s)} {s}" for s in STATUSES)
                 print(f"  {task['info']['name']}: {counts} -> {rec['report']}", file=sys.stderr, flush=True)
             return
         progress.poll()
         name, pos = task["experiment"], task["position"]
-        if "id" not in rec:  # the worker died or raised: the executor's failed record
-            rec = {"id": task["id"], "seed": task["seed"], "run_id": task["run_id"],
-                   "run_dir": f"runs/{task['run_id']}", **task["labels"], "status": f"error: {rec.get('error')}",
-                   "seconds": None, "started": rec.get("started"), "ended": rec.get("ended")}
-        rows[name][pos] = rec
+        rows[name][pos] = rec = run_row(task, rec)
         done[0] += 1
         if not quiet:
-            acc = rec.get("train_acc")
-            print(f"  [{done[0]}/{n_runs}] {name}/{rec['run_id']:<28} {rec['status']:<9} train acc "
-                  f"{'-' if acc is None else f'{acc:.3f}'}  {rec.get('seconds') or 0:.0f}s"
-                  f"{' (reused)' if rec.get('reused') else ''}", file=sys.stderr, flush=True)
+            print(run_line(done[0], n_runs, f"{name}/{rec['run_id']}", rec), file=sys.stderr, flush=True)
         analysis = tasks[task["analysis"]]
         if all(r is not None for r in rows[name]):  # the experiment's analysis may start now
             analysis["rows"] = [{k: v for k, v in r.items() if k not in ("started", "ended")} for r in rows[name]]
@@ -137,10 +133,9 @@ def queue_tasks(plans: List[Plan], fresh: bool, jobs: int) -> Tuple[List[dict], 
         first = len(tasks)
         for pos, (spec, seed, cfg) in enumerate(plan.grid):
             finished = not fresh and finished_run(cfg.run_dir, cfg) is not None
-            tasks.append({"kind": "run", "id": spec.id, "labels": spec.labels, "seed": seed, "config": cfg.to_dict(),
-                          "fresh": fresh, "command": plan.command, "experiment": plan.exp.name,
-                          "run_id": cfg.resolved_run_id, "resume": False, "threads": threads, "position": pos,
-                          "run_dir": str(cfg.run_dir), "epochs": run_epochs(cfg), "analysis": first + len(plan.grid),
+            tasks.append({**run_task_dict(spec, seed, cfg, fresh, plan.command, plan.exp.name, threads),
+                          "kind": "run", "position": pos, "run_dir": str(cfg.run_dir), "epochs": run_epochs(cfg),
+                          "analysis": first + len(plan.grid),
                           "estimate": 0.0 if finished else estimate_seconds(cfg, plan.dataset)})
         tasks.append({"kind": "analyse", "info": plan.info, "rows": [] if not plan.grid else None,
                       "after": list(range(first, len(tasks))), "threads": threads,
@@ -174,11 +169,9 @@ def suite_task(task: dict) -> dict:
 def run_inline(tasks: List[dict], on_result: Callable[[int, dict], None], datasets: Dict[str, Any]) -> None:
     """``jobs=1`` on this machine: the queue in this process, one task at a time (analyses reuse the
     plan's loaded data)."""
-    pending = list(range(len(tasks)))
-    reported: set = set()
+    pending, reported = deque(range(len(tasks))), set()
     while pending:
-        i = next(i for i in pending if all(j in reported for j in tasks[i].get("after", ())))
-        pending.remove(i)
+        i = take_ready(pending, tasks, reported, running=False)
         task = tasks[i] if tasks[i]["kind"] == "run" else {**tasks[i], "dataset": datasets[tasks[i]["experiment"]]}
         rec = suite_task(task)
         reported.add(i)

@@ -62,15 +62,7 @@ class _Retries:
         self.on_result(i, rec)
 
     def take(self, queue: deque, running: bool) -> Optional[int]:
-        """The first queued task whose ``after`` tasks have all reported (removed from ``queue``); None
-        when none is ready. Nothing ready and nothing running: the ``after`` lists cannot be met."""
-        for i in queue:
-            if all(j in self.reported for j in self.tasks[i].get("after", ())):
-                queue.remove(i)
-                return i
-        if queue and not running:
-            raise ConfigError(f"tasks {sorted(queue)} wait for tasks that never run (check their 'after' lists)")
-        return None
+        return take_ready(queue, self.tasks, self.reported, running)
 
     def died(self, i: int, detail: str = "") -> bool:
         if self.count[i] < self.limit:
@@ -78,6 +70,18 @@ class _Retries:
             return True
         self.report(i, failed_record(self.tasks[i], died_error(self.count[i], detail)))
         return False
+
+
+def take_ready(queue: deque, tasks: List[dict], reported: set, running: bool) -> Optional[int]:
+    """The first queued task whose ``after`` tasks have all reported (removed from ``queue``); None
+    when none is ready. Nothing ready and nothing running: the ``after`` lists cannot be met."""
+    for i in queue:
+        if all(j in reported for j in tasks[i].get("after", ())):
+            queue.remove(i)
+            return i
+    if queue and not running:
+        raise ConfigError(f"tasks {sorted(queue)} wait for tasks that never run (check their 'after' lists)")
+    return None
 
 
 # ----------------------------------------------------------------------------- local

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import subprocess
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -33,10 +32,10 @@ def params_of(cfg: dict) -> Optional[int]:
         return None
 
 
-def provenance(command: Optional[str], device: str, started: datetime, t0: Optional[float], commit: str) -> dict:
+def provenance(command: Optional[str], device: str, started: datetime, commit: str) -> dict:
     """What was run, where and when: command, commit (``commit``: the checkout's when it started; a
     checkout changed while it ran adds ``commit_at_end``), versions, device, time (seconds since
-    ``t0``, a ``perf_counter`` of this process; None: since ``started``)."""
+    ``started``, which may lie in another process: ``reproduce all`` analyses on a worker)."""
     dev = resolve_device(device)
     if dev.type == "cuda":
         dev_name = f"cuda: {torch.cuda.get_device_name(dev)}"
@@ -47,8 +46,7 @@ def provenance(command: Optional[str], device: str, started: datetime, t0: Optio
             "device": dev_name,
             "started": started.isoformat(timespec="seconds"),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": (time.perf_counter() - t0 if t0 is not None
-                        else (datetime.now(timezone.utc) - started).total_seconds())}
+            "seconds": (datetime.now(timezone.utc) - started).total_seconds()}
 
 
 def commit_at_end(commit: str) -> dict:
