@@ -17,6 +17,12 @@ from depthlab.stats import fmt_mean_sd, mean_sd  # noqa: F401  (re-exported: exp
 
 EXPERIMENTS = Registry("experiment")
 
+# The real-image budget that the positive controls train at on a 2-core CPU (docs/notes/calibration.md):
+# 1,000 CIFAR-10 training images for 32 quick-recipe epochs (512 SGD steps) without augmentation, so the nets
+# that can fit the images do, and the whole test set once, after the last epoch.
+REAL_BUDGET = {"dataset": "cifar10", "recipe": "quick", "epochs": 32,
+               "set": ["data.train_subset=1000", "data.augment=none", "train.eval_every=32"]}
+
 OBSERVED, NOT_OBSERVED, INCONCLUSIVE = "observed", "not observed", "inconclusive"
 
 
