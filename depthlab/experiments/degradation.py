@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from depthlab.diagnose_run import diagnose
 from depthlab.experiments.base import (
-    REAL_BUDGET,
+    REAL_FIT,
     Experiment,
     Findings,
     RunSpec,
@@ -37,8 +37,8 @@ class Degradation(Experiment):
     scales = {
         "quick": {"dataset": "digits", "recipe": "quick", "depths": [8, 20, 56, 110], "gap": 0.05,
                   "tolerance": 0.01},
-        # CIFAR-10 on a 2-core CPU: base.REAL_BUDGET (resnet-110, the control, is calibrated on its own)
-        "real": {**REAL_BUDGET, "depths": [20, 56], "gap": 0.05, "tolerance": 0.01},
+        # CIFAR-10 on a 2-core CPU: base.REAL_FIT (resnet-110, the control: sweeps/calibration-real-resnet110.yaml)
+        "real": {**REAL_FIT, "depths": [20, 56], "gap": 0.05, "tolerance": 0.01},
         "paper": {"dataset": "cifar10", "recipe": "he2015", "depths": [20, 32, 44, 56, 110], "gap": 0.02,
                   "tolerance": 0.005},
     }

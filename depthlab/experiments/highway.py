@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from depthlab.experiments.base import (
+    REAL_AUGMENTED,
     Experiment,
     Findings,
     RunSpec,
@@ -44,11 +45,8 @@ class Highway(Experiment):
     scales = {
         "quick": {"dataset": "digits", "recipe": "quick", "epochs": 40, "depths": [8, 20, 56, 110], "width": 8,
                   "gap": 0.2, "tolerance": 0.1, "gate_batch": 256},
-        # CIFAR-10 on a 2-core CPU (docs/notes/calibration.md): degradation's 4,000 training images and 10 epochs, the
-        # quick scale's width-8 nets at 20 and 110 layers
-        "real": {"dataset": "cifar10", "recipe": "quick", "epochs": 10, "depths": [20, 110], "width": 8,
-                 "gap": 0.2, "tolerance": 0.1, "gate_batch": 256,
-                 "set": ["data.train_subset=4000", "train.eval_every=10"]},
+        # CIFAR-10 on a 2-core CPU: base.REAL_AUGMENTED, the quick scale's width-8 nets at 20 and 110 layers
+        "real": {**REAL_AUGMENTED, "depths": [20, 110], "width": 8, "gap": 0.2, "tolerance": 0.1, "gate_batch": 256},
         "paper": {"dataset": "cifar10", "recipe": "he2015", "depths": [20, 32, 56, 110], "width": None,
                   "gap": 0.1, "tolerance": 0.05, "gate_batch": 256},
     }

@@ -9,6 +9,7 @@ Details: docs/methods.md, section "CReLU and looks-linear initialisation".
 from __future__ import annotations
 
 from depthlab.experiments.base import (
+    REAL_AUGMENTED,
     Experiment,
     Findings,
     RunSpec,
@@ -48,11 +49,9 @@ class LooksLinear(Experiment):
     scales = {
         "quick": {"dataset": "digits", "recipe": "quick", "epochs": 12, "depths": [8, 14, 32, 56], "width": 8,
                   "crelu_width": 6, "gap": 0.05, "collapse": 0.10},
-        # CIFAR-10 on a 2-core CPU (docs/notes/calibration.md): degradation's 4,000 training images and 10 epochs, the
-        # quick scale's narrow nets, the shallowest and the deepest quick depth
-        "real": {"dataset": "cifar10", "recipe": "quick", "epochs": 10, "depths": [8, 56], "width": 8,
-                 "crelu_width": 6, "gap": 0.05, "collapse": 0.10,
-                 "set": ["data.train_subset=4000", "train.eval_every=10"]},
+        # CIFAR-10 on a 2-core CPU: base.REAL_AUGMENTED, the quick scale's narrow nets at its shallowest and deepest
+        # depth
+        "real": {**REAL_AUGMENTED, "depths": [8, 56], "width": 8, "crelu_width": 6, "gap": 0.05, "collapse": 0.10},
         "paper": {"dataset": "cifar10", "recipe": "he2015", "depths": [8, 14, 32, 56, 104, 200], "width": 16,
                   "crelu_width": 11, "gap": 0.03, "collapse": 0.10},
     }
