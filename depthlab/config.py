@@ -74,6 +74,7 @@ class DataConfig:
                                            # train/<class>/ and test/<class>/ images (saved absolute)
     resize: Optional[int] = None           # imagefolder: resize every image to resize x resize
     train_subset: Optional[int] = None     # train on a stratified, seeded subset of this many images
+    test_subset: Optional[int] = None      # evaluate on a stratified, seeded subset of this many test images
 
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")   # train.compile (torch.compile modes)

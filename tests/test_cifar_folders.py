@@ -172,9 +172,10 @@ def test_the_real_scale_runs_on_cifar_images_and_never_on_a_stand_in(tmp_path, t
     assert (saved["train"], saved["test"], saved["class_names"]) == (10, 10, list(C10))
     real = [n for n in EXPERIMENTS if "real" in EXPERIMENTS.get(n).scales]
     tiny = {**params, "depth": 8, "plain_depth": 8, "max_k": 2, "samples": 2, "n_test": 10, "path_batch": 4,
-            "path_samples": 2, "width": 4, "crelu_width": 3, "probe_steps": 2}
+            "path_samples": 2, "width": 4, "crelu_width": 3, "probe_steps": 2, "placement_blocks": 2}
     suite = reproduce_all(scale="real", seeds=1, out=str(tmp_path / "all"), params=tiny, device="cpu", quiet=True)
     assert [e["name"] for e in suite["experiments"]] == real
-    assert {"degradation", "lesion", "looks-linear", "highway", "orthonormal", "stochastic-depth"} <= set(real)
+    assert {"degradation", "lesion", "looks-linear", "highway", "orthonormal", "stochastic-depth",
+            "discriminability"} <= set(real)
     assert all(json.loads((tmp_path / "all" / f"{n}-real" / "experiment.json").read_text())["data"]["name"]
                == "cifar10" for n in real)

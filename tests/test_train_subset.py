@@ -1,6 +1,7 @@
 """``data.train_subset``: a stratified subset of the training split, drawn with the data seed after
 the val split is taken out (which stays the same and disjoint), normalised with the subset's own
-statistics, saved in config.json so eval, diagnose and resume rebuild the very same subset."""
+statistics, saved in config.json so eval, diagnose and resume rebuild the very same subset.
+``data.test_subset``: the same for the test split, which changes nothing else."""
 from __future__ import annotations
 
 import json
@@ -121,3 +122,32 @@ def test_saved_in_config_json_and_rebuilt_by_load_run(tmp_path, capsys):
     assert torch.equal(data.train_x, want.train_x) and torch.equal(data.train_y, want.train_y)
     assert main(["eval", str(tmp_path / "s"), "--split", "train", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["train_acc"] is not None
+
+
+def test_a_test_subset_is_balanced_drawn_from_the_test_split_and_changes_nothing_else(tmp_path):
+    write_folder(tmp_path / "f", n_train=4, n_test=5)  # 3 classes x 5 test images
+    folder = str(tmp_path / "f")
+    full = load_dataset("imagefolder", data_dir=tmp_path / "d", path=folder)
+    a = load_dataset("imagefolder", data_dir=tmp_path / "d", path=folder, test_subset=6)
+    b = load_dataset("imagefolder", data_dir=tmp_path / "d", path=folder, test_subset=6)
+    assert torch.equal(a.test_x, b.test_x) and torch.equal(a.test_y, b.test_y)
+    assert torch.equal(torch.bincount(a.test_y), torch.tensor([2, 2, 2]))
+    full_rows = {tuple(r.flatten().tolist()): int(y) for r, y in zip(pixels(full, full.test_x), full.test_y)}
+    assert all(full_rows[tuple(r.flatten().tolist())] == int(y) for r, y in zip(pixels(a, a.test_x), a.test_y))
+    assert torch.equal(a.train_x, full.train_x) and a.norm_mean == full.norm_mean  # train split, statistics
+    with pytest.raises(ValueError, match=r"test_subset=16 .* is larger than the test split of imagefolder: "
+                                         r"15 images; use at most 15"):
+        load_dataset("imagefolder", data_dir=tmp_path / "d", path=folder, test_subset=16)
+    with pytest.raises(ConfigError, match="data.test_subset must be a positive integer"):
+        RunConfig().with_overrides(["data.test_subset=0"]).validate()
+
+
+def test_a_test_subset_is_saved_and_rebuilt_by_load_run(tmp_path, capsys):
+    assert main(["train", "--quiet", "--out-dir", str(tmp_path), "--run-id", "s", "--set", "data.test_subset=40",
+                 "model.name=plain", "model.depth=8", "model.width=4", "train.epochs=1", "train.threads=1",
+                 "train.device=cpu"]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["data"]["test_subset"] == 40
+    _, data, *_ = load_run(tmp_path / "s", device="cpu")
+    want = load_dataset("digits", test_subset=40)
+    assert torch.equal(data.test_x, want.test_x) and len(data.test_y) == 40

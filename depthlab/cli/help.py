@@ -31,6 +31,7 @@ DATA_KEYS = (
     ("data.resize=N", "imagefolder: resize every image to NxN (needed when their sizes differ)"),
     ("data.train_subset=N", "train on a stratified, seeded (data.seed) subset of N training images; normalised "
                             "with the subset's statistics; the val split is taken out first"),
+    ("data.test_subset=N", "evaluate on a stratified, seeded (data.seed) subset of N test images (cheaper, noisier)"),
     ("data.name=cifar10 data.path=P", "CIFAR-10/100 from its class-folder form (PNG or JPEG), also found in "
                                       "<data dir>/cifar10/; the pickled batches are read first when present"),
 )

@@ -20,7 +20,14 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from depthlab.data import bundled, files, folders, progress
-from depthlab.data.bundled import SUBSET_STREAM, VAL_SPLIT_STREAM, RawData, stratified_split, stratified_subset
+from depthlab.data.bundled import (
+    SUBSET_STREAM,
+    TEST_SUBSET_STREAM,
+    VAL_SPLIT_STREAM,
+    RawData,
+    stratified_split,
+    stratified_subset,
+)
 from depthlab.data.checks import check_dataset, check_xy
 from depthlab.data.files import CHECKSUMS, DataFileError
 from depthlab.data.loader import (
@@ -167,12 +174,12 @@ def _check_bool(name: str, value) -> bool:
     return value
 
 
-def _check_args(name: str, seed, val_fraction, options: dict, train_subset=None) -> None:
+def _check_args(name: str, seed, val_fraction, options: dict, train_subset=None, test_subset=None) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    if train_subset is not None and (isinstance(train_subset, bool) or not isinstance(train_subset, int)
-                                     or train_subset < 1):
-        raise ValueError(f"train_subset must be a positive int or None, got {train_subset!r}")
+    for key, n in (("train_subset", train_subset), ("test_subset", test_subset)):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"{key} must be a positive int or None, got {n!r}")
     if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
             or not 0 <= val_fraction < 1):
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
@@ -197,18 +204,19 @@ def _normaliser(train_x: torch.Tensor):
 
 
 def load_dataset(name: str, data_dir=None, seed: int = 0, val_fraction: float = 0.0,
-                 download: bool = True, train_subset: Optional[int] = None, quiet: bool = False,
-                 **options) -> Dataset:
+                 download: bool = True, train_subset: Optional[int] = None, test_subset: Optional[int] = None,
+                 quiet: bool = False, **options) -> Dataset:
     """Load a registered dataset (see ``list_datasets()``; options: ``dataset_options(name)``).
 
     ``val_fraction > 0`` holds out a stratified, seeded part of the train set as validation.
     ``train_subset=n`` then trains on a stratified, seeded ``n`` of the images left (an equal share
     per class where possible; ``stratified_subset``): the val split stays the same and disjoint,
-    and the normalisation statistics are the subset's. ``quiet``: no progress bar.
+    and the normalisation statistics are the subset's. ``test_subset=n`` evaluates on a stratified,
+    seeded ``n`` of the test images (a cheaper, noisier test accuracy). ``quiet``: no progress bar.
     Missing or damaged files raise ``DataFileError`` saying which file and what to do.
     """
     builder = DATASETS.get(name)  # unknown name: UnknownNameError listing the valid ones
-    _check_args(name, seed, val_fraction, options, train_subset)
+    _check_args(name, seed, val_fraction, options, train_subset, test_subset)
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     with progress.quiet(quiet):
         raw = builder(root, seed, bool(download), **options)
@@ -229,13 +237,20 @@ def load_dataset(name: str, data_dir=None, seed: int = 0, val_fraction: float = 
                              f"training split of {name}: {len(train_y):,} images{after}; use at most {len(train_y)}")
         idx = torch.from_numpy(stratified_subset(train_y, train_subset, seed, SUBSET_STREAM))
         train_x, train_y = train_x[idx], train_y[idx]
+    test_x, test_y = raw.test_x, raw.test_y.to(torch.int64)
+    if test_subset is not None:
+        if test_subset > len(test_y):
+            raise ValueError(f"test_subset={test_subset} (CLI: data.test_subset={test_subset}) is larger than the test "
+                             f"split of {name}: {len(test_y):,} images; use at most {len(test_y)}")
+        idx = torch.from_numpy(stratified_subset(test_y, test_subset, seed, TEST_SUBSET_STREAM))
+        test_x, test_y = test_x[idx], test_y[idx]
     normalise, mean, std = _normaliser(train_x)
     meta = DATASETS.meta(name)
     names = raw.class_names if raw.class_names is not None else meta.get("class_names")
     return Dataset(
         name=name,
         train_x=normalise(train_x), train_y=train_y,
-        test_x=normalise(raw.test_x), test_y=raw.test_y.to(torch.int64),
+        test_x=normalise(test_x), test_y=test_y,
         num_classes=raw.num_classes,
         val_x=None if val_x is None else normalise(val_x), val_y=val_y,
         default_augment=raw.augment or meta.get("default_augment", "none"),
@@ -260,7 +275,8 @@ def dataset_args(data) -> dict:
     """``load_dataset``'s keyword arguments (all but the name) for a config's data section
     (``RunConfig.data``, or any object with its fields): the one place that maps one to the other."""
     kwargs = dict(data_dir=data.data_dir, seed=data.seed, val_fraction=data.val_fraction,
-                  download=data.download, train_subset=getattr(data, "train_subset", None))
+                  download=data.download, train_subset=getattr(data, "train_subset", None),
+                  test_subset=getattr(data, "test_subset", None))
     for key in CONFIG_OPTIONS:
         if getattr(data, key, None) is not None:
             kwargs[key] = resolve_path(data.path) if key == "path" else getattr(data, key)
@@ -298,3 +314,5 @@ def check_data_section(dt) -> None:
         raise ValueError(f"data.resize must be a positive integer (the side of the square images), got {dt.resize}")
     if dt.train_subset is not None and dt.train_subset < 1:
         raise ValueError(f"data.train_subset must be a positive integer (training images), got {dt.train_subset}")
+    if dt.test_subset is not None and dt.test_subset < 1:
+        raise ValueError(f"data.test_subset must be a positive integer (test images), got {dt.test_subset}")

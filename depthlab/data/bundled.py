@@ -26,6 +26,7 @@ import torch.nn.functional as F
 TEST_SPLIT_STREAM = 1
 VAL_SPLIT_STREAM = 2
 SUBSET_STREAM = 3
+TEST_SUBSET_STREAM = 4
 
 
 class RawData(NamedTuple):
