@@ -17,7 +17,7 @@ from depthlab.stats import fmt_mean_sd, mean_sd  # noqa: F401  (re-exported: exp
 
 EXPERIMENTS = Registry("experiment")
 
-# The real-image budgets on a 2-core CPU (docs/notes/calibration.md). REAL_FIT: 1,000 CIFAR-10 training images
+# The real-image budgets on a 2-core CPU (docs/notes/calibration-real.md). REAL_FIT: 1,000 CIFAR-10 training images
 # for 32 quick-recipe epochs (512 SGD steps) without augmentation, at which the nets the papers say train fit their
 # images (plain-20, resnet-20/56/110) and plain-56 does not. REAL_AUGMENTED, the first real budget: 4,000 images
 # with crop+flip for 10 epochs (630 steps), at which no net fits its images yet. The test set is evaluated once,
