@@ -133,13 +133,20 @@ def kill_the_first_run_past_epoch_1(runs_dir, killed, done):
         time.sleep(0.02)  # an epoch takes ~0.4 s: the kill lands well before the run's 4th epoch ends
 
 
+def _terminal_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_checkpoints_the_runs_in_flight_exits_130_and_leaves_no_worker_behind(tmp_path):
     """The terminal's SIGINT reaches the sweep and its workers (one process group): each run stops at
     its next step with a checkpoint, the results say interrupted, the next invocation resumes."""
     path, sweep_dir = write_sweep(tmp_path, "local", epochs=200, seeds=2)
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    # as at a terminal: SIGINT at its default and unblocked in the sweep, whatever the test runner's process has
     proc = subprocess.Popen([sys.executable, "-m", "depthlab", "sweep", str(path)], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_terminal_sigint)
     try:
         # an epoch checkpoint in each run (epoch_0001.pt itself may be pruned by keep_last before a busy
         # machine lets this loop look)
