@@ -312,7 +312,7 @@ def check_data_section(dt) -> None:
                              f".zip archive holding train/<class>/<image> and test/<class>/<image>")
     if dt.resize is not None and dt.resize < 1:
         raise ValueError(f"data.resize must be a positive integer (the side of the square images), got {dt.resize}")
-    if dt.train_subset is not None and dt.train_subset < 1:
-        raise ValueError(f"data.train_subset must be a positive integer (training images), got {dt.train_subset}")
-    if dt.test_subset is not None and dt.test_subset < 1:
-        raise ValueError(f"data.test_subset must be a positive integer (test images), got {dt.test_subset}")
+    for key, what in (("train_subset", "training images"), ("test_subset", "test images")):
+        n = getattr(dt, key)
+        if n is not None and n < 1:
+            raise ValueError(f"data.{key} must be a positive integer ({what}), got {n}")

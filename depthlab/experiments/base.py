@@ -22,10 +22,16 @@ EXPERIMENTS = Registry("experiment")
 # images (plain-20, resnet-20/56/110) and plain-56 does not. REAL_AUGMENTED, the first real budget: 4,000 images
 # with crop+flip for 10 epochs (630 steps), at which no net fits its images yet. The test set is evaluated once,
 # after the last epoch.
-REAL_FIT = {"dataset": "cifar10", "recipe": "quick", "epochs": 32,
-            "set": ["data.train_subset=1000", "data.augment=none", "train.eval_every=32"]}
-REAL_AUGMENTED = {"dataset": "cifar10", "recipe": "quick", "epochs": 10,
-                  "set": ["data.train_subset=4000", "train.eval_every=10"]}
+def real_budget(images: int, epochs: int, augment: Optional[str] = None) -> dict:
+    """A real scale's budget: the quick recipe on ``images`` CIFAR-10 training images for ``epochs``,
+    the test set evaluated after the last epoch only; ``augment`` overrides the dataset's default."""
+    aug = [f"data.augment={augment}"] if augment else []
+    return {"dataset": "cifar10", "recipe": "quick", "epochs": epochs,
+            "set": [f"data.train_subset={images}"] + aug + [f"train.eval_every={epochs}"]}
+
+
+REAL_FIT = real_budget(1000, 32, augment="none")
+REAL_AUGMENTED = real_budget(4000, 10)
 
 OBSERVED, NOT_OBSERVED, INCONCLUSIVE = "observed", "not observed", "inconclusive"
 
