@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from depthlab.experiments.base import (
-    REAL_AUGMENTED,
+    REAL_FIT,
     Experiment,
     Findings,
     RunSpec,
@@ -45,8 +45,8 @@ class Highway(Experiment):
     scales = {
         "quick": {"dataset": "digits", "recipe": "quick", "epochs": 40, "depths": [8, 20, 56, 110], "width": 8,
                   "gap": 0.2, "tolerance": 0.1, "gate_batch": 256},
-        # CIFAR-10 on a 2-core CPU: base.REAL_AUGMENTED, the quick scale's width-8 nets at 20 and 110 layers
-        "real": {**REAL_AUGMENTED, "depths": [20, 110], "width": 8, "gap": 0.2, "tolerance": 0.1, "gate_batch": 256},
+        # CIFAR-10 on a 2-core CPU: base.REAL_FIT, the quick scale's width-8 nets at 20 and 110 layers
+        "real": {**REAL_FIT, "depths": [20, 110], "width": 8, "gap": 0.2, "tolerance": 0.1, "gate_batch": 256},
         "paper": {"dataset": "cifar10", "recipe": "he2015", "depths": [20, 32, 56, 110], "width": None,
                   "gap": 0.1, "tolerance": 0.05, "gate_batch": 256},
     }

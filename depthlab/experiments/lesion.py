@@ -16,7 +16,7 @@ import numpy as np
 from depthlab.diagnose_run import diagnose
 from depthlab.diagnostics.lesion import lesion_study
 from depthlab.experiments.base import (
-    REAL_AUGMENTED,
+    REAL_FIT,
     Experiment,
     Findings,
     RunSpec,
@@ -73,8 +73,8 @@ class Lesion(Experiment):
         "quick": {"dataset": "digits", "recipe": "quick", "depth": 56, "plain_depth": 20, "max_k": 8, "samples": 10,
                   "n_test": None, "path_batch": 32, "path_samples": 10, "single_tol": 0.03, "ds_gap": 0.01,
                   "chance_fraction": 0.75, "max_jump": 0.1},
-        # CIFAR-10 on a 2-core CPU: base.REAL_AUGMENTED, lesioned on 1,000 test images with 5 draws per k
-        "real": {**REAL_AUGMENTED, "depth": 56, "plain_depth": 20, "max_k": 8, "samples": 5, "n_test": 1000,
+        # CIFAR-10 on a 2-core CPU: base.REAL_FIT, lesioned on 1,000 test images with 5 draws per k
+        "real": {**REAL_FIT, "depth": 56, "plain_depth": 20, "max_k": 8, "samples": 5, "n_test": 1000,
                  "path_batch": 32, "path_samples": 10, "single_tol": 0.03, "ds_gap": 0.01, "chance_fraction": 0.75,
                  "max_jump": 0.1},
         "paper": {"dataset": "cifar10", "recipe": "he2015", "depth": 110, "plain_depth": 20, "max_k": 20,
