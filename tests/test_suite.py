@@ -124,3 +124,27 @@ def test_reproduce_all_on_two_workers_runs_one_queue_and_accounts_for_the_time(t
         assert 0 < e["ready"] <= result["seconds"] and e["runs"] == 8
     table = breakdown(result)
     assert "schedule: 2 workers, longest runs first; " in table and "idle core-min" in table
+
+
+def test_one_experiment_on_two_workers_hands_out_its_longest_runs_first(tmp_path, monkeypatch):
+    from depthlab.experiments import runner
+
+    plan = plan_experiment("degradation", seeds=2, out=str(tmp_path), params={"depths": [8, 20], "epochs": 1},
+                           device="cpu", quiet=True)
+    grid_ids = [cfg.resolved_run_id for _, _, cfg in plan.grid]
+    assert grid_ids[0].endswith("8-s0")  # grid order: the shallow nets first
+    handed = []
+
+    def fake_execute(tasks, executor, workers, threads, on_result, fn=None, quiet=True):
+        handed.extend(t["run_id"] for t in tasks)
+        for j in reversed(range(len(tasks))):  # results arrive in any order
+            on_result(j, {"id": tasks[j]["id"], "seed": tasks[j]["seed"], "run_id": tasks[j]["run_id"],
+                          "status": "finished", "seconds": 1.0})
+
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    rows = runner._train_grid(plan.grid, plan.dataset, False, True, "cmd", "degradation", jobs=2)
+    est = {cfg.resolved_run_id: cost.estimate_seconds(cfg, plan.dataset) for _, _, cfg in plan.grid}
+    assert sorted(handed) == sorted(grid_ids) and [est[r] for r in handed] == sorted(est.values(), reverse=True)
+    assert {handed[0], handed[1]} <= {r for r in grid_ids if "20-s" in r}
+    assert [r["run_id"] for r in rows] == grid_ids  # the rows still come back in grid order
+    assert runner.longest_first(plan.grid, None) == list(range(len(plan.grid)))

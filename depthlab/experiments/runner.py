@@ -18,6 +18,7 @@ import yaml
 from depthlab.config import ConfigError, RunConfig
 from depthlab.data import DATASETS, DataFileError, default_data_dir, folders, load_dataset_from
 from depthlab.experiments.base import EXPERIMENTS, Experiment, Findings, RunSpec
+from depthlab.experiments.cost import estimate_seconds
 from depthlab.experiments.plan import check_depths, check_plan, data_config, maker_of, record_maker, run_config
 from depthlab.fileio import atomic_write_text, epoch_gap, read_jsonl
 from depthlab.sweep.executors import execute
@@ -302,8 +303,10 @@ def analyse(info: dict, rows: List[dict], quiet: bool = False, report: bool = Tr
 
 def _train_grid(grid: list, dataset, fresh: bool, quiet: bool, command: str, experiment: str, jobs: int,
                 executor: str = "local") -> list:
-    """Every run of the grid, in grid order: one after another in this process, or ``jobs`` at a time in
-    worker processes with ``cores / jobs`` torch threads each."""
+    """Every run of the grid: in grid order one after another in this process, or ``jobs`` at a time in
+    worker processes with ``cores / jobs`` torch threads each, the longest runs first (``cost``, as
+    ``reproduce all`` orders its queue: the slowest nets no longer start last and run alone). The rows
+    come back in grid order either way."""
     rows: list = [None] * len(grid)
     done = [0]
 
@@ -320,17 +323,29 @@ def _train_grid(grid: list, dataset, fresh: bool, quiet: bool, command: str, exp
     threads = max(1, (os.cpu_count() or 1) // jobs)
     tasks = [run_task_dict(spec, seed, cfg, fresh, command, experiment, threads) for spec, seed, cfg in grid]
 
-    def on_result(i: int, rec: dict) -> None:
+    order = longest_first(grid, dataset)
+
+    def on_result(j: int, rec: dict) -> None:
         progress.poll()  # the run's last epochs before its line
-        report(i, run_row(tasks[i], rec))
+        report(order[j], run_row(tasks[order[j]], rec))
 
     # the sweep's executors: fresh worker processes (spawn: no inherited torch thread pools), a worker
     # that dies retried once by resuming its run, Ctrl-C answered with checkpoints; or Ray
     progress = GridProgress([(cfg.resolved_run_id, cfg.run_dir, run_epochs(cfg)) for _, _, cfg in grid],
                             quiet=quiet or executor != "local", fresh=fresh)
     with progress:
-        execute(tasks, executor, min(jobs, len(tasks)), threads, on_result, fn=train_task, quiet=quiet)
+        execute([tasks[i] for i in order], executor, min(jobs, len(tasks)), threads, on_result, fn=train_task,
+                quiet=quiet)
     return rows
+
+
+def longest_first(grid: list, dataset) -> List[int]:
+    """The grid's positions, the longest run first by ``depthlab.experiments.cost`` (grid order among
+    equal estimates, and throughout when no dataset is loaded to estimate with)."""
+    if dataset is None:
+        return list(range(len(grid)))
+    est = [estimate_seconds(cfg, dataset) for _, _, cfg in grid]
+    return sorted(range(len(grid)), key=lambda i: -est[i])
 
 
 def run_task_dict(spec: RunSpec, seed: int, cfg: RunConfig, fresh: bool, command: str, experiment: str,
