@@ -17,11 +17,10 @@ from depthlab.stats import fmt_mean_sd, mean_sd  # noqa: F401  (re-exported: exp
 
 EXPERIMENTS = Registry("experiment")
 
-# The real-image budgets on a 2-core CPU (docs/notes/calibration-real.md). REAL_FIT: 1,000 CIFAR-10 training images
+# The real-image budget on a 2-core CPU (docs/notes/calibration-real.md). REAL_FIT: 1,000 CIFAR-10 training images
 # for 32 quick-recipe epochs (512 SGD steps) without augmentation, at which the nets the papers say train fit their
-# images (plain-20, resnet-20/56/110) and plain-56 does not. REAL_AUGMENTED, the first real budget: 4,000 images
-# with crop+flip for 10 epochs (630 steps), at which no net fits its images yet. The test set is evaluated once,
-# after the last epoch.
+# images (plain-20, resnet-20/44/56/110) and plain-56 does not; the test set is evaluated once, after the last
+# epoch. The first real budget, real_budget(4000, 10) (crop+flip, 630 steps), is where no net fits its images yet.
 def real_budget(images: int, epochs: int, augment: Optional[str] = None) -> dict:
     """A real scale's budget: the quick recipe on ``images`` CIFAR-10 training images for ``epochs``,
     the test set evaluated after the last epoch only; ``augment`` overrides the dataset's default."""
@@ -31,7 +30,6 @@ def real_budget(images: int, epochs: int, augment: Optional[str] = None) -> dict
 
 
 REAL_FIT = real_budget(1000, 32, augment="none")
-REAL_AUGMENTED = real_budget(4000, 10)
 
 OBSERVED, NOT_OBSERVED, INCONCLUSIVE = "observed", "not observed", "inconclusive"
 
