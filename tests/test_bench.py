@@ -65,3 +65,12 @@ def test_numerics_bench_compares_loss_curves_with_the_plain_path():
     rows = [line for line in out.splitlines() if "+-" in line]
     assert len(rows) == 4 and rows[0].startswith("plain path")
     assert re.search(r"\s0\.00 \(ep\s+1\)", rows[0])  # the plain path's gap to itself
+
+
+def test_real_step_cost_projects_a_real_fit_run_from_the_step_time():
+    out = _run("real_step_cost.py", "--nets", "resnet:8:4,vanilla:8:4", "--batch", "50", "--steps", "1")
+    assert "(1,000 images, 32 epochs)" in out
+    for name in ("resnet-8 (width 4)", "vanilla-8 (width 4)"):
+        step, epoch, run = re.search(re.escape(name) + r"\s+([\d.]+)\s+(\d+)\s+(\d+) min", out).groups()
+        s = float(step)  # 1,000 images in batches of 50: 20 steps an epoch, 32 epochs a run (both printed rounded)
+        assert abs(int(epoch) - 20 * s) <= 0.5 + 20 * 0.005 and abs(int(run) - 32 * 20 * s / 60) <= 0.5 + 0.06
