@@ -176,6 +176,6 @@ def test_the_real_scale_runs_on_cifar_images_and_never_on_a_stand_in(tmp_path, t
     suite = reproduce_all(scale="real", seeds=1, out=str(tmp_path / "all"), params=tiny, device="cpu", quiet=True)
     assert [e["name"] for e in suite["experiments"]] == real
     assert {"degradation", "lesion", "looks-linear", "highway", "orthonormal", "stochastic-depth",
-            "discriminability"} <= set(real)
+            "discriminability", "toolkit"} <= set(real)
     assert all(json.loads((tmp_path / "all" / f"{n}-real" / "experiment.json").read_text())["data"]["name"]
                == "cifar10" for n in real)

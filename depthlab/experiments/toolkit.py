@@ -15,6 +15,7 @@ from depthlab.config import RunConfig
 from depthlab.diagnostics.gradient_flow import gradient_flow, take_batch
 from depthlab.diagnostics.lesion import blocks_disabled, error_rate
 from depthlab.experiments.base import (
+    REAL_FIT,
     Experiment,
     Findings,
     RunSpec,
@@ -86,6 +87,12 @@ class Toolkit(Experiment):
         "quick": {"dataset": "digits", "recipe": "quick", "depth": 56, "width": None, "dropout": 0.1,
                   "trains": 0.9, "gap": 0.05, "tolerance": 0.02, "near_chance": 0.2, "ratio_bound": 100.0,
                   "delete_channels": 0.25, "draws": 5, "probe_batch": 128},
+        # CIFAR-10 on a 2-core CPU: base.REAL_FIT; 36 runs of a 56-layer net do not fit 30 minutes there, so a
+        # narrower, shallower net (docs/notes/calibration-real.md) and 1,000 test images for the deletion probes
+        "real": {**REAL_FIT, "depth": 32, "width": 8, "dropout": 0.1,
+                 "trains": 0.9, "gap": 0.05, "tolerance": 0.02, "near_chance": 0.2, "ratio_bound": 100.0,
+                 "delete_channels": 0.25, "draws": 5, "probe_batch": 128,
+                 "set": REAL_FIT["set"] + ["data.test_subset=1000"]},
         "paper": {"dataset": "cifar10", "recipe": "he2015", "depth": 56, "width": None, "dropout": 0.1,
                   "trains": 0.9, "gap": 0.02, "tolerance": 0.005, "near_chance": 0.2, "ratio_bound": 100.0,
                   "delete_channels": 0.25, "draws": 5, "probe_batch": 128},
