@@ -74,3 +74,10 @@ def test_real_step_cost_projects_a_real_fit_run_from_the_step_time():
         step, epoch, run = re.search(re.escape(name) + r"\s+([\d.]+)\s+(\d+)\s+(\d+) min", out).groups()
         s = float(step)  # 1,000 images in batches of 50: 20 steps an epoch, 32 epochs a run (both printed rounded)
         assert abs(int(epoch) - 20 * s) <= 0.5 + 20 * 0.005 and abs(int(run) - 32 * 20 * s / 60) <= 0.5 + 0.06
+
+
+def test_highway_fused_bench_prints_both_paths_and_their_ratio():
+    out = _run("highway_fused.py", "--nets", "8:4", "--batch", "8", "--steps", "1", "--repeats", "1")
+    separate, fused, ratio = re.search(r"highway-8 \(width 4\)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x", out).groups()
+    assert float(separate) > 0 and float(fused) > 0
+    assert abs(float(ratio) - float(separate) / float(fused)) <= 0.01 + 0.2 * float(ratio)  # 3-decimal rounding
