@@ -163,6 +163,8 @@ class Toolkit(Experiment):
           within(ratio["bare+identity"], bound), f"bare+identity {fmt_ratio(ratio['bare+identity'])}")
 
         data_name = ctx.dataset.name if ctx.dataset else "-"
+        w = p.get("width")
+        wide = f", width {w} (channels {w}/{2 * w}/{4 * w})" if w else ""
         for name, base in (("remove-one", "full"), ("add-one", "bare")):
             rows = [[c, "-" if tool is None else ("off: " if base == "full" else "on: ") + LABEL[tool], pct(tr[c]),
                      pct(te[c]), pct([a - b for a, b in zip(tr[c], te[c])]), fmt_ratio(ratio[c]),
@@ -170,8 +172,8 @@ class Toolkit(Experiment):
                     for c, t, tool, _ in cells(p) if t == name]
             f.tables.append(table(f"{name.capitalize()}: from the {base} net", [
                 "cell", "switched", "train acc", "test acc", "train - test", "error ratio at init (per seed)",
-                "status"], rows, note=f"depth {p['depth']}, {p['recipe']} recipe on {data_name}; mean +- sd over "
-                                      f"{n} seed(s); a diverged run counts as chance"))
+                "status"], rows, note=f"depth {p['depth']}{wide}, {p['recipe']} recipe on {data_name}; mean +- sd "
+                                      f"over {n} seed(s); a diverged run counts as chance"))
         rrows = [[c] + [pct(rob[(c, k)]) for k in ("train", "intact", "channels", "blocks")] for c in DROPOUT_PAIRS]
         f.tables.append(table("What dropout buys: test accuracy when parts are deleted", [
             "cell", "train acc (eval mode)", "test acc", f"{p['delete_channels']:.0%} channels deleted",
