@@ -99,6 +99,7 @@ class TrainConfig:
     # None / "auto": the default measured fastest on that device (docs/performance.md)
     bf16: Optional[bool] = None            # bf16 autocast (weights and optimizer stay float32)
     channels_last: Optional[bool] = None   # NHWC memory format for the model and its inputs
+    flush_denormal: Optional[bool] = None  # CPU: float32 denormals (< 1.2e-38) read and written as 0 while training
     optimizer_impl: str = "auto"           # "auto" | "foreach" | "fused" | "for-loop"
     compile: str = "off"                   # torch.compile mode: "off" | "default" | "reduce-overhead"
                                            # (CUDA graphs) | "max-autotune"
@@ -384,7 +385,7 @@ def _field_hint(parts):
 NULLS = ("", "~", "null", "Null", "NULL")
 
 
-AUTO_FIELDS = ("threads", "bf16", "channels_last")  # train.X=auto: None, the documented automatic choice
+AUTO_FIELDS = ("threads", "bf16", "channels_last", "flush_denormal")  # train.X=auto: None, the documented automatic choice
 
 
 def _parse_override(raw, hint, key=""):

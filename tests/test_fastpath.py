@@ -1,6 +1,7 @@
 """The fast path changes how a step runs, never what it computes: activation checkpointing is
 exact, channels_last and the SGD implementations agree with the plain path to rounding, bf16 to
-bf16 precision; options validate and resolve per device."""
+bf16 precision, flushed denormals only below what float32 weights can add; options validate and
+resolve per device."""
 import copy
 import dataclasses
 import json
@@ -17,7 +18,14 @@ from depthlab.models import build_model
 from depthlab.models.checkpointing import frozen_batchnorm_stats, segment_bounds
 from depthlab.recipes import resolve_train
 from depthlab.training import train
-from depthlab.training.fastpath import AUTO_DEFAULTS, FastStep, bf16_native, prepare_model, resolve_fast_path
+from depthlab.training.fastpath import (
+    AUTO_DEFAULTS,
+    FastStep,
+    bf16_native,
+    denormals_flushed,
+    prepare_model,
+    resolve_fast_path,
+)
 
 CPU = torch.device("cpu")
 
@@ -151,7 +159,8 @@ def test_auto_resolves_per_device_and_explicit_choices_stay():
 @pytest.mark.parametrize("override,field", [("train.optimizer_impl=adam", "train.optimizer_impl"),
                                             ("train.compile=fast", "train.compile"),
                                             ("train.checkpoint_segments=-3", "train.checkpoint_segments"),
-                                            ("train.channels_last=maybe", "train.channels_last")])
+                                            ("train.channels_last=maybe", "train.channels_last"),
+                                            ("train.flush_denormal=maybe", "train.flush_denormal")])
 def test_bad_fast_path_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         RunConfig().with_overrides([override]).validate()
@@ -186,6 +195,33 @@ def test_a_run_resumes_under_a_different_fast_path(tmp_path, monkeypatch):
         "train.bf16=false"])
     s = train(cfg, resume=True, quiet=True)
     assert s["status"] == "finished" and s["epoch"] == 2
+
+
+def test_denormals_read_as_zero_while_flushed_and_come_back_after():
+    tiny = torch.tensor([1e-39, 3e-39], dtype=torch.float32)  # float32 denormals (below 1.18e-38)
+    assert (tiny * 1.0).ne(0).all()
+    with denormals_flushed(True):
+        assert torch.equal(tiny * 1.0, torch.zeros(2))
+        assert torch.equal(torch.tensor([1e-30]) * 1e-10, torch.zeros(1))  # a result in that range: 0 too
+        assert (torch.tensor([1e-30]) * 1e-5).item() == pytest.approx(1e-35)  # normal numbers: unchanged
+    assert (tiny * 1.0).ne(0).all()
+    with denormals_flushed(False):
+        assert (tiny * 1.0).ne(0).all()
+    assert _t().flush_denormal is AUTO_DEFAULTS["cpu"]["flush_denormal"] is True
+    assert _t(flush_denormal=False).flush_denormal is False
+    assert resolve_fast_path(resolve_train(TrainConfig(), 0), torch.device("mps")).flush_denormal is False
+
+
+def test_the_trainer_flushes_denormals_on_the_cpu_unless_told_not_to(tmp_path, monkeypatch):
+    calls = []
+    real = torch.set_flush_denormal
+    monkeypatch.setattr(torch, "set_flush_denormal", lambda on: calls.append(on) or real(on))
+    _, saved = _run(tmp_path, "auto", "train.epochs=1")
+    assert calls == [True, False] and saved["train"]["flush_denormal"] is True
+    calls.clear()
+    _, saved = _run(tmp_path, "off", "train.epochs=1", "train.flush_denormal=false")
+    assert calls == [] and saved["train"]["flush_denormal"] is False
+    assert RunConfig().with_overrides(["train.flush_denormal=auto"]).train.flush_denormal is None
 
 
 @pytest.mark.slow

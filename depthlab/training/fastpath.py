@@ -1,7 +1,8 @@
 """The training fast path: how a step runs, never what it computes.
 
 ``FastStep`` is the trainer's training step and the one ``bench/`` times; it never waits for the device. Options
-``train.bf16``, ``channels_last``, ``optimizer_impl``, ``compile``, ``checkpoint_segments``; ``None`` / ``"auto"``
+``train.bf16``, ``channels_last``, ``flush_denormal``, ``optimizer_impl``, ``compile``, ``checkpoint_segments``;
+``None`` / ``"auto"``
 take ``AUTO_DEFAULTS`` for the device type (measured: docs/performance.md, "Fast-path ablation").
 Details: docs/design.md, section "The training step and its hook points"; options: docs/usage.md, "Speed and memory".
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -23,10 +24,10 @@ from depthlab.config import ConfigError
 # (no GPU was available); the settings of the fastest published CIFAR trainers (airbench: reduced
 # precision, channels_last) and PyTorch's performance guide. bf16 only where it is native.
 AUTO_DEFAULTS = {
-    "cpu": {"bf16": False, "channels_last": True, "optimizer_impl": "fused"},
-    "cuda": {"bf16": True, "channels_last": True, "optimizer_impl": "fused"},
+    "cpu": {"bf16": False, "channels_last": True, "optimizer_impl": "fused", "flush_denormal": True},
+    "cuda": {"bf16": True, "channels_last": True, "optimizer_impl": "fused", "flush_denormal": False},
 }
-_FALLBACK = {"bf16": False, "channels_last": False, "optimizer_impl": "foreach"}
+_FALLBACK = {"bf16": False, "channels_last": False, "optimizer_impl": "foreach", "flush_denormal": False}
 
 
 def bf16_native(device: torch.device) -> bool:
@@ -56,7 +57,30 @@ def resolve_fast_path(t, device: torch.device):
                               f"use foreach or for-loop")
         impl = "foreach"
     channels_last = t.channels_last if t.channels_last is not None else auto["channels_last"]
-    return dataclasses.replace(t, bf16=bool(bf16), channels_last=bool(channels_last), optimizer_impl=impl)
+    flush = t.flush_denormal if t.flush_denormal is not None else auto["flush_denormal"]
+    return dataclasses.replace(t, bf16=bool(bf16), channels_last=bool(channels_last), optimizer_impl=impl,
+                               flush_denormal=bool(flush))
+
+
+@contextmanager
+def denormals_flushed(on: bool):
+    """While active, the CPU reads and writes float32 denormals (magnitudes below 1.2e-38) as 0
+    (``torch.set_flush_denormal``: FTZ/DAZ); afterwards torch's default (off) again. A net whose
+    signal or gradient vanishes (sigmoid layers, small init) otherwise runs through the CPU's slow
+    denormal path: measured 17x slower per step (docs/performance.md). What it changes is below what
+    float32 weights can add: ``w + lr * g`` with ``|g| < 1.2e-38`` is ``w`` for any ``|w| > 1e-30``.
+
+    The flag is per thread: the calling thread's, and intra-op threads started after it (so with one
+    thread per run, as ``--jobs N`` gives on N cores, it holds throughout; several threads that a
+    process already started keep their own)."""
+    if not on:
+        yield
+        return
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def optimizer_flags(impl: str) -> dict:

@@ -22,7 +22,13 @@ from depthlab.recipes import RECIPES, resolve_train
 from depthlab.training.diag_schedule import TrainingDiagnostics, validate_run
 from depthlab.training.distributed import Dist, mark_run
 from depthlab.training.epochs import NoDiagnostics, Training
-from depthlab.training.fastpath import FastStep, autocast_factory, prepare_model, resolve_fast_path
+from depthlab.training.fastpath import (
+    FastStep,
+    autocast_factory,
+    denormals_flushed,
+    prepare_model,
+    resolve_fast_path,
+)
 from depthlab.training.method_hooks import TrainingMethods, make_optimizer
 from depthlab.training.progress import Progress
 from depthlab.training.resume import check_epochs_change, last_epoch_row, prepare_run_dir, resume_point, truncate_logs
@@ -140,7 +146,8 @@ def train(cfg: RunConfig, *, resume=False, overwrite: bool = False, quiet: bool 
     try:
         dist.check(cfg.train.sync_bn, device)
         dist.on_main(lock.acquire)  # a refusal ends every rank, not rank 0 alone
-        with StopSignals() as stop:
+        flush = resolve_fast_path(cfg.train, device).flush_denormal
+        with StopSignals() as stop, denormals_flushed(flush and device.type == "cpu"):
             return _train(cfg, resume, overwrite, quiet or not dist.is_main, dataset, dist, device, stop)
     finally:
         lock.release()  # a no-op unless acquired
