@@ -47,6 +47,22 @@ def test_each_cell_switches_exactly_one_tool_of_its_base():
         assert f"model.depth={p['depth']}" in ov
 
 
+def test_the_real_scale_drops_elements_where_the_quick_scale_drops_maps():
+    from depthlab.config import RunConfig
+
+    for scale, mode in (("quick", "channel"), ("real", "element")):
+        p = Toolkit.scales[scale]
+        for cid, _, _, ov in cells(p):
+            m = RunConfig().with_overrides(ov).model
+            assert (m.dropout == p["dropout"]) == (cid in ("full", "full-rectifier", "full-batch-norm",
+                                                            "full-identity", "full-init", "bare+dropout"))
+            if m.dropout:
+                assert (m.dropout_mode or "channel") == mode, (scale, cid)
+                net = build_model("resnet", depth=8, width=4, dropout=m.dropout, dropout_mode=m.dropout_mode)
+                drops = [type(x).__name__ for x in net.modules() if "Dropout" in type(x).__name__]
+                assert drops and set(drops) == {"Dropout2d" if mode == "channel" else "Dropout"}
+
+
 def test_end_to_end_cells_verdicts_and_measurements(tmp_path):
     p = Toolkit.smoke
     doc = reproduce("toolkit", seeds=1, params=p, out=str(tmp_path), quiet=True)
