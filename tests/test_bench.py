@@ -81,3 +81,12 @@ def test_highway_fused_bench_prints_both_paths_and_their_ratio():
     separate, fused, ratio = re.search(r"highway-8 \(width 4\)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x", out).groups()
     assert float(separate) > 0 and float(fused) > 0
     assert abs(float(ratio) - float(separate) / float(fused)) <= 0.01 + 0.2 * float(ratio)  # 3-decimal rounding
+
+
+def test_denormals_bench_prints_both_paths_of_the_toolkit_cells():
+    out = _run("denormals.py", "--cells", "bare,full", "--depth", "8", "--width", "4", "--batch", "4",
+               "--steps", "1", "--repeats", "1")
+    for cell in ("bare", "full"):
+        slow, fast, ratio = re.search(re.escape(f"{cell} (8 layers, width 4)") + r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x",
+                                      out).groups()
+        assert float(slow) > 0 and float(fast) > 0 and float(ratio) > 0
