@@ -40,13 +40,13 @@ def main() -> None:
         fused = DepthlabRun("highway", x, y, device, args.batch, opts)
         separate = DepthlabRun("highway", x, y, device, args.batch, opts)
 
-        def unfused(steps=args.steps):
+        def unfused(steps=args.steps, run=separate):
             with mock.patch.object(highway, "_fusable", lambda *a: False):
-                return separate(steps)
+                return run(steps)
 
         fused(1)
         unfused(1)  # warm-up
-        t = interleaved({"separate": unfused, "fused": lambda: fused(args.steps)}, args.repeats)
+        t = interleaved({"separate": unfused, "fused": lambda run=fused: run(args.steps)}, args.repeats)
         a, b = t["separate"] / args.steps, t["fused"] / args.steps
         print(f"{f'highway-{depth} (width {width})':<22} {a:>16.3f} {b:>13.3f} {a / b:>8.2f}x", flush=True)
 

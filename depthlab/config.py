@@ -385,7 +385,8 @@ def _field_hint(parts):
 NULLS = ("", "~", "null", "Null", "NULL")
 
 
-AUTO_FIELDS = ("threads", "bf16", "channels_last", "flush_denormal")  # train.X=auto: None, the documented automatic choice
+# train.X=auto: None, the documented automatic choice
+AUTO_FIELDS = ("threads", "bf16", "channels_last", "flush_denormal")
 
 
 def _parse_override(raw, hint, key=""):

@@ -5,7 +5,6 @@ import math
 from unittest import mock
 
 import pytest
-
 import torch
 from torch import nn
 

@@ -21,8 +21,8 @@ from depthlab.training.distributed import elastic_restart, made_by_this_job
 
 # Fields that may change when a run is resumed (everything else must match the saved config).
 # The fast-path fields change how a step runs, not the run (bf16 only within rounding).
-FAST_PATH_FIELDS = {"train.bf16", "train.channels_last", "train.flush_denormal", "train.optimizer_impl", "train.compile",
-                    "train.checkpoint_segments", "train.deterministic", "train.check_every"}
+FAST_PATH_FIELDS = {"train.bf16", "train.channels_last", "train.flush_denormal", "train.optimizer_impl",
+                    "train.compile", "train.checkpoint_segments", "train.deterministic", "train.check_every"}
 _RESUMABLE_CHANGES = {"train.epochs", "train.threads", "train.device", "data.data_dir", "data.download",
                       "out_dir"} | FAST_PATH_FIELDS
 
