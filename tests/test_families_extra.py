@@ -2,7 +2,6 @@
 independent arithmetic, the model contract (with each family's own tap names), lesion semantics,
 the highway gate's identity limit, init survival of the gate bias, and option errors."""
 import math
-from unittest import mock
 
 import pytest
 import torch
@@ -186,54 +185,6 @@ def test_highway_layer_formula_and_stochastic_depth():
     block.train()
     block.survival_prob = 0.0
     assert torch.equal(block(x), c)
-
-
-def test_highway_runs_its_two_convs_as_one_unless_something_observes_them():
-    from depthlab.models import highway
-
-    torch.manual_seed(0)
-    model = build_model("highway", depth=14, width=4).train()
-    for m in model.modules():  # non-trivial BN statistics and gate biases
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-        if isinstance(m, highway.GateConv):
-            m.gate_bias.data.uniform_(-2, 1)
-    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
-    model = model.double()
-    calls = []
-    F = highway.F
-    real_conv2d = F.conv2d
-
-    def counting(*a, **k):  # nn.Conv2d calls F.conv2d too, with its Parameter; the fused call with a cat
-        if not isinstance(a[1], nn.Parameter):
-            calls.append(a[1].shape[0])
-        return real_conv2d(*a, **k)
-
-    def run(**patches):
-        model.zero_grad()
-        with mock.patch.object(highway.F, "conv2d", counting), mock.patch.multiple(highway, **patches or {"F": F}):
-            out = model(x)
-        out.square().sum().backward()
-        return out.detach(), [p.grad.clone() for p in model.parameters()]
-
-    fused_out, fused_grads = run()
-    blocks = [b for b in model.blocks if isinstance(b, highway.HighwayBlock)]
-    # one F.conv2d per highway layer with both convs' filters
-    assert calls == [2 * b.branch.conv1.out_channels for b in blocks] and len(blocks) == 12
-    calls.clear()
-    out, grads = run(_fusable=lambda *a: False)
-    assert not calls  # the separate path: each conv module with its own weight
-    torch.testing.assert_close(fused_out, out, rtol=1e-12, atol=1e-12)
-    for a, b in zip(fused_grads, grads):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    handle = blocks[0].branch.gate.register_forward_hook(lambda *a: None)  # an observer: the separate path
-    assert not highway._fusable(blocks[0].branch.conv1, blocks[0].branch.gate)
-    assert highway._fusable(blocks[1].branch.conv1, blocks[1].branch.gate)
-    handle.remove()
-    assert highway._fusable(blocks[0].branch.conv1, blocks[0].branch.gate)
-    with nn.modules.module.register_module_forward_hook(lambda *a: None):
-        assert not highway._fusable(blocks[1].branch.conv1, blocks[1].branch.gate)
 
 
 def test_per_sample_drop_takes_the_carry_path():
