@@ -58,14 +58,14 @@ def main() -> None:
                                 f"{args.steps} steps, fp32")
     params = {**Toolkit.scales["real"], "depth": args.depth, "width": args.width}
     overrides = {c[0]: c[3] for c in cells(params)}
-    print(f"{'cell (toolkit, real scale)':<28} {'denormals s/step':>17} {'flushed s/step':>15} {'speed-up':>9}")
+    print(f"{'cell (toolkit, real scale)':<34} {'denormals s/step':>17} {'flushed s/step':>15} {'speed-up':>9}")
     for cell in args.cells.split(","):
         slow = stepper(cell, overrides[cell], args.batch, args.steps, False)
         fast = stepper(cell, overrides[cell], args.batch, args.steps, True)
         slow(), fast()  # warm-up
         t = interleaved({"slow": slow, "fast": fast}, args.repeats)
         a, b = t["slow"] / args.steps, t["fast"] / args.steps
-        print(f"{f'{cell} ({args.depth} layers, width {args.width})':<28} {a:>17.3f} {b:>15.3f} {a / b:>8.1f}x",
+        print(f"{f'{cell} ({args.depth} layers, width {args.width})':<34} {a:>17.3f} {b:>15.3f} {a / b:>8.1f}x",
               flush=True)
 
 
