@@ -67,7 +67,7 @@ def denormals_flushed(on: bool):
     """While active, the CPU reads and writes float32 denormals (magnitudes below 1.2e-38) as 0
     (``torch.set_flush_denormal``: FTZ/DAZ); afterwards torch's default (off) again. A net whose
     signal or gradient vanishes (sigmoid layers, small init) otherwise runs through the CPU's slow
-    denormal path: measured 17x slower per step (docs/performance.md). What it changes is below what
+    denormal path: measured 11-23x slower per step (docs/performance.md). What it changes is below what
     float32 weights can add: ``w + lr * g`` with ``|g| < 1.2e-38`` is ``w`` for any ``|w| > 1e-30``.
 
     The flag is per thread: the calling thread's, and intra-op threads started after it (so with one
