@@ -24,7 +24,7 @@ from depthlab.training.fastpath import denormals_flushed
 from depthlab.training.trainer import build_from_config
 
 
-def stepper(cell: str, overrides: list, batch: int, steps: int, flush: bool):
+def stepper(overrides: list, batch: int, steps: int, flush: bool):
     torch.manual_seed(0)
     model = build_from_config(RunConfig().with_overrides(overrides), 10, 3).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -60,8 +60,8 @@ def main() -> None:
     overrides = {c[0]: c[3] for c in cells(params)}
     print(f"{'cell (toolkit, real scale)':<34} {'denormals s/step':>17} {'flushed s/step':>15} {'speed-up':>9}")
     for cell in args.cells.split(","):
-        slow = stepper(cell, overrides[cell], args.batch, args.steps, False)
-        fast = stepper(cell, overrides[cell], args.batch, args.steps, True)
+        slow = stepper(overrides[cell], args.batch, args.steps, False)
+        fast = stepper(overrides[cell], args.batch, args.steps, True)
         slow(), fast()  # warm-up
         t = interleaved({"slow": slow, "fast": fast}, args.repeats)
         a, b = t["slow"] / args.steps, t["fast"] / args.steps

@@ -197,7 +197,7 @@ class Toolkit(Experiment):
                                             "float32's smallest number; nan (0 / 0) has no bar."))
         f.notes += [
             f"Switches: ReLU vs sigmoid (model.activation), dropout {p['dropout']} "
-            f"{'element' if p.get('dropout_mode') == 'element' else 'channel'}-wise after every branch "
+            f"{p.get('dropout_mode') or 'channel'}-wise after every branch "
             "activation vs none (model.dropout), model.norm batch vs none (convs get biases), resnet vs plain, "
             "model.init kaiming vs small-gaussian (N(0, 0.01^2)). The dropout rate is our reading.",
             "Error ratio: gradient_flow's backward error RMS at the first tap / the last tap, one batch of "

@@ -25,9 +25,9 @@ from depthlab.config import ConfigError
 # precision, channels_last) and PyTorch's performance guide. bf16 only where it is native.
 AUTO_DEFAULTS = {
     "cpu": {"bf16": False, "channels_last": True, "optimizer_impl": "fused", "flush_denormal": True},
-    "cuda": {"bf16": True, "channels_last": True, "optimizer_impl": "fused", "flush_denormal": False},
+    "cuda": {"bf16": True, "channels_last": True, "optimizer_impl": "fused"},
 }
-_FALLBACK = {"bf16": False, "channels_last": False, "optimizer_impl": "foreach", "flush_denormal": False}
+_FALLBACK = {"bf16": False, "channels_last": False, "optimizer_impl": "foreach"}
 
 
 def bf16_native(device: torch.device) -> bool:
@@ -57,7 +57,8 @@ def resolve_fast_path(t, device: torch.device):
                               f"use foreach or for-loop")
         impl = "foreach"
     channels_last = t.channels_last if t.channels_last is not None else auto["channels_last"]
-    flush = t.flush_denormal if t.flush_denormal is not None else auto["flush_denormal"]
+    # denormals are flushed on the CPU's own threads only: elsewhere there is nothing for the flag to change
+    flush = device.type == "cpu" and (t.flush_denormal if t.flush_denormal is not None else auto["flush_denormal"])
     return dataclasses.replace(t, bf16=bool(bf16), channels_last=bool(channels_last), optimizer_impl=impl,
                                flush_denormal=bool(flush))
 

@@ -147,7 +147,7 @@ def train(cfg: RunConfig, *, resume=False, overwrite: bool = False, quiet: bool 
         dist.check(cfg.train.sync_bn, device)
         dist.on_main(lock.acquire)  # a refusal ends every rank, not rank 0 alone
         flush = resolve_fast_path(cfg.train, device).flush_denormal
-        with StopSignals() as stop, denormals_flushed(flush and device.type == "cpu"):
+        with StopSignals() as stop, denormals_flushed(flush):
             return _train(cfg, resume, overwrite, quiet or not dist.is_main, dataset, dist, device, stop)
     finally:
         lock.release()  # a no-op unless acquired
